@@ -1,0 +1,253 @@
+//! Tickets: one copy-pasteable string with a file ID, its name and size, and
+//! addresses of peers that have it.
+//!
+//! Text form: `ps1` followed by the lowercase, unpadded base32 (RFC 4648
+//! alphabet) of the binary form below. Binary form (big-endian):
+//!
+//! ```text
+//! u8        ticket version (= TICKET_VERSION)
+//! [u8; 32]  file ID
+//! u64       file size
+//! u16 + ..  name (UTF-8, at most MAX_NAME_LEN bytes)
+//! u8        address count (at most MAX_TICKET_ADDRS)
+//! per address: u8 family (4 or 6), 4 or 16 address bytes, u16 port
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+
+use data_encoding::BASE32_NOPAD;
+
+use crate::id::{FileId, ID_LEN};
+use crate::wire::MAX_NAME_LEN;
+
+/// Text prefix of every ticket (it also carries the version).
+pub const TICKET_PREFIX: &str = "ps1";
+/// Binary version byte.
+pub const TICKET_VERSION: u8 = 1;
+/// Most peer addresses one ticket carries.
+pub const MAX_TICKET_ADDRS: usize = 16;
+/// Longest ticket text accepted, characters (prefix included).
+pub const MAX_TICKET_LEN: usize = 4096;
+
+/// Why a string is not a ticket.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    #[error("not a ticket (tickets start with \"{TICKET_PREFIX}\")")]
+    Prefix,
+    #[error("ticket is longer than {MAX_TICKET_LEN} characters")]
+    TooLong,
+    #[error("ticket is not valid base32 (was it cut off or changed while copying?)")]
+    Encoding,
+    #[error("ticket version {0} is not supported")]
+    Version(u8),
+    #[error("ticket is truncated or has trailing bytes")]
+    Length,
+    #[error("ticket name is not valid UTF-8 or too long")]
+    Name,
+    #[error("ticket has more than {MAX_TICKET_ADDRS} addresses")]
+    TooManyAddrs,
+    #[error("ticket address family {0} is unknown")]
+    Family(u8),
+}
+
+/// What a user sends a friend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    pub id: FileId,
+    pub size: u64,
+    pub name: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl Ticket {
+    /// The binary form. Names and address lists over their limits are cut
+    /// (a name on a character boundary), so every ticket made here parses.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.name.len());
+        out.push(TICKET_VERSION);
+        out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(&self.size.to_be_bytes());
+        let mut end = self.name.len().min(MAX_NAME_LEN);
+        while !self.name.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.extend_from_slice(&(end as u16).to_be_bytes());
+        out.extend_from_slice(&self.name.as_bytes()[..end]);
+        let addrs = &self.addrs[..self.addrs.len().min(MAX_TICKET_ADDRS)];
+        out.push(addrs.len() as u8);
+        for a in addrs {
+            match a.ip() {
+                IpAddr::V4(ip) => {
+                    out.push(4);
+                    out.extend_from_slice(&ip.octets());
+                }
+                IpAddr::V6(ip) => {
+                    out.push(6);
+                    out.extend_from_slice(&ip.octets());
+                }
+            }
+            out.extend_from_slice(&a.port().to_be_bytes());
+        }
+        out
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<Self, TicketError> {
+        let mut r = b;
+        let mut take = |n: usize| -> Result<&[u8], TicketError> {
+            if r.len() < n {
+                return Err(TicketError::Length);
+            }
+            let (head, tail) = r.split_at(n);
+            r = tail;
+            Ok(head)
+        };
+        let version = take(1)?[0];
+        if version != TICKET_VERSION {
+            return Err(TicketError::Version(version));
+        }
+        let id = FileId(take(ID_LEN)?.try_into().expect("ID_LEN"));
+        let size = u64::from_be_bytes(take(8)?.try_into().expect("8"));
+        let name_len = u16::from_be_bytes(take(2)?.try_into().expect("2")) as usize;
+        if name_len > MAX_NAME_LEN {
+            return Err(TicketError::Name);
+        }
+        let name = String::from_utf8(take(name_len)?.to_vec()).map_err(|_| TicketError::Name)?;
+        let count = take(1)?[0] as usize;
+        if count > MAX_TICKET_ADDRS {
+            return Err(TicketError::TooManyAddrs);
+        }
+        let mut addrs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let ip = match take(1)?[0] {
+                4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(take(4)?).expect("4"))),
+                6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(take(16)?).expect("16"))),
+                f => return Err(TicketError::Family(f)),
+            };
+            let port = u16::from_be_bytes(take(2)?.try_into().expect("2"));
+            addrs.push(SocketAddr::new(ip, port));
+        }
+        if !r.is_empty() {
+            return Err(TicketError::Length);
+        }
+        Ok(Ticket {
+            id,
+            size,
+            name,
+            addrs,
+        })
+    }
+}
+
+impl std::fmt::Display for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b32 = BASE32_NOPAD.encode(&self.to_bytes()).to_ascii_lowercase();
+        write!(f, "{TICKET_PREFIX}{b32}")
+    }
+}
+
+impl FromStr for Ticket {
+    type Err = TicketError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.len() > MAX_TICKET_LEN {
+            return Err(TicketError::TooLong);
+        }
+        let body = s.strip_prefix(TICKET_PREFIX).ok_or(TicketError::Prefix)?;
+        let upper = body.to_ascii_uppercase();
+        let bytes = BASE32_NOPAD
+            .decode(upper.as_bytes())
+            .map_err(|_| TicketError::Encoding)?;
+        Ticket::from_bytes(&bytes)
+    }
+}
+
+/// Why a shared name cannot be used as a local file name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the shared name {name:?} is not a safe local file name ({why})")]
+pub struct UnsafeName {
+    pub name: String,
+    pub why: &'static str,
+}
+
+/// The local file name to save a download under when the user gave no
+/// output path: the last `/`-separated component of the shared name, if it
+/// is a plain, safe file name. Never a path: it cannot leave the directory.
+pub fn safe_file_name(shared: &str) -> Result<&str, UnsafeName> {
+    let base = shared.rsplit('/').next().unwrap_or(shared);
+    let bad = |why| {
+        Err(UnsafeName {
+            name: shared.to_owned(),
+            why,
+        })
+    };
+    if base.is_empty() || base == "." || base == ".." {
+        return bad("empty or a directory reference");
+    }
+    if base.contains(['\\', '\0']) || base.chars().any(char::is_control) {
+        return bad("contains a backslash or control character");
+    }
+    if base.len() > 255 {
+        return bad("longer than 255 bytes");
+    }
+    Ok(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Ticket {
+        Ticket {
+            id: FileId([9; 32]),
+            size: 12345,
+            name: "talk.mkv".into(),
+            addrs: vec![
+                "192.168.1.20:9000".parse().unwrap(),
+                "[fe80::1]:9001".parse().unwrap(),
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let t = sample();
+        let s = t.to_string();
+        assert!(s.starts_with("ps1"));
+        assert!(s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert_eq!(s.parse::<Ticket>().unwrap(), t);
+        assert_eq!(s.to_uppercase().replacen("PS1", "ps1", 1).parse::<Ticket>().unwrap(), t);
+    }
+
+    #[test]
+    fn rejects_damaged_tickets() {
+        let s = sample().to_string();
+        assert_eq!("xx".parse::<Ticket>(), Err(TicketError::Prefix));
+        assert!(s[..s.len() - 7].parse::<Ticket>().is_err());
+        assert_eq!(format!("{s}!").parse::<Ticket>(), Err(TicketError::Encoding));
+        assert_eq!("ps1".repeat(2000).parse::<Ticket>(), Err(TicketError::TooLong));
+        let mut b = sample().to_bytes();
+        b[0] = 9;
+        assert_eq!(Ticket::from_bytes(&b), Err(TicketError::Version(9)));
+    }
+
+    #[test]
+    fn limits_are_applied_on_encode() {
+        let mut t = sample();
+        t.addrs = vec!["1.2.3.4:5".parse().unwrap(); MAX_TICKET_ADDRS + 3];
+        t.name = "é".repeat(MAX_NAME_LEN);
+        let back: Ticket = t.to_string().parse().unwrap();
+        assert_eq!(back.addrs.len(), MAX_TICKET_ADDRS);
+        assert!(back.name.len() <= MAX_NAME_LEN);
+    }
+
+    #[test]
+    fn safe_names() {
+        assert_eq!(safe_file_name("papers/a.pdf"), Ok("a.pdf"));
+        assert_eq!(safe_file_name("talk.mkv"), Ok("talk.mkv"));
+        for bad in ["", "..", "a/..", ".", "a/", "x\\..\\y", "nul\0", "tab\there"] {
+            assert!(safe_file_name(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(safe_file_name(&"a".repeat(256)).is_err());
+    }
+}

@@ -1,0 +1,629 @@
+//! Protocol v1 messages and their frame codec (specified in `docs/PROTOCOL.md`).
+//!
+//! Every message is one frame:
+//!
+//! ```text
+//! u32 BE   length of what follows (kind + body), 1..=max_frame_len
+//! u8       kind
+//! ...      body (layout per kind; integers big-endian)
+//! ```
+//!
+//! The decoder checks the declared length against the caller's maximum
+//! *before* it reserves a byte for the frame, so a hostile length prefix
+//! costs nothing. It answers one of three things: a whole message, "need
+//! more bytes", or a [`DecodeError`] that means the peer is malformed and
+//! its connection should end.
+//!
+//! Chunk payloads are raw bytes at the end of their frame, carried as
+//! [`Bytes`] so that decoding them copies nothing.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::id::{FileId, ID_LEN, NodeId};
+use crate::manifest::{MAX_CHUNK_SIZE, MAX_MANIFEST_LEN};
+
+/// Four bytes that open every handshake.
+pub const MAGIC: [u8; 4] = *b"PSHR";
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Bytes of the length prefix.
+pub const LEN_PREFIX: usize = 4;
+/// Largest frame (kind + body) anyone may send, bytes: a whole chunk or a
+/// whole manifest with its header.
+pub const MAX_FRAME_LEN: u32 = {
+    let chunk = MAX_CHUNK_SIZE as usize + 16;
+    let manifest = MAX_MANIFEST_LEN + 16;
+    (if chunk > manifest { chunk } else { manifest }) as u32
+};
+/// Largest frame a server accepts from a client, bytes. Requests are small;
+/// a server never buffers more than this per connection for input.
+pub const MAX_REQUEST_FRAME_LEN: u32 = 4 * 1024;
+/// Longest file name in a catalog, bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 1024;
+/// Longest error message, bytes of UTF-8.
+pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
+/// A catalog page holds entries up to about this many bytes.
+pub const CATALOG_PAGE_BUDGET: usize = 256 * 1024;
+
+/// Message kinds (the byte after the length prefix). Gaps are reserved for
+/// later messages (have bitmaps, announcements, cancel).
+pub mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const ERROR: u8 = 0x02;
+    pub const GET_CATALOG: u8 = 0x10;
+    pub const CATALOG: u8 = 0x11;
+    pub const GET_MANIFEST: u8 = 0x12;
+    pub const MANIFEST: u8 = 0x13;
+    pub const GET_CHUNK: u8 = 0x16;
+    pub const CHUNK: u8 = 0x17;
+}
+
+/// Error codes carried by [`Message::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The request could not be decoded or made no sense.
+    BadRequest = 1,
+    /// The peer's protocol version is not spoken here.
+    UnsupportedVersion = 2,
+    /// No such file is shared here.
+    NotFound = 3,
+    /// The chunk index is past the end of the file.
+    OutOfRange = 4,
+    /// The file is shared but cannot be read now (changed on disk, I/O error).
+    Unavailable = 5,
+    /// Too many connections or requests; try later.
+    Busy = 6,
+    /// Anything else went wrong on the sender's side.
+    Internal = 7,
+}
+
+impl ErrorCode {
+    fn from_u16(v: u16) -> Option<Self> {
+        use ErrorCode::*;
+        Some(match v {
+            1 => BadRequest,
+            2 => UnsupportedVersion,
+            3 => NotFound,
+            4 => OutOfRange,
+            5 => Unavailable,
+            6 => Busy,
+            7 => Internal,
+            _ => return None,
+        })
+    }
+}
+
+/// The first message each side sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub node_id: NodeId,
+    /// TCP port this node accepts connections on (0: none).
+    pub listen_port: u16,
+    /// Feature bits; none are defined in v1, unknown bits are ignored.
+    pub capabilities: u64,
+}
+
+/// One file in a catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogEntry {
+    pub id: FileId,
+    pub size: u64,
+    pub name: String,
+}
+
+/// Every message of protocol v1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Hello(Hello),
+    /// `req_id` 0 is about the connection, not a request.
+    Error {
+        req_id: u32,
+        code: ErrorCode,
+        message: String,
+    },
+    GetCatalog {
+        req_id: u32,
+        cursor: u32,
+    },
+    Catalog {
+        req_id: u32,
+        /// Changes whenever the sender's library changes.
+        revision: u64,
+        /// Cursor for the next page; `None` when this is the last.
+        next: Option<u32>,
+        entries: Vec<CatalogEntry>,
+    },
+    GetManifest {
+        req_id: u32,
+        id: FileId,
+    },
+    Manifest {
+        req_id: u32,
+        /// Canonical manifest encoding; check it against the ID asked for.
+        bytes: Bytes,
+    },
+    GetChunk {
+        req_id: u32,
+        id: FileId,
+        index: u32,
+    },
+    Chunk {
+        req_id: u32,
+        index: u32,
+        data: Bytes,
+    },
+}
+
+impl Message {
+    /// The request ID this message carries (0 for `Hello`).
+    pub fn req_id(&self) -> u32 {
+        match self {
+            Message::Hello(_) => 0,
+            Message::Error { req_id, .. }
+            | Message::GetCatalog { req_id, .. }
+            | Message::Catalog { req_id, .. }
+            | Message::GetManifest { req_id, .. }
+            | Message::Manifest { req_id, .. }
+            | Message::GetChunk { req_id, .. }
+            | Message::Chunk { req_id, .. } => *req_id,
+        }
+    }
+}
+
+/// Why bytes are not a valid frame. Every variant means "drop this peer".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge { len: u32, max: u32 },
+    #[error("empty frame")]
+    EmptyFrame,
+    #[error("unknown message kind 0x{0:02x}")]
+    UnknownKind(u8),
+    #[error("message kind 0x{kind:02x} is truncated or has trailing bytes")]
+    BadLength { kind: u8 },
+    #[error("not a peershare peer (bad handshake magic)")]
+    BadMagic,
+    #[error("peer speaks protocol version {0}, this node speaks version {PROTOCOL_VERSION}")]
+    UnsupportedVersion(u16),
+    #[error("unknown error code {0}")]
+    UnknownErrorCode(u16),
+    #[error("text field is not valid UTF-8")]
+    BadUtf8,
+    #[error("{what} is {len} bytes, more than the limit of {max}")]
+    FieldTooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("bad boolean or option tag {0}")]
+    BadTag(u8),
+}
+
+/// Reads the length prefix at the front of `buf` and checks it against
+/// `max_frame_len`. `Ok(None)`: fewer than four bytes are buffered.
+pub fn peek_frame_len(buf: &[u8], max_frame_len: u32) -> Result<Option<u32>, DecodeError> {
+    let Some(prefix) = buf.get(..LEN_PREFIX) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(prefix.try_into().expect("4 bytes"));
+    if len == 0 {
+        return Err(DecodeError::EmptyFrame);
+    }
+    if len > max_frame_len {
+        return Err(DecodeError::FrameTooLarge {
+            len,
+            max: max_frame_len,
+        });
+    }
+    Ok(Some(len))
+}
+
+/// Decodes one frame from the front of `buf`, consuming it. `Ok(None)`: not
+/// enough bytes yet; `buf` is untouched and the caller should read more. At
+/// most `max_frame_len` plus the prefix is ever needed in `buf`, and the
+/// caller may reserve exactly that once [`peek_frame_len`] answers.
+pub fn decode_frame(buf: &mut BytesMut, max_frame_len: u32) -> Result<Option<Message>, DecodeError> {
+    let Some(len) = peek_frame_len(buf, max_frame_len)? else {
+        return Ok(None);
+    };
+    let total = LEN_PREFIX + len as usize;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    buf.advance(LEN_PREFIX);
+    let frame = buf.split_to(len as usize).freeze();
+    decode_body(frame).map(Some)
+}
+
+/// Decodes a frame's content (kind byte and body, without the prefix).
+pub fn decode_body(mut frame: Bytes) -> Result<Message, DecodeError> {
+    if frame.is_empty() {
+        return Err(DecodeError::EmptyFrame);
+    }
+    let kind = frame.get_u8();
+    let mut r = Reader { buf: frame, kind };
+    let msg = match kind {
+        kind::HELLO => {
+            let magic = r.array::<4>()?;
+            if magic != MAGIC {
+                return Err(DecodeError::BadMagic);
+            }
+            let version = r.u16()?;
+            if version != PROTOCOL_VERSION {
+                // The layout after the version belongs to that version.
+                return Err(DecodeError::UnsupportedVersion(version));
+            }
+            Message::Hello(Hello {
+                version,
+                node_id: NodeId(r.array()?),
+                listen_port: r.u16()?,
+                capabilities: r.u64()?,
+            })
+        }
+        kind::ERROR => {
+            let req_id = r.u32()?;
+            let raw = r.u16()?;
+            let code = ErrorCode::from_u16(raw).ok_or(DecodeError::UnknownErrorCode(raw))?;
+            let message = r.string("error message", MAX_ERROR_MESSAGE_LEN)?;
+            Message::Error {
+                req_id,
+                code,
+                message,
+            }
+        }
+        kind::GET_CATALOG => Message::GetCatalog {
+            req_id: r.u32()?,
+            cursor: r.u32()?,
+        },
+        kind::CATALOG => {
+            let req_id = r.u32()?;
+            let revision = r.u64()?;
+            let next = match r.u8()? {
+                0 => None,
+                1 => Some(r.u32()?),
+                t => return Err(DecodeError::BadTag(t)),
+            };
+            let count = r.u32()? as usize;
+            // Each entry takes at least ID + size + name length bytes, so a
+            // count larger than the frame allows is rejected before any
+            // allocation sized by it.
+            let min_entry = ID_LEN + 8 + 2;
+            if count > r.buf.remaining() / min_entry {
+                return Err(DecodeError::BadLength { kind });
+            }
+            let mut entries = Vec::with_capacity(count);
+            for _ in 0..count {
+                entries.push(CatalogEntry {
+                    id: FileId(r.array()?),
+                    size: r.u64()?,
+                    name: r.string("file name", MAX_NAME_LEN)?,
+                });
+            }
+            Message::Catalog {
+                req_id,
+                revision,
+                next,
+                entries,
+            }
+        }
+        kind::GET_MANIFEST => Message::GetManifest {
+            req_id: r.u32()?,
+            id: FileId(r.array()?),
+        },
+        kind::MANIFEST => {
+            let req_id = r.u32()?;
+            let bytes = r.rest();
+            if bytes.len() > MAX_MANIFEST_LEN {
+                return Err(DecodeError::FieldTooLong {
+                    what: "manifest",
+                    len: bytes.len(),
+                    max: MAX_MANIFEST_LEN,
+                });
+            }
+            Message::Manifest { req_id, bytes }
+        }
+        kind::GET_CHUNK => Message::GetChunk {
+            req_id: r.u32()?,
+            id: FileId(r.array()?),
+            index: r.u32()?,
+        },
+        kind::CHUNK => {
+            let req_id = r.u32()?;
+            let index = r.u32()?;
+            let data = r.rest();
+            if data.len() > MAX_CHUNK_SIZE as usize {
+                return Err(DecodeError::FieldTooLong {
+                    what: "chunk",
+                    len: data.len(),
+                    max: MAX_CHUNK_SIZE as usize,
+                });
+            }
+            Message::Chunk {
+                req_id,
+                index,
+                data,
+            }
+        }
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    if r.buf.has_remaining() {
+        return Err(DecodeError::BadLength { kind });
+    }
+    Ok(msg)
+}
+
+struct Reader {
+    buf: Bytes,
+    kind: u8,
+}
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), DecodeError> {
+        if self.buf.remaining() < n {
+            Err(DecodeError::BadLength { kind: self.kind })
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.need(1)?;
+        Ok(self.buf.get_u8())
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.need(2)?;
+        Ok(self.buf.get_u16())
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.need(4)?;
+        Ok(self.buf.get_u32())
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.need(8)?;
+        Ok(self.buf.get_u64())
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        self.need(N)?;
+        let mut out = [0u8; N];
+        self.buf.copy_to_slice(&mut out);
+        Ok(out)
+    }
+    fn string(&mut self, what: &'static str, max: usize) -> Result<String, DecodeError> {
+        let len = self.u16()? as usize;
+        if len > max {
+            return Err(DecodeError::FieldTooLong { what, len, max });
+        }
+        self.need(len)?;
+        let raw = self.buf.split_to(len);
+        String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::BadUtf8)
+    }
+    fn rest(&mut self) -> Bytes {
+        self.buf.split_to(self.buf.remaining())
+    }
+}
+
+/// Why a message cannot be encoded (a field over its limit). Only a bug or
+/// bad local data can cause it; the wire never sees such a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} is {len} bytes, more than the limit of {max}")]
+pub struct EncodeError {
+    pub what: &'static str,
+    pub len: usize,
+    pub max: usize,
+}
+
+fn put_string(out: &mut BytesMut, what: &'static str, s: &str, max: usize) -> Result<(), EncodeError> {
+    if s.len() > max {
+        return Err(EncodeError {
+            what,
+            len: s.len(),
+            max,
+        });
+    }
+    out.put_u16(s.len() as u16);
+    out.put_slice(s.as_bytes());
+    Ok(())
+}
+
+/// Bytes a catalog entry takes on the wire.
+pub fn catalog_entry_len(e: &CatalogEntry) -> usize {
+    ID_LEN + 8 + 2 + e.name.len()
+}
+
+/// The prefix and header of a `Chunk` frame whose payload of `data_len`
+/// bytes follows directly, so a server can send file bytes without copying
+/// them into a frame buffer.
+pub fn chunk_header(req_id: u32, index: u32, data_len: u32) -> [u8; 13] {
+    let mut h = [0u8; 13];
+    h[..4].copy_from_slice(&(1 + 4 + 4 + data_len).to_be_bytes());
+    h[4] = kind::CHUNK;
+    h[5..9].copy_from_slice(&req_id.to_be_bytes());
+    h[9..13].copy_from_slice(&index.to_be_bytes());
+    h
+}
+
+impl Message {
+    /// Appends this message as one whole frame (length prefix included).
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        let start = out.len();
+        out.put_u32(0); // patched below
+        match self {
+            Message::Hello(h) => {
+                out.put_u8(kind::HELLO);
+                out.put_slice(&MAGIC);
+                out.put_u16(h.version);
+                out.put_slice(h.node_id.as_bytes());
+                out.put_u16(h.listen_port);
+                out.put_u64(h.capabilities);
+            }
+            Message::Error {
+                req_id,
+                code,
+                message,
+            } => {
+                out.put_u8(kind::ERROR);
+                out.put_u32(*req_id);
+                out.put_u16(*code as u16);
+                // Truncate on a character boundary rather than fail: an
+                // error report should always get through.
+                let mut end = message.len().min(MAX_ERROR_MESSAGE_LEN);
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                put_string(out, "error message", &message[..end], MAX_ERROR_MESSAGE_LEN)?;
+            }
+            Message::GetCatalog { req_id, cursor } => {
+                out.put_u8(kind::GET_CATALOG);
+                out.put_u32(*req_id);
+                out.put_u32(*cursor);
+            }
+            Message::Catalog {
+                req_id,
+                revision,
+                next,
+                entries,
+            } => {
+                out.put_u8(kind::CATALOG);
+                out.put_u32(*req_id);
+                out.put_u64(*revision);
+                match next {
+                    None => out.put_u8(0),
+                    Some(c) => {
+                        out.put_u8(1);
+                        out.put_u32(*c);
+                    }
+                }
+                out.put_u32(entries.len() as u32);
+                for e in entries {
+                    out.put_slice(e.id.as_bytes());
+                    out.put_u64(e.size);
+                    put_string(out, "file name", &e.name, MAX_NAME_LEN)?;
+                }
+            }
+            Message::GetManifest { req_id, id } => {
+                out.put_u8(kind::GET_MANIFEST);
+                out.put_u32(*req_id);
+                out.put_slice(id.as_bytes());
+            }
+            Message::Manifest { req_id, bytes } => {
+                if bytes.len() > MAX_MANIFEST_LEN {
+                    return Err(EncodeError {
+                        what: "manifest",
+                        len: bytes.len(),
+                        max: MAX_MANIFEST_LEN,
+                    });
+                }
+                out.put_u8(kind::MANIFEST);
+                out.put_u32(*req_id);
+                out.put_slice(bytes);
+            }
+            Message::GetChunk { req_id, id, index } => {
+                out.put_u8(kind::GET_CHUNK);
+                out.put_u32(*req_id);
+                out.put_slice(id.as_bytes());
+                out.put_u32(*index);
+            }
+            Message::Chunk {
+                req_id,
+                index,
+                data,
+            } => {
+                if data.len() > MAX_CHUNK_SIZE as usize {
+                    return Err(EncodeError {
+                        what: "chunk",
+                        len: data.len(),
+                        max: MAX_CHUNK_SIZE as usize,
+                    });
+                }
+                out.put_slice(&chunk_header(*req_id, *index, data.len() as u32)[LEN_PREFIX..]);
+                out.put_slice(data);
+            }
+        }
+        let len = (out.len() - start - LEN_PREFIX) as u32;
+        out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    /// Convenience: this message as a fresh frame buffer.
+    pub fn to_frame(&self) -> Result<BytesMut, EncodeError> {
+        let mut out = BytesMut::new();
+        self.encode(&mut out)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_prefix_rejected_before_buffering() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+        assert_eq!(
+            decode_frame(&mut buf, MAX_REQUEST_FRAME_LEN),
+            Err(DecodeError::FrameTooLarge {
+                len: u32::MAX,
+                max: MAX_REQUEST_FRAME_LEN
+            })
+        );
+    }
+
+    #[test]
+    fn partial_frame_is_need_more_and_untouched() {
+        let frame = Message::GetCatalog { req_id: 1, cursor: 0 }.to_frame().unwrap();
+        let mut buf = BytesMut::from(&frame[..frame.len() - 1]);
+        assert_eq!(decode_frame(&mut buf, MAX_FRAME_LEN), Ok(None));
+        assert_eq!(buf.len(), frame.len() - 1);
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut frame = Message::GetCatalog { req_id: 1, cursor: 0 }.to_frame().unwrap();
+        frame.put_u8(0);
+        let len = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            decode_frame(&mut frame, MAX_FRAME_LEN),
+            Err(DecodeError::BadLength {
+                kind: kind::GET_CATALOG
+            })
+        );
+    }
+
+    #[test]
+    fn wrong_version_is_reported_as_such() {
+        let mut frame = Message::Hello(Hello {
+            version: 7,
+            node_id: NodeId([0; 32]),
+            listen_port: 0,
+            capabilities: 0,
+        })
+        .to_frame()
+        .unwrap();
+        assert_eq!(
+            decode_frame(&mut frame, MAX_FRAME_LEN),
+            Err(DecodeError::UnsupportedVersion(7))
+        );
+    }
+
+    #[test]
+    fn huge_catalog_count_rejected_without_allocation() {
+        let mut body = BytesMut::new();
+        body.put_u8(kind::CATALOG);
+        body.put_u32(1);
+        body.put_u64(0);
+        body.put_u8(0);
+        body.put_u32(u32::MAX);
+        assert_eq!(
+            decode_body(body.freeze()),
+            Err(DecodeError::BadLength { kind: kind::CATALOG })
+        );
+    }
+
+    #[test]
+    fn max_frame_len_fits_a_chunk_and_a_manifest() {
+        assert!(MAX_FRAME_LEN as usize >= MAX_CHUNK_SIZE as usize + 9);
+        assert!(MAX_FRAME_LEN as usize >= MAX_MANIFEST_LEN + 5);
+    }
+}
