@@ -222,7 +222,10 @@ mod tests {
     fn chunk_size_is_canonical_power_of_two() {
         assert_eq!(chunk_size_for(0), MIN_CHUNK_SIZE);
         assert_eq!(chunk_size_for(1), MIN_CHUNK_SIZE);
-        assert_eq!(chunk_size_for(TARGET_CHUNK_COUNT * MIN_CHUNK_SIZE as u64), MIN_CHUNK_SIZE);
+        assert_eq!(
+            chunk_size_for(TARGET_CHUNK_COUNT * MIN_CHUNK_SIZE as u64),
+            MIN_CHUNK_SIZE
+        );
         assert_eq!(
             chunk_size_for(TARGET_CHUNK_COUNT * MIN_CHUNK_SIZE as u64 + 1),
             2 * MIN_CHUNK_SIZE
@@ -246,10 +249,15 @@ mod tests {
 
     #[test]
     fn chunk_ranges_cover_file() {
-        let data: Vec<u8> = (0..MIN_CHUNK_SIZE as usize * 2 + 5).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..MIN_CHUNK_SIZE as usize * 2 + 5)
+            .map(|i| (i % 251) as u8)
+            .collect();
         let m = Manifest::from_bytes(&data);
         assert_eq!(m.chunk_count(), 3);
-        assert_eq!(m.chunk_range(2), Some(2 * MIN_CHUNK_SIZE as u64..data.len() as u64));
+        assert_eq!(
+            m.chunk_range(2),
+            Some(2 * MIN_CHUNK_SIZE as u64..data.len() as u64)
+        );
         assert_eq!(m.chunk_len(2), Some(5));
         assert!(m.verify_chunk(2, &data[2 * MIN_CHUNK_SIZE as usize..]));
         assert!(!m.verify_chunk(2, &data[..5]));
@@ -266,16 +274,25 @@ mod tests {
         assert_eq!(Manifest::decode(&v), Err(ManifestError::Version(2)));
         let mut v = good.clone();
         v[9] = 17;
-        assert_eq!(Manifest::decode(&v), Err(ManifestError::ChunkSize { log2: 17 }));
+        assert_eq!(
+            Manifest::decode(&v),
+            Err(ManifestError::ChunkSize { log2: 17 })
+        );
         let mut v = good.clone();
         v[9] = 200; // shift overflow must not panic
         assert!(Manifest::decode(&v).is_err());
         let mut v = good.clone();
         v.push(0);
-        assert!(matches!(Manifest::decode(&v), Err(ManifestError::HashesLength { .. })));
+        assert!(matches!(
+            Manifest::decode(&v),
+            Err(ManifestError::HashesLength { .. })
+        ));
         let mut v = good.clone();
         v[1..9].copy_from_slice(&u64::MAX.to_be_bytes());
-        assert!(matches!(Manifest::decode(&v), Err(ManifestError::TooLarge { .. })));
+        assert!(matches!(
+            Manifest::decode(&v),
+            Err(ManifestError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -60,7 +60,9 @@ impl TokenBucket {
 
 /// Why a rate string does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid rate {0:?}: use a number with a unit, e.g. 500KB, 10MB, 1.5GB (bytes/s) or 80Mbit (bits/s)")]
+#[error(
+    "invalid rate {0:?}: use a number with a unit, e.g. 500KB, 10MB, 1.5GB (bytes/s) or 80Mbit (bits/s)"
+)]
 pub struct RateParseError(pub String);
 
 /// Parses a rate in bytes per second: `123`, `10KB`, `10MB`, `1GB`,

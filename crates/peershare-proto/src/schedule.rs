@@ -111,9 +111,19 @@ pub struct Scheduler {
 impl Scheduler {
     /// A download of `chunk_count` chunks of which those where
     /// `already_done(i)` holds are verified on disk (resume).
-    pub fn new(config: SchedulerConfig, chunk_count: u32, already_done: impl Fn(u32) -> bool) -> Self {
+    pub fn new(
+        config: SchedulerConfig,
+        chunk_count: u32,
+        already_done: impl Fn(u32) -> bool,
+    ) -> Self {
         let chunks: Vec<Chunk> = (0..chunk_count)
-            .map(|i| if already_done(i) { Chunk::Done } else { Chunk::Fresh })
+            .map(|i| {
+                if already_done(i) {
+                    Chunk::Done
+                } else {
+                    Chunk::Fresh
+                }
+            })
             .collect();
         let done = chunks.iter().filter(|c| **c == Chunk::Done).count() as u32;
         let mut s = Self {
@@ -173,7 +183,10 @@ impl Scheduler {
         } else {
             return None;
         };
-        debug_assert!(matches!(self.chunks[index as usize], Chunk::Fresh | Chunk::Retry));
+        debug_assert!(matches!(
+            self.chunks[index as usize],
+            Chunk::Fresh | Chunk::Retry
+        ));
         self.chunks[index as usize] = Chunk::InFlight(peer);
         self.peers[peer].in_flight += 1;
         // Chunks past the cursor may already be done (resume): skip them.
@@ -214,7 +227,13 @@ impl Scheduler {
     /// `peer` failed chunk `index`. The chunk waits a backoff and goes
     /// preferably to another peer; the peer is dropped after too many
     /// failures (and its other chunks are re-queued at once).
-    pub fn handle_failed(&mut self, peer: PeerKey, index: u32, why: Failure, now: Duration) -> bool {
+    pub fn handle_failed(
+        &mut self,
+        peer: PeerKey,
+        index: u32,
+        why: Failure,
+        now: Duration,
+    ) -> bool {
         if !self.take_in_flight(peer, index) {
             return false;
         }
@@ -253,7 +272,9 @@ impl Scheduler {
     }
 
     fn drop_peer(&mut self, peer: PeerKey, reason: DropReason, now: Duration) {
-        let Some(p) = self.peers.get_mut(peer) else { return };
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
         if p.dropped.is_some() {
             return;
         }
@@ -273,7 +294,11 @@ impl Scheduler {
 
     /// Earliest time after `now` at which a waiting retry becomes ready.
     pub fn poll_timeout(&self, now: Duration) -> Option<Duration> {
-        self.retry.iter().map(|e| e.not_before).filter(|t| *t > now).min()
+        self.retry
+            .iter()
+            .map(|e| e.not_before)
+            .filter(|t| *t > now)
+            .min()
     }
 
     pub fn status(&self) -> Status {
@@ -302,13 +327,24 @@ impl Scheduler {
         assert_eq!(done as u32, self.done);
         for (i, c) in self.chunks.iter().enumerate() {
             let queued = self.retry.iter().filter(|e| e.index as usize == i).count();
-            assert_eq!(queued, usize::from(*c == Chunk::Retry), "chunk {i} retry queue");
+            assert_eq!(
+                queued,
+                usize::from(*c == Chunk::Retry),
+                "chunk {i} retry queue"
+            );
             if *c == Chunk::Fresh {
-                assert!(i >= self.fresh_cursor as usize, "fresh chunk {i} before cursor");
+                assert!(
+                    i >= self.fresh_cursor as usize,
+                    "fresh chunk {i} before cursor"
+                );
             }
         }
         for (k, p) in self.peers.iter().enumerate() {
-            let n = self.chunks.iter().filter(|c| **c == Chunk::InFlight(k)).count();
+            let n = self
+                .chunks
+                .iter()
+                .filter(|c| **c == Chunk::InFlight(k))
+                .count();
             assert_eq!(n as u32, p.in_flight, "peer {k} in-flight count");
         }
     }
@@ -401,7 +437,10 @@ mod tests {
         assert_eq!(s.poll_request(a, t), Some(0));
         // Second failure doubles the backoff.
         s.handle_failed(a, 0, Failure::Refused, t);
-        assert_eq!(s.poll_timeout(t).unwrap() - t, 2 * SchedulerConfig::default().retry_backoff);
+        assert_eq!(
+            s.poll_timeout(t).unwrap() - t,
+            2 * SchedulerConfig::default().retry_backoff
+        );
     }
 
     #[test]

@@ -214,9 +214,18 @@ mod tests {
         let t = sample();
         let s = t.to_string();
         assert!(s.starts_with("ps1"));
-        assert!(s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(
+            s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
         assert_eq!(s.parse::<Ticket>().unwrap(), t);
-        assert_eq!(s.to_uppercase().replacen("PS1", "ps1", 1).parse::<Ticket>().unwrap(), t);
+        assert_eq!(
+            s.to_uppercase()
+                .replacen("PS1", "ps1", 1)
+                .parse::<Ticket>()
+                .unwrap(),
+            t
+        );
     }
 
     #[test]
@@ -224,8 +233,14 @@ mod tests {
         let s = sample().to_string();
         assert_eq!("xx".parse::<Ticket>(), Err(TicketError::Prefix));
         assert!(s[..s.len() - 7].parse::<Ticket>().is_err());
-        assert_eq!(format!("{s}!").parse::<Ticket>(), Err(TicketError::Encoding));
-        assert_eq!("ps1".repeat(2000).parse::<Ticket>(), Err(TicketError::TooLong));
+        assert_eq!(
+            format!("{s}!").parse::<Ticket>(),
+            Err(TicketError::Encoding)
+        );
+        assert_eq!(
+            "ps1".repeat(2000).parse::<Ticket>(),
+            Err(TicketError::TooLong)
+        );
         let mut b = sample().to_bytes();
         b[0] = 9;
         assert_eq!(Ticket::from_bytes(&b), Err(TicketError::Version(9)));
@@ -245,7 +260,16 @@ mod tests {
     fn safe_names() {
         assert_eq!(safe_file_name("papers/a.pdf"), Ok("a.pdf"));
         assert_eq!(safe_file_name("talk.mkv"), Ok("talk.mkv"));
-        for bad in ["", "..", "a/..", ".", "a/", "x\\..\\y", "nul\0", "tab\there"] {
+        for bad in [
+            "",
+            "..",
+            "a/..",
+            ".",
+            "a/",
+            "x\\..\\y",
+            "nul\0",
+            "tab\there",
+        ] {
             assert!(safe_file_name(bad).is_err(), "{bad:?} should be refused");
         }
         assert!(safe_file_name(&"a".repeat(256)).is_err());

@@ -224,7 +224,10 @@ pub fn peek_frame_len(buf: &[u8], max_frame_len: u32) -> Result<Option<u32>, Dec
 /// enough bytes yet; `buf` is untouched and the caller should read more. At
 /// most `max_frame_len` plus the prefix is ever needed in `buf`, and the
 /// caller may reserve exactly that once [`peek_frame_len`] answers.
-pub fn decode_frame(buf: &mut BytesMut, max_frame_len: u32) -> Result<Option<Message>, DecodeError> {
+pub fn decode_frame(
+    buf: &mut BytesMut,
+    max_frame_len: u32,
+) -> Result<Option<Message>, DecodeError> {
     let Some(len) = peek_frame_len(buf, max_frame_len)? else {
         return Ok(None);
     };
@@ -413,7 +416,12 @@ pub struct EncodeError {
     pub max: usize,
 }
 
-fn put_string(out: &mut BytesMut, what: &'static str, s: &str, max: usize) -> Result<(), EncodeError> {
+fn put_string(
+    out: &mut BytesMut,
+    what: &'static str,
+    s: &str,
+    max: usize,
+) -> Result<(), EncodeError> {
     if s.len() > max {
         return Err(EncodeError {
             what,
@@ -571,7 +579,12 @@ mod tests {
 
     #[test]
     fn partial_frame_is_need_more_and_untouched() {
-        let frame = Message::GetCatalog { req_id: 1, cursor: 0 }.to_frame().unwrap();
+        let frame = Message::GetCatalog {
+            req_id: 1,
+            cursor: 0,
+        }
+        .to_frame()
+        .unwrap();
         let mut buf = BytesMut::from(&frame[..frame.len() - 1]);
         assert_eq!(decode_frame(&mut buf, MAX_FRAME_LEN), Ok(None));
         assert_eq!(buf.len(), frame.len() - 1);
@@ -579,7 +592,12 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_malformed() {
-        let mut frame = Message::GetCatalog { req_id: 1, cursor: 0 }.to_frame().unwrap();
+        let mut frame = Message::GetCatalog {
+            req_id: 1,
+            cursor: 0,
+        }
+        .to_frame()
+        .unwrap();
         frame.put_u8(0);
         let len = (frame.len() - 4) as u32;
         frame[..4].copy_from_slice(&len.to_be_bytes());
@@ -617,7 +635,9 @@ mod tests {
         body.put_u32(u32::MAX);
         assert_eq!(
             decode_body(body.freeze()),
-            Err(DecodeError::BadLength { kind: kind::CATALOG })
+            Err(DecodeError::BadLength {
+                kind: kind::CATALOG
+            })
         );
     }
 

@@ -1,14 +1,36 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The peershare engine: tokio around the sans-IO core in `peershare-proto`.
+//!
+//! ```text
+//!   store     the library in the data dir: what is shared, manifests, node ID
+//!   server    answers catalog / manifest / chunk requests from the library
+//!   client    one multiplexed connection to a peer (requests by ID)
+//!   download  drives a Scheduler over many peers; verifies, writes, resumes
+//!   partial   the durable record of a download's verified chunks
+//!   conn      frames over any async byte stream
+//! ```
+//!
+//! Chunk path, disk to disk: the server `pread`s the chunk from the
+//! original shared file and writes a `Chunk` frame (header, then the raw
+//! bytes); the client's reader task decodes it into a zero-copy `Bytes`
+//! and hands it to the waiting fetch task; a blocking-pool thread checks
+//! its SHA-256 against the manifest and `pwrite`s it at its offset in the
+//! `.peershare-part` file; the driver records it in the scheduler and, at
+//! the next checkpoint, in the durable state file.
+//!
+//! Nothing here reads the environment or binds sockets on its own: callers
+//! pass resolved configuration and already-bound listeners, so tests run
+//! whole nodes in one process on port 0.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod client;
+pub mod conn;
+pub mod download;
+pub mod error;
+pub mod partial;
+pub mod server;
+pub mod store;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use client::{ClientConfig, PeerConn};
+pub use download::{DownloadConfig, DownloadRequest, DownloadSummary, Output, Progress, download};
+pub use error::{DownloadError, PeerError, ServeError, StoreError};
+pub use server::{Server, ServerConfig, ServerStats};
+pub use store::{Library, ShareProgress};

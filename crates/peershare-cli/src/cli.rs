@@ -1,0 +1,196 @@
+//! Command-line options. Every option can also be set from the environment
+//! (`PEERSHARE_*`); the command line wins.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "peershare",
+    version,
+    about = "Share files with peers on your network and download them from every peer that has them, verified.",
+    long_about = "Share files with peers on your network and download them from every peer that has them.\n\n\
+        Every chunk is verified with SHA-256 before it counts, interrupted downloads resume \
+        where they stopped, and a file only ever appears under its final name complete.",
+    after_help = "Quick start, two terminals (or two machines):\n  \
+        peershare share ~/Videos/talk.mkv ~/Documents/papers\n  \
+        peershare serve\n  \
+        peershare ls --peer 192.168.1.20:9000\n  \
+        peershare get <FILE-ID or TICKET> --peer 192.168.1.20:9000 -o talk.mkv"
+)]
+pub struct Cli {
+    /// Where this node keeps its library and identity [default: $XDG_DATA_HOME/peershare]
+    #[arg(long, global = true, env = "PEERSHARE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// More log output on stderr (-v info, -vv debug)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// No progress output; errors only
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Add files and folders to this node's library (hashes them; nothing is copied)
+    #[command(after_help = "Examples:\n  \
+        peershare share ~/Videos/talk.mkv          # one file, shared as \"talk.mkv\"\n  \
+        peershare share ~/Documents/papers         # a folder, recursively: \"papers/a.pdf\", ...\n  \
+        peershare share --json notes.txt | jq -r '.[0].ticket'\n\n\
+        Prints one line per file: <file-id>  <name>. Sharing the same file again does not re-hash it \
+        unless it changed. A file that changes after sharing is no longer served until shared again.")]
+    Share(ShareArgs),
+
+    /// Remove files from the library (the files themselves are never touched)
+    #[command(after_help = "Examples:\n  \
+        peershare unshare ~/Videos/talk.mkv\n  \
+        peershare unshare ~/Documents/papers       # everything shared from that folder\n  \
+        peershare unshare 3f2a...e1                # by file ID")]
+    Unshare(UnshareArgs),
+
+    /// List this node's own library, with a ticket for each file
+    #[command(after_help = "Example:\n  peershare shared --json")]
+    Shared(JsonArg),
+
+    /// Serve the library to peers until interrupted (Ctrl-C or SIGTERM)
+    #[command(after_help = "Examples:\n  \
+        peershare serve                            # all interfaces, port 9000\n  \
+        peershare serve --listen 127.0.0.1:0       # loopback, any free port\n  \
+        peershare serve --max-upload-rate 10MB\n\n\
+        Prints `listening on IP:PORT` once it accepts connections. Files shared by another \
+        `peershare share` on the same data dir are served without a restart.")]
+    Serve(ServeArgs),
+
+    /// List the files that peers share
+    #[command(after_help = "Examples:\n  \
+        peershare ls --peer 192.168.1.20:9000\n  \
+        peershare ls --peer 10.0.0.5:9000 --peer 10.0.0.6:9000 --json")]
+    Ls(LsArgs),
+
+    /// Download a file by file ID or ticket, verified, from every given peer at once
+    #[command(after_help = "Examples:\n  \
+        peershare get ps1aebq...                   # a ticket carries the peers' addresses\n  \
+        peershare get 3f2a...e1 --peer 192.168.1.20:9000 -o talk.mkv\n  \
+        peershare get 3f2a...e1 --peer a:9000 --peer b:9000 --json\n\n\
+        Without -o the file is saved in the current directory under its shared name. While \
+        downloading, data goes to NAME.peershare-part; if interrupted, run the same command \
+        again to resume. Exit status 0 means the complete file is verified and in place.")]
+    Get(GetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShareArgs {
+    /// Files or folders to share
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// Port written into tickets (the one `serve` listens on)
+    #[arg(long, env = "PEERSHARE_PORT", default_value_t = 9000)]
+    pub port: u16,
+
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct UnshareArgs {
+    /// File IDs or paths (a folder removes everything shared from under it)
+    #[arg(required = true, value_name = "FILE-ID|PATH")]
+    pub targets: Vec<String>,
+
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to accept connections on
+    #[arg(
+        long,
+        env = "PEERSHARE_LISTEN",
+        default_value = "0.0.0.0:9000",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// Total upload rate over all peers, e.g. 500KB, 10MB, 80Mbit [default: unlimited]
+    #[arg(long, env = "PEERSHARE_MAX_UPLOAD_RATE", value_name = "RATE", value_parser = parse_rate)]
+    pub max_upload_rate: Option<u64>,
+
+    /// Connections served at once; more are refused as busy
+    #[arg(long, env = "PEERSHARE_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// A peer to ask, HOST:PORT (repeatable)
+    #[arg(long = "peer", value_name = "HOST:PORT", required = true)]
+    pub peers: Vec<String>,
+
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// A 64-hex-digit file ID, or a ticket (ps1...)
+    #[arg(value_name = "FILE-ID|TICKET")]
+    pub what: String,
+
+    /// A peer that has the file, HOST:PORT (repeatable; adds to a ticket's peers)
+    #[arg(long = "peer", value_name = "HOST:PORT")]
+    pub peers: Vec<String>,
+
+    /// Where to save: a file path, or an existing folder [default: ./NAME]
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Replace the output file if it exists
+    #[arg(long)]
+    pub force: bool,
+
+    /// Total download rate, e.g. 500KB, 10MB, 80Mbit [default: unlimited]
+    #[arg(long, env = "PEERSHARE_MAX_DOWNLOAD_RATE", value_name = "RATE", value_parser = parse_rate)]
+    pub max_download_rate: Option<u64>,
+
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    peershare_proto::rate::parse_rate(s).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn data_dir_is_global() {
+        let a = Cli::try_parse_from(["peershare", "--data-dir", "/x", "shared"]).unwrap();
+        let b = Cli::try_parse_from(["peershare", "shared", "--data-dir", "/x"]).unwrap();
+        assert_eq!(a.data_dir, b.data_dir);
+        assert_eq!(a.data_dir, Some(PathBuf::from("/x")));
+    }
+}

@@ -1,0 +1,460 @@
+//! One function per subcommand; each resolves its options and calls the
+//! engine. Output goes to stdout (results) and stderr (progress, errors).
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use peershare::download::{DownloadConfig, DownloadRequest, Output, Progress};
+use peershare::store::Entry;
+use peershare::{
+    ClientConfig, DownloadError, Library, PeerConn, PeerError, Server, ServerConfig, ShareProgress,
+    StoreError,
+};
+use peershare_proto::{FileId, Ticket};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::cli::{Cli, Command, GetArgs, LsArgs, ServeArgs, ShareArgs, UnshareArgs};
+use crate::progress;
+use crate::{Failure, exit};
+
+/// Default TCP port, the prototype's.
+pub const DEFAULT_PORT: u16 = 9000;
+
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    let data_dir = resolve_data_dir(cli.data_dir)?;
+    let quiet = cli.quiet;
+    match cli.command {
+        Command::Share(a) => share(&data_dir, a, quiet).await,
+        Command::Unshare(a) => unshare(&data_dir, a),
+        Command::Shared(a) => shared(&data_dir, a.json),
+        Command::Serve(a) => serve(&data_dir, a).await,
+        Command::Ls(a) => ls(&data_dir, a).await,
+        Command::Get(a) => get(&data_dir, a, quiet).await,
+    }
+}
+
+fn resolve_data_dir(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    match given {
+        Some(d) if d.as_os_str().is_empty() => Err(Failure::new(exit::USAGE, "--data-dir must not be empty")),
+        Some(d) => Ok(d),
+        None => dirs::data_dir().map(|d| d.join("peershare")).ok_or_else(|| {
+            Failure::new(
+                exit::USAGE,
+                "cannot find a data directory (no $HOME or $XDG_DATA_HOME); pass --data-dir DIR",
+            )
+        }),
+    }
+}
+
+fn open_library(dir: &Path) -> Result<Library, Failure> {
+    Library::open(dir).map_err(store_failure)
+}
+
+fn store_failure(e: StoreError) -> Failure {
+    let code = match e {
+        StoreError::NotShared(_) => exit::NOT_FOUND,
+        _ => exit::LOCAL,
+    };
+    Failure::new(code, e)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) ends quietly, not as an error.
+fn out(text: &str) {
+    let mut o = io::stdout().lock();
+    if let Err(e) = o.write_all(text.as_bytes()).and_then(|_| o.flush()) {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("peershare: error: writing output: {e}");
+        std::process::exit(exit::FAILURE as i32);
+    }
+}
+
+fn out_json<T: Serialize>(value: &T) {
+    out(&(serde_json::to_string_pretty(value).expect("serializable") + "\n"));
+}
+
+#[derive(Serialize)]
+struct SharedFile {
+    id: String,
+    name: String,
+    size: u64,
+    path: PathBuf,
+    ticket: String,
+}
+
+/// Addresses to put in tickets: this machine's non-loopback addresses, or
+/// loopback when it has none.
+fn ticket_addrs(port: u16) -> Vec<SocketAddr> {
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified() && !ip.is_multicast())
+        .filter(|ip| match ip {
+            // Link-local IPv6 needs a scope ID that tickets do not carry.
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+            IpAddr::V4(_) => true,
+        })
+        .collect();
+    ips.sort_by_key(|ip| (ip.is_ipv6(), *ip));
+    ips.dedup();
+    if ips.is_empty() {
+        ips.push(IpAddr::from([127, 0, 0, 1]));
+    }
+    ips.into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
+}
+
+fn describe(e: &Entry, addrs: &[SocketAddr]) -> SharedFile {
+    let id: FileId = e.id.parse().expect("library holds valid IDs");
+    SharedFile {
+        id: e.id.clone(),
+        name: e.name.clone(),
+        size: e.size,
+        path: e.path.clone(),
+        ticket: Ticket {
+            id,
+            size: e.size,
+            name: e.name.clone(),
+            addrs: addrs.to_vec(),
+        }
+        .to_string(),
+    }
+}
+
+async fn share(dir: &Path, a: ShareArgs, quiet: bool) -> Result<(), Failure> {
+    let lib = open_library(dir)?;
+    let counters = Arc::new(ShareProgress::default());
+    let bar = progress::hashing(counters.clone(), quiet);
+    let paths = a.paths.clone();
+    let lib2 = lib.clone();
+    let c2 = counters.clone();
+    let result = tokio::task::spawn_blocking(move || lib2.share(&paths, &c2))
+        .await
+        .expect("share does not panic");
+    bar.finish().await;
+    let shared = result.map_err(store_failure)?;
+    let addrs = ticket_addrs(a.port);
+    if a.json.json {
+        let files: Vec<_> = shared.iter().map(|s| describe(&s.entry, &addrs)).collect();
+        out_json(&files);
+    } else {
+        let mut text = String::new();
+        for s in &shared {
+            text.push_str(&format!("{}  {}\n", s.entry.id, s.entry.name));
+        }
+        out(&text);
+    }
+    Ok(())
+}
+
+fn unshare(dir: &Path, a: UnshareArgs) -> Result<(), Failure> {
+    let lib = open_library(dir)?;
+    let removed = lib.unshare(&a.targets).map_err(store_failure)?;
+    if a.json.json {
+        let v: Vec<_> = removed
+            .iter()
+            .map(|e| serde_json::json!({"id": e.id, "name": e.name, "path": e.path}))
+            .collect();
+        out_json(&v);
+    } else {
+        let mut text = String::new();
+        for e in &removed {
+            text.push_str(&format!("unshared {}  {}\n", e.id, e.name));
+        }
+        out(&text);
+    }
+    Ok(())
+}
+
+fn shared(dir: &Path, json: bool) -> Result<(), Failure> {
+    let lib = open_library(dir)?;
+    let snap = lib.snapshot().map_err(store_failure)?;
+    let addrs = ticket_addrs(DEFAULT_PORT);
+    let files: Vec<_> = snap.files.values().map(|e| describe(e, &addrs)).collect();
+    if json {
+        out_json(&files);
+    } else {
+        let mut text = String::new();
+        for f in &files {
+            text.push_str(&format!(
+                "{}  {:>10}  {}\n",
+                f.id,
+                progress::bytes(f.size),
+                f.name
+            ));
+        }
+        out(&text);
+    }
+    Ok(())
+}
+
+async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
+    let lib = open_library(dir)?;
+    // Fail early on a damaged library rather than serve nothing.
+    lib.snapshot().map_err(store_failure)?;
+    let node_id = lib.node_id().map_err(store_failure)?;
+    let listener = TcpListener::bind(a.listen).await.map_err(|e| {
+        let hint = if e.kind() == io::ErrorKind::AddrInUse {
+            " (another program, maybe another peershare, uses it: pick another with --listen)"
+        } else {
+            ""
+        };
+        Failure::new(
+            exit::LOCAL,
+            format!("cannot listen on {}: {e}{hint}", a.listen),
+        )
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Failure::new(exit::LOCAL, format!("listener address: {e}")))?;
+    let config = ServerConfig {
+        max_connections: a.max_connections as usize,
+        max_upload_rate: a.max_upload_rate,
+        ..ServerConfig::default()
+    };
+    let server = Server::new(lib, node_id, local.port(), config);
+    out(&format!("listening on {local}\n"));
+    tracing::info!(node = %node_id, "serving the library in {}", dir.display());
+    server
+        .run(listener, shutdown_signal())
+        .await
+        .map_err(|e| Failure::new(exit::FAILURE, e))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Resolves `HOST:PORT` (or `HOST`, meaning port 9000).
+async fn resolve_peer(s: &str) -> Result<SocketAddr, Failure> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    let with_port = if s
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        s.to_owned()
+    } else {
+        format!("{s}:{DEFAULT_PORT}")
+    };
+    let bad = |why: String| {
+        Failure::new(
+            exit::USAGE,
+            format!("bad peer address {s:?}: {why} (expected HOST:PORT, e.g. 192.168.1.20:9000)"),
+        )
+    };
+    let mut addrs = tokio::net::lookup_host(&with_port)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    addrs
+        .next()
+        .ok_or_else(|| bad("the name resolves to no address".into()))
+}
+
+async fn resolve_peers(list: &[String]) -> Result<Vec<SocketAddr>, Failure> {
+    let mut out = Vec::new();
+    for p in list {
+        out.push(resolve_peer(p).await?);
+    }
+    Ok(out)
+}
+
+fn peer_failure(e: &PeerError) -> u8 {
+    match e {
+        PeerError::Connect { .. } | PeerError::Timeout { .. } => exit::UNREACHABLE,
+        _ => exit::FAILURE,
+    }
+}
+
+#[derive(Serialize)]
+struct LsRow {
+    id: String,
+    name: String,
+    size: u64,
+    /// The first peer that lists it.
+    peer: SocketAddr,
+    peers: Vec<SocketAddr>,
+}
+
+async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
+    let lib = open_library(dir)?;
+    let node_id = lib.node_id().map_err(store_failure)?;
+    let addrs = resolve_peers(&a.peers).await?;
+    let mut rows: BTreeMap<FileId, LsRow> = BTreeMap::new();
+    let mut errors = Vec::new();
+    let mut set = tokio::task::JoinSet::new();
+    for addr in addrs {
+        set.spawn(async move {
+            let conn = PeerConn::connect(addr, node_id, ClientConfig::default()).await?;
+            conn.catalog().await.map(|c| (addr, c))
+        });
+    }
+    let mut answered = Vec::new();
+    while let Some(r) = set.join_next().await {
+        match r.expect("ls task does not panic") {
+            Ok(a) => answered.push(a),
+            Err(e) => errors.push(e),
+        }
+    }
+    // Stable output: peers in the order given.
+    let order: Vec<SocketAddr> = resolve_peers(&a.peers).await?;
+    answered.sort_by_key(|(addr, _)| order.iter().position(|o| o == addr));
+    for (addr, entries) in answered.iter() {
+        for e in entries {
+            rows.entry(e.id)
+                .and_modify(|r| r.peers.push(*addr))
+                .or_insert_with(|| LsRow {
+                    id: e.id.to_string(),
+                    name: e.name.clone(),
+                    size: e.size,
+                    peer: *addr,
+                    peers: vec![*addr],
+                });
+        }
+    }
+    for e in &errors {
+        eprintln!("peershare: warning: {e}");
+    }
+    if answered.is_empty() {
+        let code = errors.first().map_or(exit::FAILURE, peer_failure);
+        let msg = errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(Failure::new(code, format!("no peer answered: {msg}")));
+    }
+    let mut rows: Vec<LsRow> = rows.into_values().collect();
+    rows.sort_by(|x, y| x.name.cmp(&y.name).then(x.id.cmp(&y.id)));
+    if a.json.json {
+        out_json(&rows);
+    } else {
+        let mut text = String::new();
+        for r in &rows {
+            let peers: Vec<String> = r.peers.iter().map(|p| p.to_string()).collect();
+            text.push_str(&format!(
+                "{}  {:>10}  {}  ({})\n",
+                r.id,
+                progress::bytes(r.size),
+                r.name,
+                peers.join(", ")
+            ));
+        }
+        if rows.is_empty() {
+            eprintln!("peershare: the peers share no files");
+        }
+        out(&text);
+    }
+    Ok(())
+}
+
+async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
+    let (id, name, mut peers) = match a.what.parse::<FileId>() {
+        Ok(id) => (id, None, Vec::new()),
+        Err(id_err) => match a.what.parse::<Ticket>() {
+            Ok(t) => (t.id, Some(t.name), t.addrs),
+            Err(t_err) => {
+                let why = if a.what.trim_start().starts_with("ps1") {
+                    t_err.to_string()
+                } else {
+                    format!("not a file ID ({id_err}) nor a ticket")
+                };
+                return Err(Failure::new(exit::USAGE, format!("{:?}: {why}", a.what)));
+            }
+        },
+    };
+    peers.extend(resolve_peers(&a.peers).await?);
+    let lib = open_library(dir)?;
+    let node_id = lib.node_id().map_err(store_failure)?;
+    let output = match a.output {
+        Some(p) if p.is_dir() => Output::Dir(p),
+        Some(p) => Output::File(p),
+        None => Output::Dir(PathBuf::from(".")),
+    };
+    let req = DownloadRequest {
+        id,
+        name,
+        peers,
+        output,
+        force: a.force,
+        node_id,
+        config: DownloadConfig {
+            max_download_rate: a.max_download_rate,
+            ..DownloadConfig::default()
+        },
+    };
+    let counters = Arc::new(Progress::default());
+    let display = progress::downloading(counters.clone(), quiet);
+    let result = peershare::download(req, counters, shutdown_signal()).await;
+    display.finish().await;
+    let summary = result.map_err(|e| {
+        let code = match &e {
+            DownloadError::NoPeers => exit::USAGE,
+            DownloadError::AllUnreachable(errs) => {
+                errs.first().map_or(exit::UNREACHABLE, peer_failure)
+            }
+            DownloadError::NotFound { .. } => exit::NOT_FOUND,
+            DownloadError::AllSourcesCorrupt => exit::CORRUPT,
+            DownloadError::OutputExists(_)
+            | DownloadError::NoSpace { .. }
+            | DownloadError::Disk { .. } => exit::LOCAL,
+            DownloadError::UnsafeName(_) => exit::FAILURE,
+            DownloadError::AllSourcesFailed(_) => exit::FAILURE,
+            DownloadError::Cancelled => exit::INTERRUPTED,
+        };
+        Failure::new(code, e)
+    })?;
+    if a.json.json {
+        out_json(&summary);
+    } else {
+        let rate = summary.bytes_received as f64 / summary.seconds.max(1e-6);
+        let resumed = if summary.bytes_resumed > 0 {
+            format!(", {} resumed", progress::bytes(summary.bytes_resumed))
+        } else {
+            String::new()
+        };
+        out(&format!(
+            "saved {} ({}, verified) in {:.1} s at {}/s from {} peer{}{resumed}\n",
+            summary.path.display(),
+            progress::bytes(summary.size),
+            summary.seconds,
+            progress::bytes(rate as u64),
+            summary.peers.iter().filter(|p| p.chunks > 0).count(),
+            if summary.peers.iter().filter(|p| p.chunks > 0).count() == 1 {
+                ""
+            } else {
+                "s"
+            },
+        ));
+        for p in summary.peers.iter().filter(|p| p.dropped.is_some()) {
+            eprintln!(
+                "peershare: dropped {}: {}",
+                p.addr,
+                p.dropped.as_deref().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}

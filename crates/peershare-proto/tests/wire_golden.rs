@@ -1,0 +1,838 @@
+//! Golden bytes for protocol v1: one annotated hex dump per message kind,
+//! per manifest encoding and per ticket form.
+//!
+//! Every dump was written by hand from the layouts in `docs/PROTOCOL.md`
+//! (and the module docs of `wire.rs`, `manifest.rs` and `ticket.rs`), never
+//! copied from the encoder. The only values not worked out by hand are
+//! SHA-256 digests and the base32 text of the ticket; those were computed
+//! with independent tools (`sha256sum`, Python's `hashlib` and
+//! `base64.b32encode`).
+//!
+//! Each test asserts both directions: encoding the message gives exactly the
+//! golden bytes, and decoding the golden bytes gives exactly the message.
+//! `docs_examples_match_golden_dumps` checks that the examples in
+//! `docs/PROTOCOL.md` are these same bytes, so the spec cannot drift from
+//! the tests.
+//!
+//! The running example: a node shares a 5-byte file `hello.txt` containing
+//! `hello`. Its manifest, file ID, catalog entry, chunk and ticket appear
+//! below.
+
+use bytes::{Bytes, BytesMut};
+use peershare_proto::id::{FileId, ID_LEN, NodeId, sha256};
+use peershare_proto::manifest::{
+    MANIFEST_HEADER_LEN, MANIFEST_VERSION, MAX_CHUNK_COUNT, MAX_CHUNK_SIZE, MAX_FILE_SIZE,
+    MAX_MANIFEST_LEN, MIN_CHUNK_SIZE, Manifest, TARGET_CHUNK_COUNT,
+};
+use peershare_proto::ticket::{
+    MAX_TICKET_ADDRS, MAX_TICKET_LEN, TICKET_PREFIX, TICKET_VERSION, Ticket,
+};
+use peershare_proto::wire::{
+    CATALOG_PAGE_BUDGET, CatalogEntry, DecodeError, ErrorCode, Hello, LEN_PREFIX, MAGIC,
+    MAX_ERROR_MESSAGE_LEN, MAX_FRAME_LEN, MAX_NAME_LEN, MAX_REQUEST_FRAME_LEN, Message,
+    PROTOCOL_VERSION, chunk_header, decode_body, decode_frame, kind,
+};
+
+/// Parses an annotated hex dump: `#` starts a comment that runs to the end
+/// of the line; whitespace is ignored; everything else must be hex digits.
+fn unhex(dump: &str) -> Vec<u8> {
+    let digits: String = dump
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or(""))
+        .flat_map(str::chars)
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    hex::decode(&digits).unwrap_or_else(|e| panic!("bad golden dump ({e}): {digits}"))
+}
+
+/// Asserts `msg` encodes to exactly `dump` and `dump` decodes to exactly
+/// `msg`, consuming the whole frame, under the frame limit `limit` (the
+/// limit of the side that receives this message).
+fn check(msg: &Message, dump: &str, limit: u32) {
+    let golden = unhex(dump);
+    let encoded = msg.to_frame().expect("golden messages are within limits");
+    assert_eq!(
+        hex::encode(&encoded),
+        hex::encode(&golden),
+        "encoding of {msg:?} differs from the golden bytes"
+    );
+
+    // The prefix counts exactly the bytes after it.
+    let declared = u32::from_be_bytes(golden[..LEN_PREFIX].try_into().unwrap());
+    assert_eq!(
+        declared as usize,
+        golden.len() - LEN_PREFIX,
+        "golden prefix is wrong"
+    );
+
+    let mut buf = BytesMut::from(&golden[..]);
+    assert_eq!(decode_frame(&mut buf, limit), Ok(Some(msg.clone())));
+    assert!(
+        buf.is_empty(),
+        "decode_frame must consume exactly one frame"
+    );
+    assert_eq!(
+        decode_body(Bytes::copy_from_slice(&golden[LEN_PREFIX..])),
+        Ok(msg.clone())
+    );
+    assert_eq!(msg.req_id(), req_id_in(&golden), "req_id()");
+}
+
+/// The request ID as it sits on the wire: bytes 5..9 for every kind but Hello.
+fn req_id_in(frame: &[u8]) -> u32 {
+    if frame[LEN_PREFIX] == kind::HELLO {
+        0
+    } else {
+        u32::from_be_bytes(frame[5..9].try_into().unwrap())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The running example's values.
+
+/// SHA-256("hello"): the hash of the only chunk of `hello.txt`.
+const HELLO_CHUNK_HASH: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+/// SHA-256 of `MANIFEST_HELLO`: the file ID of `hello.txt`.
+const HELLO_FILE_ID: &str = "2f0eb4b10313a4ef3577b70af3cf3d8b612dee8790c3507fd24cf4d389925ef2";
+/// SHA-256 of `MANIFEST_EMPTY`: the file ID of every empty file.
+const EMPTY_FILE_ID: &str = "a87aaf201ee2068b205dc37a26ca97224c1729686d525acaa98b18ac971db932";
+
+fn hello_id() -> FileId {
+    HELLO_FILE_ID.parse().unwrap()
+}
+
+fn node_id() -> NodeId {
+    NodeId(std::array::from_fn(|i| i as u8))
+}
+
+fn two_entries() -> Vec<CatalogEntry> {
+    vec![
+        CatalogEntry {
+            id: FileId([0xaa; ID_LEN]),
+            size: 5,
+            name: "a.txt".into(),
+        },
+        CatalogEntry {
+            id: FileId([0xbb; ID_LEN]),
+            size: 1 << 32,
+            name: "dir/é".into(),
+        },
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// Golden dumps. The names are referenced from docs/PROTOCOL.md.
+
+const HELLO: &str = r#"
+00 00 00 31                                      # length: 49 bytes follow
+01                                               # kind: Hello
+50 53 48 52                                      # magic "PSHR"
+00 01                                            # version: 1
+00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f  # node ID (32 bytes)
+10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f
+23 28                                            # listen port: 9000
+00 00 00 00 00 00 00 00                          # capabilities: none (no bits are defined in v1)
+"#;
+
+const ERROR: &str = r#"
+00 00 00 15                                      # length: 21
+02                                               # kind: Error
+00 00 00 07                                      # req_id: 7
+00 03                                            # code: 3 = NotFound
+00 0c                                            # message length: 12
+6e 6f 20 73 75 63 68 20 66 69 6c 65              # "no such file"
+"#;
+
+const ERROR_CONNECTION: &str = r#"
+00 00 00 17                                      # length: 23
+02                                               # kind: Error
+00 00 00 00                                      # req_id: 0 = about the connection
+00 02                                            # code: 2 = UnsupportedVersion
+00 0e                                            # message length: 14
+76 65 72 73 69 6f 6e 20 31 20 6f 6e 6c 79        # "version 1 only"
+"#;
+
+const GET_CATALOG_FIRST: &str = r#"
+00 00 00 09                                      # length: 9
+10                                               # kind: GetCatalog
+00 00 00 01                                      # req_id: 1
+00 00 00 00                                      # cursor: 0 = first page
+"#;
+
+const GET_CATALOG_NEXT: &str = r#"
+00 00 00 09                                      # length: 9
+10                                               # kind: GetCatalog
+00 00 00 02                                      # req_id: 2
+00 00 00 02                                      # cursor: 2, as returned in `next`
+"#;
+
+const CATALOG_TWO_MORE: &str = r#"
+00 00 00 75                                      # length: 117
+11                                               # kind: Catalog
+00 00 00 01                                      # req_id: 1
+00 00 00 00 00 00 00 2a                          # revision: 42
+01                                               # next: present
+00 00 00 02                                      #   cursor for the next page: 2
+00 00 00 02                                      # entry count: 2
+aa aa aa aa aa aa aa aa aa aa aa aa aa aa aa aa  # entry 0: file ID
+aa aa aa aa aa aa aa aa aa aa aa aa aa aa aa aa
+00 00 00 00 00 00 00 05                          #   size: 5
+00 05                                            #   name length: 5
+61 2e 74 78 74                                   #   name: "a.txt"
+bb bb bb bb bb bb bb bb bb bb bb bb bb bb bb bb  # entry 1: file ID
+bb bb bb bb bb bb bb bb bb bb bb bb bb bb bb bb
+00 00 00 01 00 00 00 00                          #   size: 2^32
+00 06                                            #   name length: 6 (bytes, not characters)
+64 69 72 2f c3 a9                                #   name: "dir/é" (UTF-8)
+"#;
+
+const CATALOG_TWO_LAST: &str = r#"
+00 00 00 71                                      # length: 113
+11                                               # kind: Catalog
+00 00 00 01                                      # req_id: 1
+00 00 00 00 00 00 00 2a                          # revision: 42
+00                                               # next: absent (last page)
+00 00 00 02                                      # entry count: 2
+aa aa aa aa aa aa aa aa aa aa aa aa aa aa aa aa  # entry 0: file ID
+aa aa aa aa aa aa aa aa aa aa aa aa aa aa aa aa
+00 00 00 00 00 00 00 05                          #   size: 5
+00 05                                            #   name length: 5
+61 2e 74 78 74                                   #   name: "a.txt"
+bb bb bb bb bb bb bb bb bb bb bb bb bb bb bb bb  # entry 1: file ID
+bb bb bb bb bb bb bb bb bb bb bb bb bb bb bb bb
+00 00 00 01 00 00 00 00                          #   size: 2^32
+00 06                                            #   name length: 6
+64 69 72 2f c3 a9                                #   name: "dir/é"
+"#;
+
+const CATALOG_EMPTY_LAST: &str = r#"
+00 00 00 12                                      # length: 18
+11                                               # kind: Catalog
+00 00 00 02                                      # req_id: 2
+00 00 00 00 00 00 00 2a                          # revision: 42
+00                                               # next: absent (last page)
+00 00 00 00                                      # entry count: 0
+"#;
+
+const GET_MANIFEST: &str = r#"
+00 00 00 25                                      # length: 37
+12                                               # kind: GetManifest
+00 00 00 04                                      # req_id: 4
+2f 0e b4 b1 03 13 a4 ef 35 77 b7 0a f3 cf 3d 8b  # file ID of hello.txt
+61 2d ee 87 90 c3 50 7f d2 4c f4 d3 89 92 5e f2
+"#;
+
+const MANIFEST_MSG: &str = r#"
+00 00 00 2f                                      # length: 47
+13                                               # kind: Manifest
+00 00 00 04                                      # req_id: 4
+01                                               # manifest: version 1
+00 00 00 00 00 00 00 05                          #   file size: 5
+10                                               #   log2(chunk size): 16
+2c f2 4d ba 5f b0 a3 0e 26 e8 3b 2a c5 b9 e2 9e  #   SHA-256 of chunk 0 ("hello")
+1b 16 1e 5c 1f a7 42 5e 73 04 33 62 93 8b 98 24
+"#;
+
+const GET_CHUNK: &str = r#"
+00 00 00 29                                      # length: 41
+16                                               # kind: GetChunk
+00 00 00 05                                      # req_id: 5
+2f 0e b4 b1 03 13 a4 ef 35 77 b7 0a f3 cf 3d 8b  # file ID of hello.txt
+61 2d ee 87 90 c3 50 7f d2 4c f4 d3 89 92 5e f2
+00 00 00 00                                      # chunk index: 0
+"#;
+
+const CHUNK: &str = r#"
+00 00 00 0e                                      # length: 14
+17                                               # kind: Chunk
+00 00 00 05                                      # req_id: 5
+00 00 00 00                                      # chunk index: 0
+68 65 6c 6c 6f                                   # data: "hello" (raw, to the end of the frame)
+"#;
+
+/// The 13 bytes `chunk_header` writes before a payload it does not copy.
+const CHUNK_HEADER: &str = r#"
+00 01 00 09                                      # length: 9 + 65536 payload bytes
+17                                               # kind: Chunk
+01 02 03 04                                      # req_id: 0x01020304
+0a 0b 0c 0d                                      # chunk index: 0x0a0b0c0d
+"#;
+
+const MANIFEST_HELLO: &str = r#"
+01                                               # version: 1
+00 00 00 00 00 00 00 05                          # file size: 5
+10                                               # log2(chunk size): 16 (64 KiB)
+2c f2 4d ba 5f b0 a3 0e 26 e8 3b 2a c5 b9 e2 9e  # SHA-256 of chunk 0 ("hello")
+1b 16 1e 5c 1f a7 42 5e 73 04 33 62 93 8b 98 24
+"#;
+
+const MANIFEST_EMPTY: &str = r#"
+01                                               # version: 1
+00 00 00 00 00 00 00 00                          # file size: 0
+10                                               # log2(chunk size): 16; no chunk hashes follow
+"#;
+
+const TICKET_BINARY: &str = r#"
+01                                               # ticket version: 1
+2f 0e b4 b1 03 13 a4 ef 35 77 b7 0a f3 cf 3d 8b  # file ID of hello.txt
+61 2d ee 87 90 c3 50 7f d2 4c f4 d3 89 92 5e f2
+00 00 00 00 00 00 00 05                          # file size: 5
+00 09                                            # name length: 9
+68 65 6c 6c 6f 2e 74 78 74                       # name: "hello.txt"
+02                                               # address count: 2
+04                                               # address 0: family 4
+c0 a8 01 14                                      #   192.168.1.20
+23 28                                            #   port 9000
+06                                               # address 1: family 6
+fe 80 00 00 00 00 00 00 00 00 00 00 00 00 00 01  #   fe80::1
+23 29                                            #   port 9001
+"#;
+
+/// "ps1" + lowercase unpadded base32 of `TICKET_BINARY`.
+const TICKET_TEXT: &str = "ps1aexq5nframj2j3zvo63qv46phwfwclpoq6imgud72jgpju4jsjppeaaaaaaaaaaaauaas2dfnrwg6ltupb2aebgavaariizia37iaaaaaaaaaaaaaaaaaaaaaaasgki";
+
+// ---------------------------------------------------------------------------
+// One test per message kind.
+
+#[test]
+fn golden_hello() {
+    let msg = Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node_id: node_id(),
+        listen_port: 9000,
+        capabilities: 0,
+    });
+    check(&msg, HELLO, MAX_REQUEST_FRAME_LEN);
+}
+
+#[test]
+fn golden_error() {
+    let msg = Message::Error {
+        req_id: 7,
+        code: ErrorCode::NotFound,
+        message: "no such file".into(),
+    };
+    check(&msg, ERROR, MAX_FRAME_LEN);
+}
+
+#[test]
+fn golden_error_about_the_connection() {
+    let msg = Message::Error {
+        req_id: 0,
+        code: ErrorCode::UnsupportedVersion,
+        message: "version 1 only".into(),
+    };
+    check(&msg, ERROR_CONNECTION, MAX_REQUEST_FRAME_LEN);
+}
+
+#[test]
+fn golden_get_catalog() {
+    check(
+        &Message::GetCatalog {
+            req_id: 1,
+            cursor: 0,
+        },
+        GET_CATALOG_FIRST,
+        MAX_REQUEST_FRAME_LEN,
+    );
+    check(
+        &Message::GetCatalog {
+            req_id: 2,
+            cursor: 2,
+        },
+        GET_CATALOG_NEXT,
+        MAX_REQUEST_FRAME_LEN,
+    );
+}
+
+#[test]
+fn golden_catalog_two_entries_more_pages() {
+    let msg = Message::Catalog {
+        req_id: 1,
+        revision: 42,
+        next: Some(2),
+        entries: two_entries(),
+    };
+    check(&msg, CATALOG_TWO_MORE, MAX_FRAME_LEN);
+}
+
+#[test]
+fn golden_catalog_two_entries_last_page() {
+    let msg = Message::Catalog {
+        req_id: 1,
+        revision: 42,
+        next: None,
+        entries: two_entries(),
+    };
+    check(&msg, CATALOG_TWO_LAST, MAX_FRAME_LEN);
+}
+
+#[test]
+fn golden_catalog_empty_last_page() {
+    let msg = Message::Catalog {
+        req_id: 2,
+        revision: 42,
+        next: None,
+        entries: vec![],
+    };
+    check(&msg, CATALOG_EMPTY_LAST, MAX_FRAME_LEN);
+}
+
+#[test]
+fn golden_get_manifest() {
+    let msg = Message::GetManifest {
+        req_id: 4,
+        id: hello_id(),
+    };
+    check(&msg, GET_MANIFEST, MAX_REQUEST_FRAME_LEN);
+}
+
+#[test]
+fn golden_manifest() {
+    let msg = Message::Manifest {
+        req_id: 4,
+        bytes: Bytes::from(unhex(MANIFEST_HELLO)),
+    };
+    check(&msg, MANIFEST_MSG, MAX_FRAME_LEN);
+}
+
+#[test]
+fn golden_get_chunk() {
+    let msg = Message::GetChunk {
+        req_id: 5,
+        id: hello_id(),
+        index: 0,
+    };
+    check(&msg, GET_CHUNK, MAX_REQUEST_FRAME_LEN);
+}
+
+#[test]
+fn golden_chunk() {
+    let msg = Message::Chunk {
+        req_id: 5,
+        index: 0,
+        data: Bytes::from_static(b"hello"),
+    };
+    check(&msg, CHUNK, MAX_FRAME_LEN);
+}
+
+#[test]
+fn golden_chunk_header() {
+    assert_eq!(
+        hex::encode(chunk_header(0x0102_0304, 0x0a0b_0c0d, 1 << 16)),
+        hex::encode(unhex(CHUNK_HEADER))
+    );
+    // The header of the running example's chunk is the start of its frame.
+    let chunk = unhex(CHUNK);
+    assert_eq!(chunk_header(5, 0, 5)[..], chunk[..13]);
+    // An empty payload still makes a valid frame.
+    let mut buf = BytesMut::from(&chunk_header(9, 3, 0)[..]);
+    assert_eq!(
+        decode_frame(&mut buf, MAX_FRAME_LEN),
+        Ok(Some(Message::Chunk {
+            req_id: 9,
+            index: 3,
+            data: Bytes::new()
+        }))
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Manifests and tickets.
+
+#[test]
+fn golden_manifest_of_a_5_byte_file() {
+    let golden = unhex(MANIFEST_HELLO);
+    assert_eq!(hex::encode(sha256(b"hello")), HELLO_CHUNK_HASH);
+    let m = Manifest::from_bytes(b"hello");
+    assert_eq!(hex::encode(m.encode()), hex::encode(&golden));
+    assert_eq!(Manifest::decode(&golden), Ok(m.clone()));
+    assert_eq!(m.id().to_string(), HELLO_FILE_ID);
+    assert_eq!(Manifest::decode_verified(&golden, &hello_id()), Ok(m));
+}
+
+#[test]
+fn golden_manifest_of_an_empty_file() {
+    let golden = unhex(MANIFEST_EMPTY);
+    let m = Manifest::from_bytes(b"");
+    assert_eq!(Manifest::new(0, vec![]), Ok(m.clone()));
+    assert_eq!(hex::encode(m.encode()), hex::encode(&golden));
+    assert_eq!(Manifest::decode(&golden), Ok(m.clone()));
+    assert_eq!(m.id().to_string(), EMPTY_FILE_ID);
+}
+
+fn sample_ticket() -> Ticket {
+    Ticket {
+        id: hello_id(),
+        size: 5,
+        name: "hello.txt".into(),
+        addrs: vec![
+            "192.168.1.20:9000".parse().unwrap(),
+            "[fe80::1]:9001".parse().unwrap(),
+        ],
+    }
+}
+
+#[test]
+fn golden_ticket_binary() {
+    let golden = unhex(TICKET_BINARY);
+    let t = sample_ticket();
+    assert_eq!(hex::encode(t.to_bytes()), hex::encode(&golden));
+    assert_eq!(Ticket::from_bytes(&golden), Ok(t));
+}
+
+#[test]
+fn golden_ticket_text() {
+    let t = sample_ticket();
+    assert_eq!(t.to_string(), TICKET_TEXT);
+    assert_eq!(TICKET_TEXT.parse::<Ticket>(), Ok(t.clone()));
+    // Surrounding whitespace (a pasted line) and an upper-case body are fine.
+    assert_eq!(
+        format!("  {TICKET_TEXT}\n").parse::<Ticket>(),
+        Ok(t.clone())
+    );
+    let upper_body = format!("ps1{}", TICKET_TEXT[3..].to_ascii_uppercase());
+    assert_eq!(upper_body.parse::<Ticket>(), Ok(t));
+}
+
+// ---------------------------------------------------------------------------
+// Numbers the spec gives in its tables.
+
+/// docs/PROTOCOL.md, "Constants": every value in that table is asserted here.
+#[test]
+fn constants_match_the_spec_table() {
+    assert_eq!(&MAGIC, b"PSHR");
+    assert_eq!(PROTOCOL_VERSION, 1);
+    assert_eq!(LEN_PREFIX, 4);
+    assert_eq!(MAX_FRAME_LEN, 8_388_634);
+    assert_eq!(MAX_REQUEST_FRAME_LEN, 4096);
+    assert_eq!(MAX_NAME_LEN, 1024);
+    assert_eq!(MAX_ERROR_MESSAGE_LEN, 1024);
+    assert_eq!(CATALOG_PAGE_BUDGET, 262_144);
+    assert_eq!(ID_LEN, 32);
+    assert_eq!(MANIFEST_VERSION, 1);
+    assert_eq!(MANIFEST_HEADER_LEN, 10);
+    assert_eq!(MIN_CHUNK_SIZE, 65_536);
+    assert_eq!(MAX_CHUNK_SIZE, 8_388_608);
+    assert_eq!(TARGET_CHUNK_COUNT, 1024);
+    assert_eq!(MAX_CHUNK_COUNT, 262_144);
+    assert_eq!(MAX_FILE_SIZE, 1 << 41);
+    assert_eq!(MAX_MANIFEST_LEN, 8_388_618);
+    assert_eq!(TICKET_PREFIX, "ps1");
+    assert_eq!(TICKET_VERSION, 1);
+    assert_eq!(MAX_TICKET_ADDRS, 16);
+    assert_eq!(MAX_TICKET_LEN, 4096);
+
+    // Relations the spec states.
+    // The largest frame holds a whole Manifest message and a whole Chunk.
+    assert!(MAX_FRAME_LEN as usize >= 1 + 4 + MAX_MANIFEST_LEN);
+    assert!(MAX_FRAME_LEN >= 1 + 4 + 4 + MAX_CHUNK_SIZE);
+    assert_eq!(MAX_FILE_SIZE, MAX_CHUNK_COUNT * MAX_CHUNK_SIZE as u64);
+    // A full catalog page (the budget plus one largest entry) fits a frame.
+    let largest_entry = ID_LEN + 8 + 2 + MAX_NAME_LEN;
+    assert!(1 + 4 + 8 + 5 + 4 + CATALOG_PAGE_BUDGET + largest_entry <= MAX_FRAME_LEN as usize);
+}
+
+#[test]
+fn kinds_match_the_spec_table() {
+    assert_eq!(kind::HELLO, 0x01);
+    assert_eq!(kind::ERROR, 0x02);
+    assert_eq!(kind::GET_CATALOG, 0x10);
+    assert_eq!(kind::CATALOG, 0x11);
+    assert_eq!(kind::GET_MANIFEST, 0x12);
+    assert_eq!(kind::MANIFEST, 0x13);
+    assert_eq!(kind::GET_CHUNK, 0x16);
+    assert_eq!(kind::CHUNK, 0x17);
+}
+
+#[test]
+fn error_codes_match_the_spec_table() {
+    let codes = [
+        (ErrorCode::BadRequest, 1),
+        (ErrorCode::UnsupportedVersion, 2),
+        (ErrorCode::NotFound, 3),
+        (ErrorCode::OutOfRange, 4),
+        (ErrorCode::Unavailable, 5),
+        (ErrorCode::Busy, 6),
+        (ErrorCode::Internal, 7),
+    ];
+    for (code, value) in codes {
+        assert_eq!(code as u16, value);
+        // The code sits at bytes 9..11 of an Error frame and decodes back.
+        let frame = Message::Error {
+            req_id: 1,
+            code,
+            message: String::new(),
+        }
+        .to_frame()
+        .unwrap();
+        assert_eq!(frame[9..11], value.to_be_bytes());
+        assert!(matches!(
+            decode_body(frame.freeze().slice(LEN_PREFIX..)),
+            Ok(Message::Error { code: c, .. }) if c == code
+        ));
+    }
+}
+
+/// The largest request of each kind fits MAX_REQUEST_FRAME_LEN, so a server
+/// that applies that limit never rejects a well-formed request.
+#[test]
+fn largest_requests_fit_the_request_limit() {
+    let id = FileId([0xff; ID_LEN]);
+    let largest = [
+        Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            node_id: NodeId([0xff; ID_LEN]),
+            listen_port: u16::MAX,
+            capabilities: u64::MAX,
+        }),
+        Message::Error {
+            req_id: u32::MAX,
+            code: ErrorCode::Internal,
+            message: "x".repeat(MAX_ERROR_MESSAGE_LEN),
+        },
+        Message::GetCatalog {
+            req_id: u32::MAX,
+            cursor: u32::MAX,
+        },
+        Message::GetManifest {
+            req_id: u32::MAX,
+            id,
+        },
+        Message::GetChunk {
+            req_id: u32::MAX,
+            id,
+            index: u32::MAX,
+        },
+    ];
+    for msg in largest {
+        let mut frame = msg.to_frame().unwrap();
+        assert!(frame.len() - LEN_PREFIX <= MAX_REQUEST_FRAME_LEN as usize);
+        assert_eq!(
+            decode_frame(&mut frame, MAX_REQUEST_FRAME_LEN),
+            Ok(Some(msg))
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Malformed frames: what a receiver MUST reject (and then close the
+// connection). Each dump is a complete frame with its length prefix.
+
+#[test]
+fn golden_malformed_frames_are_rejected() {
+    let cases: &[(&str, &str, DecodeError)] = &[
+        ("empty frame", "00 00 00 00", DecodeError::EmptyFrame),
+        (
+            "bad magic",
+            "00 00 00 31  01  50 53 48 53  00 01  \
+             00000000000000000000000000000000 00000000000000000000000000000000  \
+             23 28  0000000000000000",
+            DecodeError::BadMagic,
+        ),
+        (
+            // The layout after the version belongs to that version, so a v2
+            // Hello of any length is reported as such, not as malformed.
+            "future version, shorter hello",
+            "00 00 00 07  01  50 53 48 52  00 02",
+            DecodeError::UnsupportedVersion(2),
+        ),
+        (
+            "hello one byte short",
+            "00 00 00 30  01  50 53 48 52  00 01  \
+             00000000000000000000000000000000 00000000000000000000000000000000  \
+             23 28  00000000000000",
+            DecodeError::BadLength { kind: kind::HELLO },
+        ),
+        (
+            "trailing byte after GetCatalog",
+            "00 00 00 0a  10  00 00 00 01  00 00 00 00  00",
+            DecodeError::BadLength {
+                kind: kind::GET_CATALOG,
+            },
+        ),
+        (
+            "unknown error code 8",
+            "00 00 00 09  02  00 00 00 01  00 08  00 00",
+            DecodeError::UnknownErrorCode(8),
+        ),
+        (
+            "error message not UTF-8",
+            "00 00 00 0a  02  00 00 00 01  00 01  00 01  ff",
+            DecodeError::BadUtf8,
+        ),
+        (
+            "error message over MAX_ERROR_MESSAGE_LEN (1025)",
+            "00 00 00 09  02  00 00 00 01  00 01  04 01",
+            DecodeError::FieldTooLong {
+                what: "error message",
+                len: 1025,
+                max: 1024,
+            },
+        ),
+        (
+            "catalog next tag 2",
+            "00 00 00 12  11  00 00 00 01  00 00 00 00 00 00 00 00  02  00 00 00 00",
+            DecodeError::BadTag(2),
+        ),
+        (
+            "catalog count larger than the frame can hold",
+            "00 00 00 12  11  00 00 00 01  00 00 00 00 00 00 00 00  00  00 00 00 01",
+            DecodeError::BadLength {
+                kind: kind::CATALOG,
+            },
+        ),
+        (
+            "catalog name over MAX_NAME_LEN (1025)",
+            "00 00 00 3c  11  00 00 00 01  00 00 00 00 00 00 00 00  00  00 00 00 01  \
+             00000000000000000000000000000000 00000000000000000000000000000000  \
+             00 00 00 00 00 00 00 00  04 01",
+            DecodeError::FieldTooLong {
+                what: "file name",
+                len: 1025,
+                max: 1024,
+            },
+        ),
+        (
+            "get chunk without index",
+            "00 00 00 25  16  00 00 00 01  \
+             00000000000000000000000000000000 00000000000000000000000000000000",
+            DecodeError::BadLength {
+                kind: kind::GET_CHUNK,
+            },
+        ),
+        (
+            "chunk without index",
+            "00 00 00 05  17  00 00 00 01",
+            DecodeError::BadLength { kind: kind::CHUNK },
+        ),
+    ];
+    for (what, dump, want) in cases {
+        let mut buf = BytesMut::from(&unhex(dump)[..]);
+        assert_eq!(
+            decode_frame(&mut buf, MAX_FRAME_LEN),
+            Err(want.clone()),
+            "{what}"
+        );
+    }
+}
+
+/// Kinds 0x14, 0x15, 0x18 and 0x19 are reserved for a later version (have
+/// bitmaps, have announcements, cancel); v1 knows none of them, nor any
+/// other unassigned kind.
+#[test]
+fn reserved_and_unassigned_kinds_are_unknown() {
+    let assigned = [
+        kind::HELLO,
+        kind::ERROR,
+        kind::GET_CATALOG,
+        kind::CATALOG,
+        kind::GET_MANIFEST,
+        kind::MANIFEST,
+        kind::GET_CHUNK,
+        kind::CHUNK,
+    ];
+    for k in 0..=u8::MAX {
+        if assigned.contains(&k) {
+            continue;
+        }
+        let mut buf = BytesMut::from(&[0, 0, 0, 5, k, 0, 0, 0, 1][..]);
+        assert_eq!(
+            decode_frame(&mut buf, MAX_FRAME_LEN),
+            Err(DecodeError::UnknownKind(k)),
+            "kind 0x{k:02x}"
+        );
+    }
+}
+
+#[test]
+fn manifest_and_chunk_fields_over_their_limits_are_rejected() {
+    // Manifest body one byte over MAX_MANIFEST_LEN.
+    let mut body = vec![kind::MANIFEST, 0, 0, 0, 1];
+    body.resize(5 + MAX_MANIFEST_LEN + 1, 0);
+    assert!(matches!(
+        decode_body(Bytes::from(body)),
+        Err(DecodeError::FieldTooLong {
+            what: "manifest",
+            ..
+        })
+    ));
+    // Chunk payload one byte over MAX_CHUNK_SIZE.
+    let mut body = vec![kind::CHUNK, 0, 0, 0, 1, 0, 0, 0, 0];
+    body.resize(9 + MAX_CHUNK_SIZE as usize + 1, 0);
+    assert!(matches!(
+        decode_body(Bytes::from(body)),
+        Err(DecodeError::FieldTooLong { what: "chunk", .. })
+    ));
+    // And the encoder refuses to make either.
+    let too_big = Bytes::from(vec![0u8; MAX_CHUNK_SIZE as usize + 1]);
+    assert!(
+        Message::Chunk {
+            req_id: 1,
+            index: 0,
+            data: too_big
+        }
+        .to_frame()
+        .is_err()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The spec's examples are these bytes.
+
+/// Every ```text block in docs/PROTOCOL.md preceded by a line
+/// `<!-- golden: NAME -->` must hold the same bytes as the dump `NAME` here.
+#[test]
+fn docs_examples_match_golden_dumps() {
+    let doc = include_str!("../../../docs/PROTOCOL.md");
+    let dumps: &[(&str, &str)] = &[
+        ("HELLO", HELLO),
+        ("ERROR", ERROR),
+        ("ERROR_CONNECTION", ERROR_CONNECTION),
+        ("GET_CATALOG_FIRST", GET_CATALOG_FIRST),
+        ("GET_CATALOG_NEXT", GET_CATALOG_NEXT),
+        ("CATALOG_TWO_MORE", CATALOG_TWO_MORE),
+        ("CATALOG_TWO_LAST", CATALOG_TWO_LAST),
+        ("CATALOG_EMPTY_LAST", CATALOG_EMPTY_LAST),
+        ("GET_MANIFEST", GET_MANIFEST),
+        ("MANIFEST_MSG", MANIFEST_MSG),
+        ("GET_CHUNK", GET_CHUNK),
+        ("CHUNK", CHUNK),
+        ("CHUNK_HEADER", CHUNK_HEADER),
+        ("MANIFEST_HELLO", MANIFEST_HELLO),
+        ("MANIFEST_EMPTY", MANIFEST_EMPTY),
+        ("TICKET_BINARY", TICKET_BINARY),
+    ];
+    let mut seen = Vec::new();
+    let mut rest = doc;
+    while let Some(at) = rest.find("<!-- golden: ") {
+        rest = &rest[at + "<!-- golden: ".len()..];
+        let name = &rest[..rest.find(" -->").expect("marker closes")];
+        let block = rest
+            .split_once("```text\n")
+            .expect("a text block follows the marker")
+            .1;
+        let block = &block[..block.find("```").expect("text block closes")];
+        let (_, dump) = dumps
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("docs name an unknown golden dump {name}"));
+        assert_eq!(
+            hex::encode(unhex(block)),
+            hex::encode(unhex(dump)),
+            "docs/PROTOCOL.md example {name} differs from the golden test"
+        );
+        seen.push(name);
+    }
+    for (name, _) in dumps {
+        assert!(
+            seen.contains(name),
+            "docs/PROTOCOL.md lacks the example {name}"
+        );
+    }
+    assert!(
+        doc.contains(TICKET_TEXT),
+        "docs/PROTOCOL.md lacks the ticket text"
+    );
+    assert!(doc.contains(HELLO_FILE_ID) && doc.contains(EMPTY_FILE_ID));
+}

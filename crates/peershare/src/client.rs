@@ -1,0 +1,357 @@
+//! One connection to a peer, carrying many requests at once. Requests get
+//! IDs; a reader task matches answers to waiting callers by ID, so answers
+//! may come in any order. When the connection ends, every waiting caller
+//! gets the reason.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use peershare_proto::manifest::Manifest;
+use peershare_proto::wire::{
+    CatalogEntry, DecodeError, Hello, MAX_FRAME_LEN, Message, PROTOCOL_VERSION,
+};
+use peershare_proto::{FileId, NodeId};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::conn::{FrameReader, FrameWriter, ReadError};
+use crate::error::PeerError;
+
+/// Client-side timeouts; plain data with sane defaults.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// TCP connect plus handshake.
+    pub connect_timeout: Duration,
+    /// One request's answer.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Most catalog pages fetched from one peer; bounds a catalog's memory.
+pub const MAX_CATALOG_PAGES: usize = 256;
+/// Requests queued for writing per connection.
+const OUTBOX: usize = 256;
+
+type Waiters = HashMap<u32, oneshot::Sender<Result<Message, PeerError>>>;
+
+struct Shared {
+    waiters: Waiters,
+    /// Set once the connection has ended; new requests fail with it.
+    closed: Option<String>,
+}
+
+/// A live connection to one peer.
+pub struct PeerConn {
+    addr: SocketAddr,
+    remote: Hello,
+    outbox: mpsc::Sender<BytesMut>,
+    shared: Arc<Mutex<Shared>>,
+    next_id: AtomicU32,
+    config: ClientConfig,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Drop for PeerConn {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl PeerConn {
+    /// Connects and performs the handshake.
+    pub async fn connect(
+        addr: SocketAddr,
+        local: NodeId,
+        config: ClientConfig,
+    ) -> Result<Self, PeerError> {
+        let secs = config.connect_timeout.as_secs();
+        tokio::time::timeout(
+            config.connect_timeout,
+            Self::connect_inner(addr, local, config),
+        )
+        .await
+        .map_err(|_| PeerError::Timeout { addr, secs })?
+    }
+
+    async fn connect_inner(
+        addr: SocketAddr,
+        local: NodeId,
+        config: ClientConfig,
+    ) -> Result<Self, PeerError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| PeerError::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        let mut reader = FrameReader::new(r, MAX_FRAME_LEN);
+        let mut writer = FrameWriter::new(w);
+        let hello = Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            node_id: local,
+            listen_port: 0,
+            capabilities: 0,
+        });
+        writer
+            .send(&hello)
+            .await
+            .map_err(|source| PeerError::Io { addr, source })?;
+        let remote = match reader.read().await {
+            Ok(Some(Message::Hello(h))) => h,
+            Ok(Some(Message::Error { code, message, .. })) => {
+                return Err(PeerError::Remote {
+                    addr,
+                    code,
+                    message,
+                });
+            }
+            Ok(Some(_)) => {
+                return Err(PeerError::Handshake {
+                    addr,
+                    reason: "it did not start with a handshake".into(),
+                });
+            }
+            Ok(None) | Err(ReadError::Truncated) => return Err(PeerError::Closed { addr }),
+            Err(ReadError::Decode(source @ DecodeError::UnsupportedVersion(_))) => {
+                return Err(PeerError::Handshake {
+                    addr,
+                    reason: source.to_string(),
+                });
+            }
+            Err(ReadError::Decode(source)) => return Err(PeerError::Protocol { addr, source }),
+            Err(ReadError::Io(source)) => return Err(PeerError::Io { addr, source }),
+        };
+        let shared = Arc::new(Mutex::new(Shared {
+            waiters: HashMap::new(),
+            closed: None,
+        }));
+        let (outbox, rx) = mpsc::channel(OUTBOX);
+        let read_task = tokio::spawn(read_loop(addr, reader, shared.clone()));
+        let write_task = tokio::spawn(write_loop(writer, rx, shared.clone()));
+        Ok(Self {
+            addr,
+            remote,
+            outbox,
+            shared,
+            next_id: AtomicU32::new(1),
+            config,
+            tasks: [read_task, write_task],
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The peer's handshake.
+    pub fn remote(&self) -> &Hello {
+        &self.remote
+    }
+
+    /// True once the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().expect("client lock").closed.is_some()
+    }
+
+    /// Sends one request and waits for its answer. An `Error` answer comes
+    /// back as [`PeerError::Remote`].
+    pub async fn request(&self, make: impl FnOnce(u32) -> Message) -> Result<Message, PeerError> {
+        let addr = self.addr;
+        let mut req_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if req_id == 0 {
+            // 0 is reserved for connection-level errors.
+            req_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        }
+        let msg = make(req_id);
+        let mut frame = BytesMut::new();
+        msg.encode(&mut frame).map_err(|e| PeerError::Io {
+            addr,
+            source: std::io::Error::other(e),
+        })?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = self.shared.lock().expect("client lock");
+            if s.closed.is_some() {
+                return Err(PeerError::Closed { addr });
+            }
+            s.waiters.insert(req_id, tx);
+        }
+        let result = async {
+            self.outbox
+                .send(frame)
+                .await
+                .map_err(|_| PeerError::Closed { addr })?;
+            rx.await.map_err(|_| PeerError::Closed { addr })?
+        };
+        let secs = self.config.request_timeout.as_secs();
+        let out = tokio::time::timeout(self.config.request_timeout, result).await;
+        // On timeout or cancellation the waiter must not linger.
+        self.shared
+            .lock()
+            .expect("client lock")
+            .waiters
+            .remove(&req_id);
+        match out {
+            Err(_) => Err(PeerError::Timeout { addr, secs }),
+            Ok(Ok(Message::Error { code, message, .. })) => Err(PeerError::Remote {
+                addr,
+                code,
+                message,
+            }),
+            Ok(r) => r,
+        }
+    }
+
+    /// The peer's whole catalog (all pages, de-duplicated by file ID).
+    pub async fn catalog(&self) -> Result<Vec<CatalogEntry>, PeerError> {
+        let mut out: Vec<CatalogEntry> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = 0;
+        for _ in 0..MAX_CATALOG_PAGES {
+            match self
+                .request(|req_id| Message::GetCatalog { req_id, cursor })
+                .await?
+            {
+                Message::Catalog { next, entries, .. } => {
+                    out.extend(entries.into_iter().filter(|e| seen.insert(e.id)));
+                    match next {
+                        Some(c) if c > cursor => cursor = c,
+                        Some(_) => return Err(PeerError::Unexpected { addr: self.addr }),
+                        None => return Ok(out),
+                    }
+                }
+                _ => return Err(PeerError::Unexpected { addr: self.addr }),
+            }
+        }
+        tracing::warn!(addr = %self.addr, "catalog longer than {MAX_CATALOG_PAGES} pages; showing the first ones");
+        Ok(out)
+    }
+
+    /// The manifest of `id`, checked against `id`.
+    pub async fn manifest(&self, id: FileId) -> Result<Manifest, PeerError> {
+        match self
+            .request(|req_id| Message::GetManifest { req_id, id })
+            .await?
+        {
+            Message::Manifest { bytes, .. } => {
+                Manifest::decode_verified(&bytes, &id).map_err(|source| PeerError::BadManifest {
+                    addr: self.addr,
+                    source,
+                })
+            }
+            _ => Err(PeerError::Unexpected { addr: self.addr }),
+        }
+    }
+
+    /// Chunk `index` of `id`, unverified: the caller checks it against the
+    /// manifest.
+    pub async fn chunk(&self, id: FileId, index: u32) -> Result<Bytes, PeerError> {
+        match self
+            .request(|req_id| Message::GetChunk { req_id, id, index })
+            .await?
+        {
+            Message::Chunk {
+                index: got, data, ..
+            } if got == index => Ok(data),
+            _ => Err(PeerError::Unexpected { addr: self.addr }),
+        }
+    }
+}
+
+fn close(shared: &Mutex<Shared>, reason: String, make: impl Fn() -> PeerError) {
+    let mut s = shared.lock().expect("client lock");
+    s.closed.get_or_insert(reason);
+    for (_, w) in s.waiters.drain() {
+        let _ = w.send(Err(make()));
+    }
+}
+
+async fn read_loop(
+    addr: SocketAddr,
+    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    shared: Arc<Mutex<Shared>>,
+) {
+    loop {
+        match reader.read().await {
+            Ok(Some(Message::Error {
+                req_id: 0,
+                code,
+                message,
+            })) => {
+                tracing::debug!(%addr, "peer closed the connection: {message}");
+                close(&shared, message.clone(), || PeerError::Remote {
+                    addr,
+                    code,
+                    message: message.clone(),
+                });
+                return;
+            }
+            Ok(Some(msg)) => {
+                let waiter = shared
+                    .lock()
+                    .expect("client lock")
+                    .waiters
+                    .remove(&msg.req_id());
+                // An answer nobody waits for (timed out) is dropped.
+                if let Some(w) = waiter {
+                    let _ = w.send(Ok(msg));
+                }
+            }
+            Ok(None) | Err(ReadError::Truncated) => {
+                close(&shared, "closed".into(), || PeerError::Closed { addr });
+                return;
+            }
+            Err(ReadError::Decode(e)) => {
+                let text = e.to_string();
+                close(&shared, text, || PeerError::Protocol {
+                    addr,
+                    source: e.clone(),
+                });
+                return;
+            }
+            Err(ReadError::Io(e)) => {
+                let kind = e.kind();
+                let text = e.to_string();
+                close(&shared, text.clone(), || PeerError::Io {
+                    addr,
+                    source: std::io::Error::new(kind, text.clone()),
+                });
+                return;
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    mut writer: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<BytesMut>,
+    shared: Arc<Mutex<Shared>>,
+) {
+    while let Some(mut batch) = rx.recv().await {
+        // Coalesce queued requests into one write.
+        while batch.len() < 64 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if writer.send_raw(&batch).await.is_err() {
+            let mut s = shared.lock().expect("client lock");
+            s.closed.get_or_insert_with(|| "write failed".into());
+            return;
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Frames over any async byte stream: the thin I/O shell around
+//! [`peershare_proto::wire`]. Generic over the stream so that TLS can wrap
+//! TCP without changing anything above.
+
+use bytes::BytesMut;
+use peershare_proto::wire::{self, DecodeError, LEN_PREFIX, Message};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Initial read buffer, bytes. It grows only to hold one declared frame,
+/// itself bounded by the reader's `max_frame_len`.
+const READ_BUF_INITIAL: usize = 64 * 1024;
+
+/// What can go wrong reading a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+}
+
+/// Reads frames of at most `max_frame_len` bytes.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_frame_len: u32,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, max_frame_len: u32) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(READ_BUF_INITIAL),
+            max_frame_len,
+        }
+    }
+
+    /// Changes the limit for frames read from now on.
+    pub fn set_max_frame_len(&mut self, max: u32) {
+        self.max_frame_len = max;
+    }
+
+    /// The next message; `Ok(None)` on a clean end of stream between frames.
+    pub async fn read(&mut self) -> Result<Option<Message>, ReadError> {
+        loop {
+            if let Some(len) = wire::peek_frame_len(&self.buf, self.max_frame_len)? {
+                // The length was checked against the maximum: reserving
+                // room for exactly this frame is bounded.
+                let want = LEN_PREFIX + len as usize;
+                if self.buf.capacity() < want {
+                    self.buf.reserve(want - self.buf.len());
+                }
+            }
+            if let Some(msg) = wire::decode_frame(&mut self.buf, self.max_frame_len)? {
+                return Ok(Some(msg));
+            }
+            if self.buf.capacity() == self.buf.len() {
+                self.buf.reserve(READ_BUF_INITIAL);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Truncated)
+                };
+            }
+        }
+    }
+}
+
+/// Writes frames, reusing one scratch buffer for control messages.
+pub struct FrameWriter<W> {
+    inner: W,
+    scratch: BytesMut,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            scratch: BytesMut::with_capacity(4096),
+        }
+    }
+
+    /// Encodes and writes one message.
+    pub async fn send(&mut self, msg: &Message) -> std::io::Result<()> {
+        self.scratch.clear();
+        msg.encode(&mut self.scratch)
+            .map_err(std::io::Error::other)?;
+        self.inner.write_all(&self.scratch).await
+    }
+
+    /// Writes a `Chunk` frame whose payload is `data`, without copying it.
+    pub async fn send_chunk(
+        &mut self,
+        req_id: u32,
+        index: u32,
+        data: &[u8],
+    ) -> std::io::Result<()> {
+        let header = wire::chunk_header(req_id, index, data.len() as u32);
+        self.inner.write_all(&header).await?;
+        self.inner.write_all(data).await
+    }
+
+    /// Writes already-encoded frames.
+    pub async fn send_raw(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.inner.write_all(frame).await
+    }
+
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().await
+    }
+
+    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+        self.inner.shutdown().await
+    }
+}

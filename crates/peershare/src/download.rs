@@ -1,0 +1,650 @@
+//! The download driver: the async shell around [`Scheduler`].
+//!
+//! ```text
+//!  connect to every given peer ──► fetch manifest, check it hashes to the ID
+//!        │
+//!        ▼
+//!  Scheduler::poll_request(peer) ──► task: GetChunk ─► bytes ─► blocking pool:
+//!        ▲                                            SHA-256 check, pwrite at offset
+//!        └──── handle_verified / handle_failed / handle_peer_lost ◄──┘
+//!  every second: snapshot written chunks ─► fdatasync part ─► replace state file
+//!  all chunks done: fsync ─► link part to the final name (never replacing) ─► fsync dir
+//! ```
+//!
+//! Memory is bounded by the number of requests in flight (a window per peer
+//! of about `window_bytes`), whatever the file size. A chunk counts only
+//! once its hash matched; a chunk in the state file is on disk (see
+//! [`crate::partial`]); a file under the final name is always complete and
+//! verified.
+
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use peershare_proto::manifest::Manifest;
+use peershare_proto::rate::TokenBucket;
+use peershare_proto::schedule::{DropReason, Failure, PeerKey, Scheduler, SchedulerConfig, Status};
+use peershare_proto::ticket::safe_file_name;
+use peershare_proto::{FileId, NodeId};
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::client::{ClientConfig, PeerConn};
+use crate::error::{DownloadError, PeerError};
+use crate::partial::{Bitmap, load_state, part_paths, store_state};
+
+/// Where to save.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// Exactly this path.
+    File(PathBuf),
+    /// This directory, under the file's shared name.
+    Dir(PathBuf),
+}
+
+/// Download tuning; plain data with sane defaults.
+#[derive(Debug, Clone)]
+pub struct DownloadConfig {
+    pub client: ClientConfig,
+    pub scheduler: SchedulerConfig,
+    /// Bytes requested but not yet received, per peer. The scheduler's
+    /// window is this divided by the chunk size, within 2..=64 requests.
+    pub window_bytes: u64,
+    /// Longest time between durable progress records.
+    pub checkpoint_interval: Duration,
+    /// Most bytes verified but not yet recorded durably.
+    pub checkpoint_bytes: u64,
+    /// Total download rate, bytes/s.
+    pub max_download_rate: Option<u64>,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        Self {
+            client: ClientConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            window_bytes: 16 * 1024 * 1024,
+            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_bytes: 256 * 1024 * 1024,
+            max_download_rate: None,
+        }
+    }
+}
+
+/// What to download, from whom, to where.
+#[derive(Debug, Clone)]
+pub struct DownloadRequest {
+    pub id: FileId,
+    /// The shared name, if known (tickets carry it); otherwise it is looked
+    /// up in the peers' catalogs.
+    pub name: Option<String>,
+    pub peers: Vec<SocketAddr>,
+    pub output: Output,
+    /// Replace an existing file at the output path.
+    pub force: bool,
+    pub node_id: NodeId,
+    pub config: DownloadConfig,
+}
+
+/// Live counters a UI can poll.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// File size; 0 until the manifest is known.
+    pub total: AtomicU64,
+    /// Bytes verified so far, resumed ones included.
+    pub verified: AtomicU64,
+    /// Bytes received from the network in this run.
+    pub received: AtomicU64,
+    /// Peers currently taking part.
+    pub peers: AtomicU64,
+}
+
+/// What one peer contributed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerReport {
+    pub addr: SocketAddr,
+    pub node_id: Option<String>,
+    /// Verified bytes it delivered.
+    pub bytes: u64,
+    pub chunks: u32,
+    /// Chunks from it that failed verification.
+    pub corrupt: u32,
+    /// Why it stopped taking part, if it did.
+    pub dropped: Option<String>,
+}
+
+/// The result of a finished download.
+#[derive(Debug, Clone, Serialize)]
+pub struct DownloadSummary {
+    pub id: String,
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub chunks: u32,
+    /// Bytes received from the network in this run (including any that
+    /// failed verification).
+    pub bytes_received: u64,
+    /// Bytes already verified on disk from an earlier run.
+    pub bytes_resumed: u64,
+    pub seconds: f64,
+    pub peers: Vec<PeerReport>,
+}
+
+enum Outcome {
+    Verified,
+    Corrupt,
+    Peer(PeerError),
+    Disk(io::Error),
+}
+
+struct Event {
+    slot: usize,
+    index: u32,
+    outcome: Outcome,
+}
+
+struct Slot {
+    conn: Arc<PeerConn>,
+    key: PeerKey,
+    report: PeerReport,
+}
+
+/// Downloads, verifies and saves one file. `cancel` completing stops the
+/// download after recording durable progress, so the same request resumes.
+pub async fn download(
+    req: DownloadRequest,
+    progress: Arc<Progress>,
+    cancel: impl Future<Output = ()>,
+) -> Result<DownloadSummary, DownloadError> {
+    let start = Instant::now();
+    let mut addrs = req.peers.clone();
+    addrs.dedup();
+    let mut seen = std::collections::HashSet::new();
+    addrs.retain(|a| seen.insert(*a));
+    if addrs.is_empty() {
+        return Err(DownloadError::NoPeers);
+    }
+
+    // Connect to every peer at once.
+    let mut connecting = JoinSet::new();
+    for addr in addrs {
+        let cfg = req.config.client.clone();
+        connecting.spawn(PeerConn::connect(addr, req.node_id, cfg));
+    }
+    let mut conns = Vec::new();
+    let mut errors = Vec::new();
+    while let Some(r) = connecting.join_next().await {
+        match r.expect("connect task does not panic") {
+            Ok(c) => conns.push(Arc::new(c)),
+            Err(e) => {
+                tracing::info!("{e}");
+                errors.push(e);
+            }
+        }
+    }
+    if conns.is_empty() {
+        return Err(DownloadError::AllUnreachable(errors));
+    }
+
+    // The manifest, from the first peer that has it, checked against the ID.
+    let mut manifest = None;
+    let mut failures: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    let mut has_file = vec![true; conns.len()];
+    for (i, c) in conns.iter().enumerate() {
+        match c.manifest(req.id).await {
+            Ok(m) => {
+                manifest = Some(m);
+                break;
+            }
+            Err(e) => {
+                has_file[i] = false;
+                if !e.is_not_found() {
+                    failures.push(e.to_string());
+                }
+            }
+        }
+    }
+    let Some(manifest) = manifest else {
+        return Err(if failures.is_empty() {
+            DownloadError::NotFound { id: req.id }
+        } else {
+            DownloadError::AllSourcesFailed(failures)
+        });
+    };
+    let size = manifest.size();
+    progress.total.store(size, Ordering::Relaxed);
+
+    // Where to write.
+    let (name, out) = match &req.output {
+        Output::File(p) => {
+            let name = req.name.clone().unwrap_or_else(|| {
+                p.file_name()
+                    .map_or_else(|| req.id.to_string(), |n| n.to_string_lossy().into())
+            });
+            (name, p.clone())
+        }
+        Output::Dir(d) => {
+            let name = match &req.name {
+                Some(n) => n.clone(),
+                None => lookup_name(&conns, req.id)
+                    .await
+                    .unwrap_or_else(|| req.id.to_string()),
+            };
+            let base = safe_file_name(&name)?.to_owned();
+            (name, d.join(base))
+        }
+    };
+    if !req.force && out.symlink_metadata().is_ok() {
+        return Err(DownloadError::OutputExists(out));
+    }
+    let (part_path, state_path) = part_paths(&out);
+    let disk = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source: io::Error| DownloadError::Disk { path, source }
+    };
+
+    // Resume if the state file is for this file and the part is whole.
+    let n = manifest.chunk_count();
+    let part_len = std::fs::metadata(&part_path).map(|m| m.len()).ok();
+    let resumed = if part_len == Some(size) {
+        load_state(&state_path, &req.id, size, n)
+    } else {
+        None
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&part_path)
+        .map_err(disk(&part_path))?;
+    let done = match resumed {
+        Some(d) => d,
+        None => {
+            file.set_len(0).map_err(disk(&part_path))?;
+            allocate(&file, size).map_err(|e| no_space_or(e, &out, size, &part_path))?;
+            Bitmap::new(n)
+        }
+    };
+    let file = Arc::new(file);
+    let resumed_bytes: u64 = (0..n)
+        .filter(|&i| done.get(i))
+        .map(|i| manifest.chunk_len(i).unwrap_or(0) as u64)
+        .sum();
+    progress.verified.store(resumed_bytes, Ordering::Relaxed);
+    if resumed_bytes > 0 {
+        tracing::info!("resuming: {resumed_bytes} bytes already verified");
+    }
+
+    let window = (req.config.window_bytes / manifest.chunk_size() as u64).clamp(2, 64) as u32;
+    let mut sched = Scheduler::new(
+        SchedulerConfig {
+            window,
+            ..req.config.scheduler.clone()
+        },
+        n,
+        |i| done.get(i),
+    );
+    let mut slots: Vec<Slot> = conns
+        .iter()
+        .zip(&has_file)
+        .filter(|(_, has)| **has)
+        .map(|(c, _)| Slot {
+            conn: c.clone(),
+            key: sched.add_peer(),
+            report: PeerReport {
+                addr: c.addr(),
+                node_id: Some(c.remote().node_id.to_string()),
+                bytes: 0,
+                chunks: 0,
+                corrupt: 0,
+                dropped: None,
+            },
+        })
+        .collect();
+    progress.peers.store(slots.len() as u64, Ordering::Relaxed);
+
+    let manifest = Arc::new(manifest);
+    let mut written = done;
+    let mut tasks: JoinSet<Event> = JoinSet::new();
+    let mut bucket = req
+        .config
+        .max_download_rate
+        .map(|r| TokenBucket::new(r, (r / 50).max(64 * 1024), Duration::ZERO));
+    let mut paced_until = Duration::ZERO;
+    let mut checkpoint: Option<tokio::task::JoinHandle<Result<(), DownloadError>>> = None;
+    let mut last_checkpoint = Instant::now();
+    let mut unsynced = 0u64;
+    tokio::pin!(cancel);
+
+    let failure = loop {
+        let now = start.elapsed();
+        // Fill every peer's window.
+        for (slot_no, slot) in slots.iter().enumerate() {
+            while now >= paced_until {
+                let Some(index) = sched.poll_request(slot.key, now) else {
+                    break;
+                };
+                if let Some(b) = bucket.as_mut() {
+                    let len = manifest.chunk_len(index).unwrap_or(0) as u64;
+                    paced_until = now + b.take(len, now);
+                }
+                tasks.spawn(fetch(
+                    slot_no,
+                    index,
+                    req.id,
+                    slot.conn.clone(),
+                    manifest.clone(),
+                    file.clone(),
+                    progress.clone(),
+                ));
+            }
+        }
+        match sched.status() {
+            Status::Complete => break None,
+            Status::Stuck => {
+                let all_corrupt = slots
+                    .iter()
+                    .all(|s| sched.dropped(s.key) == Some(DropReason::CorruptData));
+                break Some(if all_corrupt && !slots.is_empty() {
+                    DownloadError::AllSourcesCorrupt
+                } else {
+                    let mut reasons: Vec<String> = failures.clone();
+                    reasons.extend(slots.iter().filter_map(|s| {
+                        s.report
+                            .dropped
+                            .as_ref()
+                            .map(|d| format!("{}: {d}", s.report.addr))
+                    }));
+                    DownloadError::AllSourcesFailed(reasons)
+                });
+            }
+            Status::InProgress => {}
+        }
+        // Start a durable checkpoint when due.
+        if checkpoint.is_none()
+            && unsynced > 0
+            && (last_checkpoint.elapsed() >= req.config.checkpoint_interval
+                || unsynced >= req.config.checkpoint_bytes)
+        {
+            checkpoint = Some(spawn_checkpoint(
+                &file,
+                &state_path,
+                req.id,
+                size,
+                written.clone(),
+            ));
+            last_checkpoint = Instant::now();
+            unsynced = 0;
+        }
+        let wake = [
+            sched.poll_timeout(now),
+            (paced_until > now).then_some(paced_until),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        tokio::select! {
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                let ev = joined.expect("fetch task does not panic");
+                let now = start.elapsed();
+                let slot = &mut slots[ev.slot];
+                match ev.outcome {
+                    Outcome::Verified => {
+                        if sched.handle_verified(slot.key, ev.index) {
+                            let len = manifest.chunk_len(ev.index).unwrap_or(0) as u64;
+                            written.set(ev.index);
+                            unsynced += len;
+                            progress.verified.fetch_add(len, Ordering::Relaxed);
+                            slot.report.bytes += len;
+                            slot.report.chunks += 1;
+                        }
+                    }
+                    Outcome::Corrupt => {
+                        tracing::warn!(peer = %slot.report.addr, chunk = ev.index, "chunk failed SHA-256 verification");
+                        slot.report.corrupt += 1;
+                        sched.handle_failed(slot.key, ev.index, Failure::Corrupt, now);
+                    }
+                    Outcome::Peer(e @ PeerError::Remote { .. }) => {
+                        tracing::warn!(chunk = ev.index, "{e}");
+                        sched.handle_failed(slot.key, ev.index, Failure::Refused, now);
+                        slot.report.dropped.get_or_insert_with(|| e.to_string());
+                    }
+                    Outcome::Peer(e) => {
+                        tracing::warn!("{e}");
+                        sched.handle_peer_lost(slot.key, now);
+                        slot.report.dropped.get_or_insert_with(|| e.to_string());
+                    }
+                    Outcome::Disk(e) => break Some(no_space_or(e, &out, size, &part_path)),
+                }
+                match sched.dropped(slot.key) {
+                    Some(reason) => {
+                        let text = match reason {
+                            DropReason::CorruptData => format!("sent {} corrupt chunks", slot.report.corrupt),
+                            DropReason::TooManyErrors => slot.report.dropped.clone().unwrap_or_default(),
+                            DropReason::Disconnected => slot.report.dropped.clone().unwrap_or_else(|| "disconnected".into()),
+                        };
+                        slot.report.dropped = Some(text);
+                    }
+                    None => {
+                        // A refusal that did not drop the peer is not a drop.
+                        slot.report.dropped = None;
+                    }
+                }
+                let live = slots.iter().filter(|s| sched.dropped(s.key).is_none()).count();
+                progress.peers.store(live as u64, Ordering::Relaxed);
+            }
+            r = async { checkpoint.as_mut().expect("guarded").await }, if checkpoint.is_some() => {
+                checkpoint = None;
+                if let Some(e) = r.expect("checkpoint task does not panic").err() {
+                    break Some(e);
+                }
+            }
+            _ = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(start + t)).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            _ = &mut cancel => break Some(DownloadError::Cancelled),
+        }
+    };
+
+    // Stop fetching; record what is on disk whatever happens next.
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    if let Some(c) = checkpoint.take() {
+        c.await.expect("checkpoint task does not panic")?;
+    }
+    if let Some(err) = failure {
+        if written.count() > 0 {
+            let (f, p) = (file.clone(), state_path.clone());
+            let w = written.clone();
+            let id = req.id;
+            tokio::task::spawn_blocking(move || {
+                f.sync_data().map_err(disk(&p))?;
+                store_state(&p, &id, size, &w).map_err(|e| DownloadError::Disk {
+                    path: p.clone(),
+                    source: io::Error::other(e.to_string()),
+                })
+            })
+            .await
+            .expect("checkpoint does not panic")?;
+        }
+        return Err(err);
+    }
+
+    // Complete: make it durable, then give it its final name.
+    let force = req.force;
+    let final_out = out.clone();
+    tokio::task::spawn_blocking(move || finish(&file, &part_path, &state_path, &final_out, force))
+        .await
+        .expect("finish does not panic")?;
+    let received = progress.received.load(Ordering::Relaxed);
+    Ok(DownloadSummary {
+        id: req.id.to_string(),
+        name,
+        path: out,
+        size,
+        chunks: n,
+        bytes_received: received,
+        bytes_resumed: resumed_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+        peers: slots.into_iter().map(|s| s.report).collect(),
+    })
+}
+
+async fn fetch(
+    slot: usize,
+    index: u32,
+    id: FileId,
+    conn: Arc<PeerConn>,
+    manifest: Arc<Manifest>,
+    file: Arc<File>,
+    progress: Arc<Progress>,
+) -> Event {
+    let outcome = match conn.chunk(id, index).await {
+        Err(e) => Outcome::Peer(e),
+        Ok(data) => {
+            progress
+                .received
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            tokio::task::spawn_blocking(move || {
+                if !manifest.verify_chunk(index, &data) {
+                    return Outcome::Corrupt;
+                }
+                let offset = manifest.chunk_range(index).expect("verified index").start;
+                match file.write_all_at(&data, offset) {
+                    Ok(()) => Outcome::Verified,
+                    Err(e) => Outcome::Disk(e),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Outcome::Disk(io::Error::other(e)))
+        }
+    };
+    Event {
+        slot,
+        index,
+        outcome,
+    }
+}
+
+fn spawn_checkpoint(
+    file: &Arc<File>,
+    state_path: &Path,
+    id: FileId,
+    size: u64,
+    snapshot: Bitmap,
+) -> tokio::task::JoinHandle<Result<(), DownloadError>> {
+    let file = file.clone();
+    let path = state_path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        // Order matters: the chunks in `snapshot` were written before this
+        // sync started, so after it they are on disk.
+        file.sync_data().map_err(|source| DownloadError::Disk {
+            path: path.clone(),
+            source,
+        })?;
+        store_state(&path, &id, size, &snapshot).map_err(|e| DownloadError::Disk {
+            path: path.clone(),
+            source: io::Error::other(e.to_string()),
+        })
+    })
+}
+
+fn finish(
+    file: &File,
+    part: &Path,
+    state: &Path,
+    out: &Path,
+    force: bool,
+) -> Result<(), DownloadError> {
+    let disk = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source: io::Error| DownloadError::Disk { path, source }
+    };
+    file.sync_all().map_err(disk(part))?;
+    if force {
+        std::fs::rename(part, out).map_err(disk(out))?;
+    } else {
+        // A hard link never replaces an existing file: if something
+        // appeared under the final name meanwhile, it is left alone.
+        match std::fs::hard_link(part, out) {
+            Ok(()) => std::fs::remove_file(part).map_err(disk(part))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(DownloadError::OutputExists(out.to_path_buf()));
+            }
+            Err(_) => {
+                // No hard links on this filesystem: check, then rename.
+                if out.symlink_metadata().is_ok() {
+                    return Err(DownloadError::OutputExists(out.to_path_buf()));
+                }
+                std::fs::rename(part, out).map_err(disk(out))?;
+            }
+        }
+    }
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(disk(dir))?;
+    match std::fs::remove_file(state) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DownloadError::Disk {
+            path: state.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+/// Reserves the file's blocks up front so a full disk fails now, not at
+/// 99%. Falls back to a sparse length where the filesystem cannot.
+fn allocate(file: &File, size: u64) -> io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    // SAFETY: posix_fallocate reads no memory of ours; fd is open.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(size),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+fn no_space_or(e: io::Error, out: &Path, needed: u64, path: &Path) -> DownloadError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        DownloadError::NoSpace {
+            path: out.to_path_buf(),
+            needed,
+        }
+    } else {
+        DownloadError::Disk {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
+/// The shared name of `id` from the first catalog that lists it.
+async fn lookup_name(conns: &[Arc<PeerConn>], id: FileId) -> Option<String> {
+    for c in conns {
+        if let Ok(entries) = c.catalog().await
+            && let Some(e) = entries.into_iter().find(|e| e.id == id)
+        {
+            return Some(e.name);
+        }
+    }
+    None
+}

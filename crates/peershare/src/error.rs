@@ -1,0 +1,152 @@
+//! Typed errors of the engine. Each keeps "a peer misbehaved" apart from
+//! "our disk failed", and carries what a caller needs to tell the user what
+//! to do next.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use peershare_proto::FileId;
+use peershare_proto::manifest::ManifestError;
+use peershare_proto::ticket::UnsafeName;
+use peershare_proto::wire::{DecodeError, ErrorCode};
+
+/// Errors of the library store (the data dir and the shared files).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is damaged ({reason}); move it away to start with an empty library")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: ManifestError,
+    },
+    #[error(
+        "{path} changed while it was being hashed; share it again when it is no longer being written"
+    )]
+    ChangedWhileHashing { path: PathBuf },
+    #[error("{0} is neither a regular file nor a folder")]
+    NotAFile(PathBuf),
+    #[error("nothing in the library matches {0}")]
+    NotShared(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { path, source }
+    }
+}
+
+/// Errors talking to one peer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error(
+        "cannot connect to {addr}: {source} (is `peershare serve` running there, and is the port open?)"
+    )]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{addr} did not answer within {secs} s")]
+    Timeout { addr: SocketAddr, secs: u64 },
+    #[error("{addr} sent a malformed message: {source}")]
+    Protocol {
+        addr: SocketAddr,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("{addr} is not a peershare peer, or speaks another protocol: {reason}")]
+    Handshake { addr: SocketAddr, reason: String },
+    #[error("{addr} answered: {message}")]
+    Remote {
+        addr: SocketAddr,
+        code: ErrorCode,
+        message: String,
+    },
+    #[error("{addr} closed the connection")]
+    Closed { addr: SocketAddr },
+    #[error("connection to {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{addr} sent a manifest that does not match the file ID: {source}")]
+    BadManifest {
+        addr: SocketAddr,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("{addr} answered with an unexpected message")]
+    Unexpected { addr: SocketAddr },
+}
+
+impl PeerError {
+    /// True when the peer answered that it does not have the thing asked.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            PeerError::Remote {
+                code: ErrorCode::NotFound,
+                ..
+            }
+        )
+    }
+}
+
+/// Why a download did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error(
+        "no peer to download from: give one with --peer HOST:PORT or use a ticket that lists peers"
+    )]
+    NoPeers,
+    #[error("no peer could be reached: {}", join_peer_errors(.0))]
+    AllUnreachable(Vec<PeerError>),
+    #[error("none of the peers shares file {id}; check the ID, or ask for a fresh ticket")]
+    NotFound { id: FileId },
+    #[error("{} already exists; choose another name with -o or pass --force to overwrite it", .0.display())]
+    OutputExists(PathBuf),
+    #[error("not enough disk space for {} ({needed} bytes needed); free some space or choose another place with -o", .path.display())]
+    NoSpace { path: PathBuf, needed: u64 },
+    #[error("cannot write {}: {source}", .path.display())]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("every source failed: {}; nothing was saved under the final name, run the same command again to resume", .0.join("; "))]
+    AllSourcesFailed(Vec<String>),
+    #[error(
+        "every source sent corrupt data (it failed SHA-256 verification); nothing was saved under the final name"
+    )]
+    AllSourcesCorrupt,
+    #[error(transparent)]
+    UnsafeName(#[from] UnsafeName),
+    #[error("the download was cancelled; run the same command again to resume")]
+    Cancelled,
+}
+
+fn join_peer_errors(errs: &[PeerError]) -> String {
+    errs.iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Errors of the server as a whole (one connection's failures never reach
+/// here: they end that connection only).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("accepting connections: {0}")]
+    Accept(#[source] io::Error),
+}

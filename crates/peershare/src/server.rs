@@ -1,0 +1,500 @@
+//! The peer server: answers catalog, manifest and chunk requests from the
+//! library, reading chunks straight from the original shared files.
+//!
+//! Bounds: at most `max_connections` connections (others get a `Busy`
+//! error and are closed); per connection, requests are read only while
+//! fewer than `prepared_responses` answers wait to be written, so a client
+//! that floods requests without reading answers stalls itself (TCP
+//! back-pressure) and holds at most that many chunk buffers; a frame from a
+//! client is at most `MAX_REQUEST_FRAME_LEN` bytes; a handshake, a wait for
+//! the next request and every write has a timeout. A connection that sends
+//! anything malformed gets an error frame and is closed; nothing else is
+//! affected. Shutdown stops accepting, ends every connection and waits for
+//! their tasks, so nothing outlives [`Server::run`].
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use peershare_proto::rate::TokenBucket;
+use peershare_proto::wire::{
+    CATALOG_PAGE_BUDGET, CatalogEntry, DecodeError, ErrorCode, Hello, MAX_REQUEST_FRAME_LEN,
+    Message, PROTOCOL_VERSION, catalog_entry_len,
+};
+use peershare_proto::{FileId, NodeId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::conn::{FrameReader, FrameWriter, ReadError};
+use crate::error::ServeError;
+use crate::store::{Entry, Library};
+
+/// Server limits and options; plain data with sane defaults.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Connections served at once; more are refused with `Busy`.
+    pub max_connections: usize,
+    /// Answers prepared but not yet written, per connection.
+    pub prepared_responses: usize,
+    /// Time a new connection has to send its handshake.
+    pub handshake_timeout: Duration,
+    /// Time a connection may stay silent between requests, and the longest
+    /// one write to it may take.
+    pub idle_timeout: Duration,
+    /// Total upload rate over all connections, bytes/s.
+    pub max_upload_rate: Option<u64>,
+    /// Time connections get to finish after shutdown is requested.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            prepared_responses: 4,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_upload_rate: None,
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Counters for tests and status displays.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub connections_active: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub refused_busy: AtomicU64,
+    pub malformed: AtomicU64,
+    pub chunks_served: AtomicU64,
+    pub bytes_served: AtomicU64,
+}
+
+/// A server ready to run on an already-bound listener.
+pub struct Server {
+    ctx: Arc<Ctx>,
+}
+
+struct Ctx {
+    library: Library,
+    node_id: NodeId,
+    listen_port: u16,
+    config: ServerConfig,
+    stats: Arc<ServerStats>,
+    upload: Option<Mutex<TokenBucket>>,
+    epoch: Instant,
+}
+
+impl Server {
+    pub fn new(library: Library, node_id: NodeId, listen_port: u16, config: ServerConfig) -> Self {
+        let epoch = Instant::now();
+        let upload = config.max_upload_rate.map(|rate| {
+            // A burst of a few milliseconds' worth keeps pacing smooth.
+            let burst = (rate / 50).max(64 * 1024);
+            Mutex::new(TokenBucket::new(rate, burst, Duration::ZERO))
+        });
+        Self {
+            ctx: Arc::new(Ctx {
+                library,
+                node_id,
+                listen_port,
+                config,
+                stats: Arc::default(),
+                upload,
+                epoch,
+            }),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.ctx.stats.clone()
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection and
+    /// returns once all their tasks have ended.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let ctx = self.ctx;
+        let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        let result = loop {
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                accepted = listener.accept() => {
+                    let (stream, addr) = match accepted {
+                        Ok(a) => a,
+                        Err(e) if is_transient_accept_error(&e) => {
+                            tracing::warn!("accept: {e}");
+                            // Out of descriptors or similar: back off briefly.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                        Err(e) => break Err(ServeError::Accept(e)),
+                    };
+                    ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                        tasks.spawn(refuse_busy(stream, ctx.config.handshake_timeout));
+                        continue;
+                    };
+                    let ctx = ctx.clone();
+                    let stop = stop_rx.clone();
+                    tasks.spawn(async move {
+                        ctx.stats.connections_active.fetch_add(1, Ordering::Relaxed);
+                        serve_connection(&ctx, stream, addr, stop).await;
+                        ctx.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+                        drop(permit);
+                    });
+                }
+            }
+        };
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let grace = ctx.config.shutdown_grace;
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        result
+    }
+}
+
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    ) || matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+async fn refuse_busy(stream: TcpStream, limit: Duration) {
+    let mut w = FrameWriter::new(stream);
+    let msg = Message::Error {
+        req_id: 0,
+        code: ErrorCode::Busy,
+        message: "this node is serving too many connections; try again later".into(),
+    };
+    let _ = tokio::time::timeout(limit, w.send(&msg)).await;
+}
+
+/// An answer being prepared: ready now, or a chunk read on the blocking pool.
+enum Pending {
+    Ready(Message),
+    Chunk(tokio::task::JoinHandle<Result<(u32, u32, Vec<u8>), Message>>),
+    /// Send this, then close the connection.
+    Fatal(Message),
+}
+
+async fn serve_connection(
+    ctx: &Arc<Ctx>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r, MAX_REQUEST_FRAME_LEN);
+    let mut writer = FrameWriter::new(w);
+    let idle = ctx.config.idle_timeout;
+
+    // Handshake: the client speaks first.
+    let first = tokio::select! {
+        r = tokio::time::timeout(ctx.config.handshake_timeout, reader.read()) => r,
+        _ = stop.changed() => return,
+    };
+    let refusal = match first {
+        Ok(Ok(Some(Message::Hello(h)))) => {
+            tracing::debug!(%addr, peer = %h.node_id.short(), "handshake");
+            None
+        }
+        Ok(Err(ReadError::Decode(DecodeError::UnsupportedVersion(v)))) => Some(Message::Error {
+            req_id: 0,
+            code: ErrorCode::UnsupportedVersion,
+            message: format!(
+                "this node speaks peershare protocol version {PROTOCOL_VERSION}, you sent version {v}; \
+                 use the same peershare release on both sides"
+            ),
+        }),
+        Ok(Ok(None)) | Err(_) => return,
+        Ok(Ok(Some(_))) | Ok(Err(_)) => Some(Message::Error {
+            req_id: 0,
+            code: ErrorCode::BadRequest,
+            message: "expected a peershare handshake".into(),
+        }),
+    };
+    if let Some(msg) = refusal {
+        ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        let _ = tokio::time::timeout(idle, writer.send(&msg)).await;
+        return;
+    }
+    let hello = Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node_id: ctx.node_id,
+        listen_port: ctx.listen_port,
+        capabilities: 0,
+    });
+    if !matches!(
+        tokio::time::timeout(idle, writer.send(&hello)).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+
+    let (tx, mut rx) = mpsc::channel::<Pending>(ctx.config.prepared_responses.max(1));
+    let files: Arc<Mutex<OpenFiles>> = Arc::default();
+    // Owns `tx`: when it ends, the write side drains what is queued and stops.
+    let read_side = async move {
+        loop {
+            let msg = match tokio::time::timeout(idle, reader.read()).await {
+                Err(_) | Ok(Ok(None)) => return,
+                Ok(Err(ReadError::Decode(e))) => {
+                    ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%addr, "malformed frame: {e}");
+                    let _ = tx
+                        .send(Pending::Fatal(Message::Error {
+                            req_id: 0,
+                            code: ErrorCode::BadRequest,
+                            message: format!("malformed frame: {e}"),
+                        }))
+                        .await;
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Ok(Ok(Some(m))) => m,
+            };
+            let pending = respond(ctx, &files, msg);
+            let fatal = matches!(pending, Pending::Fatal(_));
+            if tx.send(pending).await.is_err() || fatal {
+                return;
+            }
+        }
+    };
+    let write_side = async {
+        while let Some(p) = rx.recv().await {
+            let (msg, fatal) = match p {
+                Pending::Ready(m) => (m, false),
+                Pending::Fatal(m) => (m, true),
+                Pending::Chunk(job) => match job.await {
+                    Ok(Ok((req_id, index, data))) => {
+                        ctx.throttle(data.len() as u64).await;
+                        let sent =
+                            tokio::time::timeout(idle, writer.send_chunk(req_id, index, &data))
+                                .await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            return;
+                        }
+                        ctx.stats.chunks_served.fetch_add(1, Ordering::Relaxed);
+                        ctx.stats
+                            .bytes_served
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                        continue;
+                    }
+                    Ok(Err(m)) => (m, false),
+                    Err(_) => return,
+                },
+            };
+            let sent = tokio::time::timeout(idle, writer.send(&msg)).await;
+            if !matches!(sent, Ok(Ok(()))) || fatal {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        // The read side ends first on EOF; let queued answers drain.
+        _ = async { tokio::join!(async { read_side.await; }, write_side) } => {}
+        _ = stop.changed() => {}
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
+}
+
+impl Ctx {
+    async fn throttle(&self, bytes: u64) {
+        let Some(bucket) = &self.upload else { return };
+        let wait = bucket
+            .lock()
+            .expect("rate limiter lock")
+            .take(bytes, self.epoch.elapsed());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn error(req_id: u32, code: ErrorCode, message: impl Into<String>) -> Message {
+    Message::Error {
+        req_id,
+        code,
+        message: message.into(),
+    }
+}
+
+fn internal(req_id: u32, e: impl std::fmt::Display) -> Message {
+    tracing::warn!("serving request: {e}");
+    error(
+        req_id,
+        ErrorCode::Internal,
+        "the serving node hit an internal error",
+    )
+}
+
+/// Open shared files of one connection, by file ID.
+type OpenFiles = HashMap<FileId, (Arc<File>, Entry)>;
+
+/// Builds the answer to one request.
+fn respond(ctx: &Arc<Ctx>, files: &Arc<Mutex<OpenFiles>>, msg: Message) -> Pending {
+    match msg {
+        Message::GetCatalog { req_id, cursor } => Pending::Ready(catalog(ctx, req_id, cursor)),
+        Message::GetManifest { req_id, id } => {
+            Pending::Ready(match ctx.library.manifest_bytes(&id) {
+                Ok(Some(bytes)) if shared_entry(ctx, &id).is_some() => Message::Manifest {
+                    req_id,
+                    bytes: bytes.into(),
+                },
+                Ok(_) => error(
+                    req_id,
+                    ErrorCode::NotFound,
+                    format!("file {id} is not shared here"),
+                ),
+                Err(e) => internal(req_id, e),
+            })
+        }
+        Message::GetChunk { req_id, id, index } => {
+            let ctx = ctx.clone();
+            let files = files.clone();
+            Pending::Chunk(tokio::task::spawn_blocking(move || {
+                read_chunk(&ctx, &files, req_id, id, index)
+            }))
+        }
+        Message::Hello(_)
+        | Message::Error { .. }
+        | Message::Catalog { .. }
+        | Message::Manifest { .. }
+        | Message::Chunk { .. } => Pending::Fatal(error(
+            0,
+            ErrorCode::BadRequest,
+            "unexpected message from a client",
+        )),
+    }
+}
+
+/// An entry for `id` whose file is unchanged on disk, if any.
+fn shared_entry(ctx: &Ctx, id: &FileId) -> Option<Entry> {
+    let snap = ctx.library.snapshot().ok()?;
+    let hex = id.to_string();
+    snap.by_id(&hex)
+        .find(|e| std::fs::metadata(&e.path).is_ok_and(|m| e.matches(&m)))
+        .cloned()
+}
+
+fn catalog(ctx: &Ctx, req_id: u32, cursor: u32) -> Message {
+    let snap = match ctx.library.snapshot() {
+        Ok(s) => s,
+        Err(e) => return internal(req_id, e),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut all: Vec<CatalogEntry> = snap
+        .files
+        .values()
+        .filter(|e| std::fs::metadata(&e.path).is_ok_and(|m| e.matches(&m)))
+        .filter_map(|e| {
+            let id = e.file_id()?;
+            seen.insert(id).then(|| CatalogEntry {
+                id,
+                size: e.size,
+                name: e.name.clone(),
+            })
+        })
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    let mut entries = Vec::new();
+    let mut used = 0;
+    let mut i = cursor as usize;
+    while i < all.len() {
+        let len = catalog_entry_len(&all[i]);
+        if !entries.is_empty() && used + len > CATALOG_PAGE_BUDGET {
+            break;
+        }
+        used += len;
+        entries.push(all[i].clone());
+        i += 1;
+    }
+    Message::Catalog {
+        req_id,
+        revision: snap.revision,
+        next: (i < all.len()).then_some(i as u32),
+        entries,
+    }
+}
+
+fn read_chunk(
+    ctx: &Ctx,
+    files: &Mutex<OpenFiles>,
+    req_id: u32,
+    id: FileId,
+    index: u32,
+) -> Result<(u32, u32, Vec<u8>), Message> {
+    let cached = files.lock().expect("open files lock").get(&id).cloned();
+    let (file, entry) = match cached {
+        Some(c) => c,
+        None => {
+            let Some(entry) = shared_entry(ctx, &id) else {
+                return Err(error(
+                    req_id,
+                    ErrorCode::NotFound,
+                    format!("file {id} is not shared here"),
+                ));
+            };
+            let file = File::open(&entry.path).map_err(|e| internal(req_id, e))?;
+            let mut open = files.lock().expect("open files lock");
+            // A handful of files per connection at most; start over rather
+            // than grow without bound.
+            if open.len() >= 16 {
+                open.clear();
+            }
+            let c = (Arc::new(file), entry);
+            open.insert(id, c.clone());
+            c
+        }
+    };
+    let chunk_size = peershare_proto::manifest::chunk_size_for(entry.size) as u64;
+    let start = index as u64 * chunk_size;
+    if start >= entry.size {
+        return Err(error(
+            req_id,
+            ErrorCode::OutOfRange,
+            format!("file {id} has no chunk {index}"),
+        ));
+    }
+    let len = chunk_size.min(entry.size - start) as usize;
+    // The file must still be what was hashed: same size and mtime.
+    let unchanged = file.metadata().is_ok_and(|m| entry.matches(&m));
+    let mut data = vec![0u8; len];
+    if !unchanged || file.read_exact_at(&mut data, start).is_err() {
+        files.lock().expect("open files lock").remove(&id);
+        return Err(error(
+            req_id,
+            ErrorCode::Unavailable,
+            format!("file {id} changed on disk since it was shared"),
+        ));
+    }
+    Ok((req_id, index, data))
+}

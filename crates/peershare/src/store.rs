@@ -1,0 +1,672 @@
+//! The library: what this node shares, kept in its data directory.
+//!
+//! ```text
+//! <data-dir>/library.json          entries; replaced atomically (write, fsync, rename)
+//! <data-dir>/library.lock          writers hold an exclusive flock while they edit
+//! <data-dir>/manifests/<id>.manifest   canonical manifest encodings, content-addressed
+//! ```
+//!
+//! Files are hashed in place and served from where they are; nothing is
+//! copied. Invariants: a reader (the server) only ever sees a whole
+//! `library.json`, never a half-written one (rename is atomic); two writers
+//! never interleave (flock); a manifest file is written, synced and renamed
+//! before the entry naming it is published. An entry records the size and
+//! mtime of the file when it was hashed; a file whose metadata differ now
+//! is *withdrawn* (not listed, not served) until shared again.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use peershare_proto::id::{ID_LEN, sha256};
+use peershare_proto::manifest::{Manifest, chunk_count, chunk_size_for};
+use peershare_proto::{FileId, NodeId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+
+const LIBRARY_FILE: &str = "library.json";
+const LOCK_FILE: &str = "library.lock";
+const MANIFEST_DIR: &str = "manifests";
+const NODE_ID_FILE: &str = "node-id";
+/// Version of the `library.json` layout.
+const LIBRARY_FORMAT: u32 = 1;
+
+/// One shared file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Hex file ID.
+    pub id: String,
+    /// Name shown to peers (`/`-separated, relative).
+    pub name: String,
+    /// Absolute path of the original file.
+    pub path: PathBuf,
+    pub size: u64,
+    /// Modification time when hashed, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+impl Entry {
+    pub fn file_id(&self) -> Option<FileId> {
+        self.id.parse().ok()
+    }
+
+    /// True when the file on disk still has the size and mtime it had when
+    /// hashed. `meta` is a fresh stat of the file.
+    pub fn matches(&self, meta: &fs::Metadata) -> bool {
+        meta.is_file() && meta.len() == self.size && mtime_ns(meta) == self.mtime_ns
+    }
+}
+
+/// The whole library as stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub format: u32,
+    /// Incremented by every change.
+    pub revision: u64,
+    /// Keyed by absolute path: sharing one path twice is idempotent.
+    pub files: BTreeMap<PathBuf, Entry>,
+}
+
+impl Snapshot {
+    /// Entries with this file ID (several paths may hold the same content).
+    pub fn by_id<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.files.values().filter(move |e| e.id == id)
+    }
+}
+
+/// What `share` did with one file.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub entry: Entry,
+    /// False when the file was already shared unchanged (nothing re-hashed).
+    pub hashed: bool,
+}
+
+fn mtime_ns(meta: &fs::Metadata) -> i128 {
+    meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
+}
+
+/// Handle on a data directory. Cheap to clone; the server keeps one and
+/// reloads `library.json` when it changes on disk.
+#[derive(Debug, Clone)]
+pub struct Library {
+    dir: PathBuf,
+    cache: Arc<Mutex<Option<Cached>>>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    stamp: (u64, i128, u64),
+    snapshot: Arc<Snapshot>,
+}
+
+impl Library {
+    /// Opens (creating if needed) the data directory `dir`.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        fs::create_dir_all(dir.join(MANIFEST_DIR)).map_err(StoreError::io(&dir))?;
+        Ok(Self {
+            dir,
+            cache: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn library_path(&self) -> PathBuf {
+        self.dir.join(LIBRARY_FILE)
+    }
+
+    fn manifest_path(&self, id: &FileId) -> PathBuf {
+        self.dir.join(MANIFEST_DIR).join(format!("{id}.manifest"))
+    }
+
+    /// This node's ID, created on first use.
+    pub fn node_id(&self) -> Result<NodeId, StoreError> {
+        let path = self.dir.join(NODE_ID_FILE);
+        match fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse().map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                reason: format!("{e}"),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut raw = [0u8; ID_LEN];
+                getrandom::fill(&mut raw).map_err(|e| StoreError::Io {
+                    path: path.clone(),
+                    source: io::Error::other(e.to_string()),
+                })?;
+                let id = NodeId(raw);
+                let _lock = self.lock()?;
+                // Another process may have won the race: keep its ID.
+                if let Ok(s) = fs::read_to_string(&path)
+                    && let Ok(existing) = s.trim().parse()
+                {
+                    return Ok(existing);
+                }
+                write_atomic(&path, format!("{id}\n").as_bytes())?;
+                Ok(id)
+            }
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    fn lock(&self) -> Result<File, StoreError> {
+        let path = self.dir.join(LOCK_FILE);
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io(&path))?;
+        f.lock().map_err(StoreError::io(&path))?;
+        Ok(f)
+    }
+
+    /// The current library, re-read only when `library.json` changed.
+    pub fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
+        let path = self.library_path();
+        let stamp = match fs::metadata(&path) {
+            Ok(m) => (m.ino(), mtime_ns(&m), m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, 0, 0),
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        let mut cache = self.cache.lock().expect("library cache lock");
+        if let Some(c) = cache.as_ref()
+            && c.stamp == stamp
+        {
+            return Ok(c.snapshot.clone());
+        }
+        let snapshot = Arc::new(self.read_library()?);
+        *cache = Some(Cached {
+            stamp,
+            snapshot: snapshot.clone(),
+        });
+        Ok(snapshot)
+    }
+
+    fn read_library(&self) -> Result<Snapshot, StoreError> {
+        let path = self.library_path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Snapshot {
+                    format: LIBRARY_FORMAT,
+                    ..Snapshot::default()
+                });
+            }
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if snap.format != LIBRARY_FORMAT {
+            return Err(StoreError::Corrupt {
+                path,
+                reason: format!("unknown format {}", snap.format),
+            });
+        }
+        Ok(snap)
+    }
+
+    /// Applies `edit` to the library under the writers' lock and publishes
+    /// the result atomically.
+    fn edit<T>(&self, edit: impl FnOnce(&mut Snapshot) -> T) -> Result<T, StoreError> {
+        let _lock = self.lock()?;
+        let mut snap = self.read_library()?;
+        let out = edit(&mut snap);
+        snap.revision += 1;
+        let json = serde_json::to_vec_pretty(&snap).expect("library serializes");
+        write_atomic(&self.library_path(), &json)?;
+        Ok(out)
+    }
+
+    /// The stored manifest of `id`, if this library has it.
+    pub fn manifest(&self, id: &FileId) -> Result<Option<Manifest>, StoreError> {
+        let path = self.manifest_path(id);
+        match fs::read(&path) {
+            Ok(bytes) => Manifest::decode_verified(&bytes, id)
+                .map(Some)
+                .map_err(|source| StoreError::Manifest { path, source }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    /// Raw canonical encoding of the manifest of `id`, for serving.
+    pub fn manifest_bytes(&self, id: &FileId) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.manifest_path(id);
+        match fs::read(&path) {
+            Ok(b) if sha256(&b) == id.0 => Ok(Some(b)),
+            Ok(_) => Err(StoreError::Corrupt {
+                path,
+                reason: "manifest does not hash to its file ID".into(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
+    }
+
+    /// Shares files and folders (recursively; symbolic links inside folders
+    /// are skipped, never followed). Files already shared and unchanged
+    /// are not hashed again. `progress` counts bytes hashed; `total` is set
+    /// to the bytes that need hashing before hashing starts.
+    pub fn share(
+        &self,
+        paths: &[PathBuf],
+        progress: &ShareProgress,
+    ) -> Result<Vec<Shared>, StoreError> {
+        let mut found = Vec::new();
+        for p in paths {
+            collect(p, &mut found)?;
+        }
+        let current = self.snapshot()?;
+        let mut todo = Vec::new();
+        let mut results: Vec<Option<Shared>> = Vec::with_capacity(found.len());
+        for (path, name) in found {
+            let meta = fs::metadata(&path).map_err(StoreError::io(&path))?;
+            match current.files.get(&path) {
+                Some(e) if e.matches(&meta) && e.name == name && self.manifest_path_exists(e) => {
+                    results.push(Some(Shared {
+                        entry: e.clone(),
+                        hashed: false,
+                    }));
+                }
+                _ => {
+                    todo.push((results.len(), path, name, meta));
+                    results.push(None);
+                }
+            }
+        }
+        progress
+            .total
+            .store(todo.iter().map(|t| t.3.len()).sum(), Ordering::Relaxed);
+        let jobs: Vec<(PathBuf, u64)> = todo.iter().map(|t| (t.1.clone(), t.3.len())).collect();
+        let manifests = hash_files(&jobs, &progress.done)?;
+        let mut new_entries = Vec::new();
+        for ((slot, path, name, before), manifest) in todo.into_iter().zip(manifests) {
+            let after = fs::metadata(&path).map_err(StoreError::io(&path))?;
+            if after.len() != before.len() || mtime_ns(&after) != mtime_ns(&before) {
+                return Err(StoreError::ChangedWhileHashing { path });
+            }
+            let id = manifest.id();
+            let mpath = self.manifest_path(&id);
+            if !mpath.exists() {
+                write_atomic(&mpath, &manifest.encode())?;
+            }
+            let entry = Entry {
+                id: id.to_string(),
+                name,
+                path,
+                size: before.len(),
+                mtime_ns: mtime_ns(&before),
+            };
+            new_entries.push(entry.clone());
+            results[slot] = Some(Shared {
+                entry,
+                hashed: true,
+            });
+        }
+        if !new_entries.is_empty() {
+            self.edit(|snap| {
+                for e in new_entries {
+                    snap.files.insert(e.path.clone(), e);
+                }
+            })?;
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every slot filled"))
+            .collect())
+    }
+
+    fn manifest_path_exists(&self, e: &Entry) -> bool {
+        e.file_id()
+            .is_some_and(|id| self.manifest_path(&id).exists())
+    }
+
+    /// Removes entries named by file ID (hex) or by path (a file, or a
+    /// folder: everything under it). Never touches the files. Returns the
+    /// removed entries; a target that matches nothing is an error and
+    /// nothing is removed.
+    pub fn unshare(&self, targets: &[String]) -> Result<Vec<Entry>, StoreError> {
+        let snap = self.snapshot()?;
+        let mut selectors = Vec::new();
+        for t in targets {
+            let sel = if t.parse::<FileId>().is_ok() {
+                Selector::Id(t.to_ascii_lowercase())
+            } else {
+                let p = Path::new(t);
+                let abs = fs::canonicalize(p).unwrap_or_else(|_| absolute(p));
+                Selector::Path(abs)
+            };
+            if !snap.files.values().any(|e| sel.matches(e)) {
+                return Err(StoreError::NotShared(t.clone()));
+            }
+            selectors.push(sel);
+        }
+        self.edit(|snap| {
+            let mut removed = Vec::new();
+            snap.files.retain(|_, e| {
+                let hit = selectors.iter().any(|s| s.matches(e));
+                if hit {
+                    removed.push(e.clone());
+                }
+                !hit
+            });
+            removed
+        })
+    }
+}
+
+enum Selector {
+    Id(String),
+    Path(PathBuf),
+}
+
+impl Selector {
+    fn matches(&self, e: &Entry) -> bool {
+        match self {
+            Selector::Id(id) => e.id == *id,
+            Selector::Path(p) => e.path == *p || e.path.starts_with(p),
+        }
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Counters a UI can poll while [`Library::share`] hashes.
+#[derive(Debug, Default)]
+pub struct ShareProgress {
+    pub total: AtomicU64,
+    pub done: AtomicU64,
+}
+
+/// Finds the regular files under `path` with their shared names: a file
+/// given directly is named by its file name; files in a folder by the
+/// folder's name plus their relative path.
+fn collect(path: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<(), StoreError> {
+    let abs = fs::canonicalize(path).map_err(StoreError::io(path))?;
+    let meta = fs::metadata(&abs).map_err(StoreError::io(&abs))?;
+    let base = abs
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into());
+    if meta.is_file() {
+        out.push((abs, base));
+        Ok(())
+    } else if meta.is_dir() {
+        walk(&abs, &base, out)
+    } else {
+        Err(StoreError::NotAFile(abs))
+    }
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<(PathBuf, String)>) -> Result<(), StoreError> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .map_err(StoreError::io(dir))?
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::io(dir))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let ft = e.file_type().map_err(StoreError::io(e.path()))?;
+        let name = format!("{prefix}/{}", e.file_name().to_string_lossy());
+        if ft.is_symlink() {
+            tracing::warn!(path = %e.path().display(), "skipping symbolic link");
+        } else if ft.is_dir() {
+            walk(&e.path(), &name, out)?;
+        } else if ft.is_file() {
+            out.push((e.path(), name));
+        }
+    }
+    Ok(())
+}
+
+/// Hashes every chunk of every file on all cores. Work is one chunk at a
+/// time from a shared cursor over all files, so one large file and many
+/// small ones both keep every core busy. Memory: one chunk buffer per
+/// thread.
+pub fn hash_files(
+    files: &[(PathBuf, u64)],
+    progress: &AtomicU64,
+) -> Result<Vec<Manifest>, StoreError> {
+    let mut starts = Vec::with_capacity(files.len());
+    let mut total_chunks = 0u64;
+    for (_, size) in files {
+        starts.push(total_chunks);
+        total_chunks += chunk_count(*size, chunk_size_for(*size));
+    }
+    let hashes: Vec<Mutex<Vec<[u8; ID_LEN]>>> = files
+        .iter()
+        .map(|(_, s)| {
+            Mutex::new(vec![
+                [0; ID_LEN];
+                chunk_count(*s, chunk_size_for(*s)) as usize
+            ])
+        })
+        .collect();
+    let cursor = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let first_error: Mutex<Option<StoreError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(total_chunks.max(1) as usize) {
+            s.spawn(|| {
+                let mut open: Option<(usize, File)> = None;
+                let mut buf = Vec::new();
+                loop {
+                    let g = cursor.fetch_add(1, Ordering::Relaxed) as u64;
+                    if g >= total_chunks || first_error.lock().expect("lock").is_some() {
+                        return;
+                    }
+                    let f = starts.partition_point(|&st| st <= g) - 1;
+                    let chunk = g - starts[f];
+                    let (path, size) = &files[f];
+                    let cs = chunk_size_for(*size) as u64;
+                    let len = (cs.min(size - chunk * cs)) as usize;
+                    let res = (|| {
+                        if open.as_ref().map(|o| o.0) != Some(f) {
+                            open = Some((f, File::open(path)?));
+                        }
+                        buf.resize(len, 0);
+                        let file = &open.as_ref().expect("just opened").1;
+                        file.read_exact_at(&mut buf, chunk * cs)
+                    })();
+                    match res {
+                        Ok(()) => {
+                            hashes[f].lock().expect("lock")[chunk as usize] = sha256(&buf);
+                            progress.fetch_add(len as u64, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            let err = if e.kind() == io::ErrorKind::UnexpectedEof {
+                                StoreError::ChangedWhileHashing { path: path.clone() }
+                            } else {
+                                StoreError::Io {
+                                    path: path.clone(),
+                                    source: e,
+                                }
+                            };
+                            first_error.lock().expect("lock").get_or_insert(err);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().expect("lock") {
+        return Err(e);
+    }
+    files
+        .iter()
+        .zip(hashes)
+        .map(|((path, size), h)| {
+            Manifest::new(*size, h.into_inner().expect("lock")).map_err(|source| {
+                StoreError::Manifest {
+                    path: path.clone(),
+                    source,
+                }
+            })
+        })
+        .collect()
+}
+
+/// Writes `bytes` to `path` so that `path` is always either the old or the
+/// new content: temp file in the same directory, fsync, rename, fsync dir.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(
+        ".{}.{}.{nanos}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lib() -> (tempfile::TempDir, Library) {
+        let d = tempfile::tempdir().unwrap();
+        let l = Library::open(d.path().join("data")).unwrap();
+        (d, l)
+    }
+
+    #[test]
+    fn share_hashes_files_and_folders_with_relative_names() {
+        let (d, l) = lib();
+        let folder = d.path().join("papers");
+        fs::create_dir_all(folder.join("sub")).unwrap();
+        fs::write(folder.join("a.txt"), b"alpha").unwrap();
+        fs::write(folder.join("sub/b.txt"), b"beta").unwrap();
+        fs::write(d.path().join("c.bin"), vec![1u8; 200_000]).unwrap();
+        let p = ShareProgress::default();
+        let shared = l.share(&[folder, d.path().join("c.bin")], &p).unwrap();
+        let names: Vec<_> = shared.iter().map(|s| s.entry.name.as_str()).collect();
+        assert_eq!(names, ["papers/a.txt", "papers/sub/b.txt", "c.bin"]);
+        assert_eq!(p.done.load(Ordering::Relaxed), 5 + 4 + 200_000);
+        let expect = Manifest::from_bytes(&vec![1u8; 200_000]);
+        assert_eq!(shared[2].entry.id, expect.id().to_string());
+        assert_eq!(l.manifest(&expect.id()).unwrap(), Some(expect));
+    }
+
+    #[test]
+    fn sharing_twice_is_idempotent_and_does_not_rehash() {
+        let (d, l) = lib();
+        let f = d.path().join("x");
+        fs::write(&f, b"content").unwrap();
+        let a = l
+            .share(std::slice::from_ref(&f), &ShareProgress::default())
+            .unwrap();
+        let rev = l.snapshot().unwrap().revision;
+        let b = l
+            .share(std::slice::from_ref(&f), &ShareProgress::default())
+            .unwrap();
+        assert!(a[0].hashed && !b[0].hashed);
+        assert_eq!(a[0].entry, b[0].entry);
+        assert_eq!(l.snapshot().unwrap().files.len(), 1);
+        assert_eq!(
+            l.snapshot().unwrap().revision,
+            rev,
+            "no write for a no-op share"
+        );
+    }
+
+    #[test]
+    fn modified_file_no_longer_matches_and_is_rehashed() {
+        let (d, l) = lib();
+        let f = d.path().join("x");
+        fs::write(&f, b"one").unwrap();
+        let a = l
+            .share(std::slice::from_ref(&f), &ShareProgress::default())
+            .unwrap();
+        fs::write(&f, b"two!").unwrap();
+        assert!(!a[0].entry.matches(&fs::metadata(&f).unwrap()));
+        let b = l
+            .share(std::slice::from_ref(&f), &ShareProgress::default())
+            .unwrap();
+        assert!(b[0].hashed);
+        assert_ne!(a[0].entry.id, b[0].entry.id);
+    }
+
+    #[test]
+    fn unshare_by_id_and_path_and_unknown() {
+        let (d, l) = lib();
+        let (x, y) = (d.path().join("x"), d.path().join("y"));
+        fs::write(&x, b"x").unwrap();
+        fs::write(&y, b"y").unwrap();
+        let s = l
+            .share(&[x.clone(), y.clone()], &ShareProgress::default())
+            .unwrap();
+        assert!(matches!(
+            l.unshare(&["nope".into()]),
+            Err(StoreError::NotShared(_))
+        ));
+        assert_eq!(
+            l.snapshot().unwrap().files.len(),
+            2,
+            "failed unshare removes nothing"
+        );
+        let r = l.unshare(&[s[0].entry.id.clone()]).unwrap();
+        assert_eq!(r.len(), 1);
+        let r = l.unshare(&[y.to_string_lossy().into_owned()]).unwrap();
+        assert_eq!(r.len(), 1);
+        assert!(l.snapshot().unwrap().files.is_empty());
+        assert!(x.exists() && y.exists(), "files are never touched");
+    }
+
+    #[test]
+    fn symlinks_in_folders_are_skipped() {
+        let (d, l) = lib();
+        let folder = d.path().join("f");
+        fs::create_dir(&folder).unwrap();
+        fs::write(d.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(d.path().join("secret"), folder.join("link")).unwrap();
+        fs::write(folder.join("ok"), b"o").unwrap();
+        let s = l.share(&[folder], &ShareProgress::default()).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].entry.name, "f/ok");
+    }
+
+    #[test]
+    fn corrupt_library_file_is_a_clear_error() {
+        let (_d, l) = lib();
+        fs::write(l.dir().join(LIBRARY_FILE), b"{not json").unwrap();
+        assert!(matches!(l.snapshot(), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn node_id_is_stable() {
+        let (_d, l) = lib();
+        let a = l.node_id().unwrap();
+        assert_eq!(l.node_id().unwrap(), a);
+    }
+}
