@@ -56,8 +56,10 @@ pub enum Command {
     Unshare(UnshareArgs),
 
     /// List this node's own library, with a ticket for each file
-    #[command(after_help = "Example:\n  peershare shared --json")]
-    Shared(JsonArg),
+    #[command(
+        after_help = "Examples:\n  peershare shared\n  peershare shared --json --addr 203.0.113.7:9000 | jq -r '.[].ticket'"
+    )]
+    Shared(SharedArgs),
 
     /// Serve the library to peers until interrupted (Ctrl-C or SIGTERM)
     #[command(after_help = "Examples:\n  \
@@ -98,9 +100,29 @@ pub struct ShareArgs {
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
 
-    /// Port written into tickets (the one `serve` listens on)
+    #[command(flatten)]
+    pub ticket: TicketArgs,
+
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct TicketArgs {
+    /// Port written into tickets with this machine's addresses (the one `serve` listens on)
     #[arg(long, env = "PEERSHARE_PORT", default_value_t = 9000)]
     pub port: u16,
+
+    /// Address written into tickets instead of this machine's own, e.g. a
+    /// port-forward on your router (repeatable)
+    #[arg(long = "addr", value_name = "IP:PORT")]
+    pub addrs: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct SharedArgs {
+    #[command(flatten)]
+    pub ticket: TicketArgs,
 
     #[command(flatten)]
     pub json: JsonArg,

@@ -17,7 +17,9 @@ use peershare_proto::{FileId, Ticket};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::cli::{Cli, Command, GetArgs, LsArgs, ServeArgs, ShareArgs, UnshareArgs};
+use crate::cli::{
+    Cli, Command, GetArgs, LsArgs, ServeArgs, ShareArgs, SharedArgs, TicketArgs, UnshareArgs,
+};
 use crate::progress;
 use crate::{Failure, exit};
 
@@ -30,7 +32,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Share(a) => share(&data_dir, a, quiet).await,
         Command::Unshare(a) => unshare(&data_dir, a),
-        Command::Shared(a) => shared(&data_dir, a.json),
+        Command::Shared(a) => shared(&data_dir, a),
         Command::Serve(a) => serve(&data_dir, a).await,
         Command::Ls(a) => ls(&data_dir, a).await,
         Command::Get(a) => get(&data_dir, a, quiet).await,
@@ -87,9 +89,13 @@ struct SharedFile {
     ticket: String,
 }
 
-/// Addresses to put in tickets: this machine's non-loopback addresses, or
-/// loopback when it has none.
-fn ticket_addrs(port: u16) -> Vec<SocketAddr> {
+/// Addresses to put in tickets: those given with `--addr`, else this
+/// machine's non-loopback addresses, else loopback.
+fn ticket_addrs(t: &TicketArgs) -> Vec<SocketAddr> {
+    if !t.addrs.is_empty() {
+        return t.addrs.clone();
+    }
+    let port = t.port;
     let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
         .unwrap_or_default()
         .into_iter()
@@ -140,7 +146,7 @@ async fn share(dir: &Path, a: ShareArgs, quiet: bool) -> Result<(), Failure> {
         .expect("share does not panic");
     bar.finish().await;
     let shared = result.map_err(store_failure)?;
-    let addrs = ticket_addrs(a.port);
+    let addrs = ticket_addrs(&a.ticket);
     if a.json.json {
         let files: Vec<_> = shared.iter().map(|s| describe(&s.entry, &addrs)).collect();
         out_json(&files);
@@ -173,12 +179,12 @@ fn unshare(dir: &Path, a: UnshareArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn shared(dir: &Path, json: bool) -> Result<(), Failure> {
+fn shared(dir: &Path, a: SharedArgs) -> Result<(), Failure> {
     let lib = open_library(dir)?;
     let snap = lib.snapshot().map_err(store_failure)?;
-    let addrs = ticket_addrs(DEFAULT_PORT);
+    let addrs = ticket_addrs(&a.ticket);
     let files: Vec<_> = snap.files.values().map(|e| describe(e, &addrs)).collect();
-    if json {
+    if a.json.json {
         out_json(&files);
     } else {
         let mut text = String::new();
