@@ -234,11 +234,16 @@ async fn serve_connection(
                  use the same peershare release on both sides"
             ),
         }),
-        Ok(Ok(None)) | Err(_) => return,
-        Ok(Ok(Some(_))) | Ok(Err(_)) => Some(Message::Error {
+        Ok(Ok(None)) | Err(_) | Ok(Err(ReadError::Io(_) | ReadError::Truncated)) => return,
+        Ok(Err(ReadError::Decode(e))) => Some(Message::Error {
             req_id: 0,
             code: ErrorCode::BadRequest,
-            message: "expected a peershare handshake".into(),
+            message: format!("expected a peershare handshake: {e}"),
+        }),
+        Ok(Ok(Some(_))) => Some(Message::Error {
+            req_id: 0,
+            code: ErrorCode::BadRequest,
+            message: "expected a peershare handshake first".into(),
         }),
     };
     if let Some(msg) = refusal {

@@ -1,0 +1,264 @@
+//! A misbehaving client loses its own connection and nothing else.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::*;
+use peershare::ServerConfig;
+use peershare_proto::NodeId;
+use peershare_proto::wire::{
+    ErrorCode, Hello, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, decode_frame,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn hello(version: u16) -> BytesMut {
+    Message::Hello(Hello {
+        version,
+        node_id: NodeId([1; 32]),
+        listen_port: 0,
+        capabilities: 0,
+    })
+    .to_frame()
+    .unwrap()
+}
+
+/// Reads frames until the server closes; returns them. Fails after 10 s.
+async fn read_until_closed(s: &mut TcpStream) -> Vec<Message> {
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let deadline = Duration::from_secs(10);
+    loop {
+        while let Some(m) =
+            decode_frame(&mut buf, MAX_FRAME_LEN).expect("server sends valid frames")
+        {
+            out.push(m);
+        }
+        let n = tokio::time::timeout(deadline, s.read_buf(&mut buf))
+            .await
+            .expect("server closes the connection")
+            .unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+    }
+}
+
+/// An honest download still works.
+async fn honest_download_works(node: &Node, content: &[u8]) {
+    let out = tempfile::tempdir().unwrap();
+    fetch(request(
+        id_of(content),
+        vec![node.addr],
+        &out.path().join("f"),
+    ))
+    .await
+    .expect("honest client is served");
+    assert_eq!(std::fs::read(out.path().join("f")).unwrap(), content);
+}
+
+#[tokio::test]
+async fn garbage_closes_only_that_connection() {
+    let content = data(200_000, 1);
+    let node = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    // Garbage instead of a handshake.
+    let mut s = TcpStream::connect(node.addr).await.unwrap();
+    s.write_all(&data(10_000, 2)).await.unwrap();
+    let got = read_until_closed(&mut s).await;
+    assert!(
+        got.iter().all(|m| matches!(
+            m,
+            Message::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        )),
+        "{got:?}"
+    );
+    // Garbage after a valid handshake, while an honest client holds a connection.
+    let mut s = TcpStream::connect(node.addr).await.unwrap();
+    s.write_all(&hello(PROTOCOL_VERSION)).await.unwrap();
+    s.write_all(&[0, 0, 0, 9, 0xEE, 1, 2, 3, 4, 5, 6, 7, 8])
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut s).await;
+    assert!(matches!(got.first(), Some(Message::Hello(_))), "{got:?}");
+    assert!(
+        matches!(
+            got.last(),
+            Some(Message::Error {
+                req_id: 0,
+                code: ErrorCode::BadRequest,
+                ..
+            })
+        ),
+        "{got:?}"
+    );
+    honest_download_works(&node, &content).await;
+    assert!(node.stats.malformed.load(Ordering::Relaxed) >= 2);
+}
+
+#[tokio::test]
+async fn oversized_length_prefix_is_refused_before_buffering() {
+    let content = data(100_000, 3);
+    let node = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    for first in [true, false] {
+        let mut s = TcpStream::connect(node.addr).await.unwrap();
+        if !first {
+            s.write_all(&hello(PROTOCOL_VERSION)).await.unwrap();
+        }
+        // Declares a 4 GiB frame, then trickles: the server must not wait
+        // for (or reserve) the rest.
+        s.write_all(&[0xFF, 0xFF, 0xFF, 0xFF, 0x10]).await.unwrap();
+        let started = Instant::now();
+        let got = read_until_closed(&mut s).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(
+            matches!(got.last(), Some(Message::Error { code: ErrorCode::BadRequest, message, .. }) if message.contains("exceeds")),
+            "{got:?}"
+        );
+    }
+    honest_download_works(&node, &content).await;
+}
+
+#[tokio::test]
+async fn wrong_version_gets_a_clear_refusal() {
+    let node = Node::start(&[], ServerConfig::default()).await;
+    let mut s = TcpStream::connect(node.addr).await.unwrap();
+    s.write_all(&hello(PROTOCOL_VERSION + 1)).await.unwrap();
+    let got = read_until_closed(&mut s).await;
+    match got.as_slice() {
+        [
+            Message::Error {
+                req_id: 0,
+                code: ErrorCode::UnsupportedVersion,
+                message,
+            },
+        ] => {
+            assert!(message.contains("version 1"), "{message}");
+        }
+        other => panic!("expected one version refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_after_the_handshake_timeout() {
+    let config = ServerConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let content = data(1000, 4);
+    let node = Node::start(&[("f", &content)], config).await;
+    let mut idle = TcpStream::connect(node.addr).await.unwrap();
+    let started = Instant::now();
+    let got = read_until_closed(&mut idle).await;
+    assert!(got.is_empty());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    honest_download_works(&node, &content).await;
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_with_busy_and_frees_slots() {
+    let config = ServerConfig {
+        max_connections: 2,
+        ..ServerConfig::default()
+    };
+    let content = data(1000, 5);
+    let node = Node::start(&[("f", &content)], config).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(node.addr).await.unwrap();
+        s.write_all(&hello(PROTOCOL_VERSION)).await.unwrap();
+        // The server's whole hello: the slot is taken.
+        let mut b = vec![0u8; hello(PROTOCOL_VERSION).len()];
+        s.read_exact(&mut b).await.unwrap();
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(node.addr).await.unwrap();
+    let got = read_until_closed(&mut third).await;
+    assert!(
+        matches!(
+            got.as_slice(),
+            [Message::Error {
+                code: ErrorCode::Busy,
+                ..
+            }]
+        ),
+        "{got:?}"
+    );
+    assert_eq!(node.stats.refused_busy.load(Ordering::Relaxed), 1);
+    drop(held);
+    wait_for("slots to free", 10, || {
+        node.stats.connections_active.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    honest_download_works(&node, &content).await;
+}
+
+#[tokio::test]
+async fn request_flood_without_reading_does_not_starve_others() {
+    let content = data(4 * 1024 * 1024, 6);
+    let node = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    let id = id_of(&content);
+    let mut flood = TcpStream::connect(node.addr).await.unwrap();
+    flood.write_all(&hello(PROTOCOL_VERSION)).await.unwrap();
+    // Requests for whole chunks, never reading an answer. Writing stops
+    // when the server stops reading (back-pressure): bounded in time here.
+    let mut frames = BytesMut::new();
+    for i in 0..20_000u32 {
+        Message::GetChunk {
+            req_id: i + 1,
+            id,
+            index: i % 64,
+        }
+        .encode(&mut frames)
+        .unwrap();
+    }
+    let writer = tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(3), flood.write_all(&frames)).await;
+        flood
+    });
+    honest_download_works(&node, &content).await;
+    // The flooder is held by back-pressure with a bounded number of answers
+    // prepared, not served in full.
+    let served = node.stats.chunks_served.load(Ordering::Relaxed);
+    assert!(
+        served < 20_000,
+        "flooder was not throttled by back-pressure: {served}"
+    );
+    drop(writer.await.unwrap());
+}
+
+#[tokio::test]
+async fn shutdown_ends_every_connection() {
+    let mut node = Node::start(&[("f", b"abc")], ServerConfig::default()).await;
+    let mut conns = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(node.addr).await.unwrap();
+        s.write_all(&hello(PROTOCOL_VERSION)).await.unwrap();
+        let mut b = vec![0u8; hello(PROTOCOL_VERSION).len()];
+        s.read_exact(&mut b).await.unwrap();
+        conns.push(s);
+    }
+    wait_for("connections", 10, || {
+        node.stats.connections_active.load(Ordering::Relaxed) == 5
+    })
+    .await;
+    node.shutdown().await;
+    assert_eq!(node.stats.connections_active.load(Ordering::Relaxed), 0);
+    for mut c in conns {
+        // Every client sees its connection end.
+        read_until_closed(&mut c).await;
+    }
+    assert!(
+        TcpStream::connect(node.addr).await.is_err(),
+        "listener closed"
+    );
+}

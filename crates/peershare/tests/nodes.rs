@@ -1,0 +1,325 @@
+//! Whole nodes in one process: share, serve, download, verify.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use common::*;
+use peershare::download::{Output, Progress};
+use peershare::{DownloadError, ServerConfig, ShareProgress};
+use peershare_proto::manifest::{MIN_CHUNK_SIZE, chunk_size_for};
+
+async fn round_trip(len: usize) {
+    let content = data(len, len as u64);
+    let mut node = Node::start(&[("f.bin", &content)], ServerConfig::default()).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("got.bin");
+    let s = fetch(request(id_of(&content), vec![node.addr], &out))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content, "size {len}");
+    assert_eq!(s.size, len as u64);
+    assert_eq!(s.bytes_received, len as u64);
+    assert_eq!(s.bytes_resumed, 0);
+    assert_eq!(s.peers[0].bytes, len as u64);
+    // Nothing left behind but the file itself.
+    let left: Vec<_> = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["got.bin"]);
+    node.shutdown().await;
+    assert_eq!(node.stats.connections_active.load(Ordering::Relaxed), 0);
+}
+
+const CHUNK: usize = MIN_CHUNK_SIZE as usize;
+
+#[tokio::test]
+async fn size_0() {
+    round_trip(0).await;
+}
+#[tokio::test]
+async fn size_1() {
+    round_trip(1).await;
+}
+#[tokio::test]
+async fn size_chunk_minus_1() {
+    round_trip(CHUNK - 1).await;
+}
+#[tokio::test]
+async fn size_chunk() {
+    round_trip(CHUNK).await;
+}
+#[tokio::test]
+async fn size_chunk_plus_1() {
+    round_trip(CHUNK + 1).await;
+}
+#[tokio::test]
+async fn size_many_chunks() {
+    // Big enough for a larger canonical chunk size and a short last chunk.
+    let len = 70 * 1024 * 1024 + 12_345;
+    assert!(chunk_size_for(len as u64) > MIN_CHUNK_SIZE);
+    round_trip(len).await;
+}
+
+#[tokio::test]
+async fn saves_under_shared_name_in_directory() {
+    let content = data(1000, 1);
+    let node = Node::start(&[("talk.mkv", &content)], ServerConfig::default()).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut req = request(id_of(&content), vec![node.addr], out_dir.path());
+    req.output = Output::Dir(out_dir.path().to_path_buf());
+    let s = fetch(req).await.unwrap();
+    assert_eq!(s.name, "talk.mkv");
+    assert_eq!(
+        std::fs::read(out_dir.path().join("talk.mkv")).unwrap(),
+        content
+    );
+}
+
+#[tokio::test]
+async fn existing_output_is_never_replaced_without_force() {
+    let content = data(5000, 2);
+    let node = Node::start(&[("a", &content)], ServerConfig::default()).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("a");
+    std::fs::write(&out, b"precious").unwrap();
+    let err = fetch(request(id_of(&content), vec![node.addr], &out))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DownloadError::OutputExists(_)), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    let mut req = request(id_of(&content), vec![node.addr], &out);
+    req.force = true;
+    fetch(req).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+}
+
+#[tokio::test]
+async fn unknown_file_is_not_found() {
+    let node = Node::start(&[("a", b"abc")], ServerConfig::default()).await;
+    let out = tempfile::tempdir().unwrap();
+    let err = fetch(request(
+        id_of(b"other"),
+        vec![node.addr],
+        &out.path().join("x"),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, DownloadError::NotFound { .. }), "{err}");
+    assert!(!out.path().join("x").exists());
+}
+
+#[tokio::test]
+async fn unreachable_peer_is_reported() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let out = tempfile::tempdir().unwrap();
+    let err = fetch(request(id_of(b"x"), vec![port], &out.path().join("x")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DownloadError::AllUnreachable(_)), "{err}");
+    let err = fetch(request(id_of(b"x"), vec![], &out.path().join("x")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DownloadError::NoPeers));
+}
+
+#[tokio::test]
+async fn chunks_are_spread_over_several_peers() {
+    let content = data(8 * 1024 * 1024, 3);
+    let a = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    let b = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    let out = tempfile::tempdir().unwrap();
+    let s = fetch(request(
+        id_of(&content),
+        vec![a.addr, b.addr],
+        &out.path().join("f"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(out.path().join("f")).unwrap(), content);
+    assert_eq!(s.peers.len(), 2);
+    assert!(
+        s.peers.iter().all(|p| p.bytes > 0),
+        "both peers served: {:?}",
+        s.peers
+    );
+    assert_eq!(
+        s.peers.iter().map(|p| p.bytes).sum::<u64>(),
+        content.len() as u64
+    );
+}
+
+#[tokio::test]
+async fn share_after_server_start_is_served_without_restart() {
+    let node = Node::start(&[], ServerConfig::default()).await;
+    let content = data(3000, 4);
+    let p = node.path("late");
+    std::fs::write(&p, &content).unwrap();
+    // A second handle, as another process would have.
+    let other = peershare::Library::open(node.lib.dir()).unwrap();
+    other.share(&[p], &ShareProgress::default()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    fetch(request(
+        id_of(&content),
+        vec![node.addr],
+        &out.path().join("late"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(out.path().join("late")).unwrap(), content);
+}
+
+#[tokio::test]
+async fn lying_peer_is_dropped_and_honest_peer_completes() {
+    let content = data(4 * 1024 * 1024, 5);
+    let honest = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    let liar = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    // Corrupt the liar's copy in place, keeping size and mtime.
+    let path = liar.path("f");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut bad = content.clone();
+    for b in bad.iter_mut() {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, &bad).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let s = fetch(request(
+        id_of(&content),
+        vec![liar.addr, honest.addr],
+        &out.path().join("f"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(out.path().join("f")).unwrap(), content);
+    let l = s.peers.iter().find(|p| p.addr == liar.addr).unwrap();
+    assert_eq!(l.bytes, 0, "no byte from the liar counted");
+    assert!(l.corrupt >= 1);
+    assert!(
+        l.dropped.as_deref().unwrap_or("").contains("corrupt"),
+        "{l:?}"
+    );
+}
+
+#[tokio::test]
+async fn only_lying_peers_never_produce_a_file() {
+    let content = data(300_000, 6);
+    let liar = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    let path = liar.path("f");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut bad = content.clone();
+    bad[100] ^= 1;
+    bad[200_000] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let err = fetch(request(
+        id_of(&content),
+        vec![liar.addr],
+        &out.path().join("f"),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, DownloadError::AllSourcesCorrupt), "{err}");
+    assert!(!out.path().join("f").exists());
+}
+
+#[tokio::test]
+async fn peer_dying_mid_download_hands_its_chunks_to_the_other() {
+    let content = data(8 * 1024 * 1024, 7);
+    let slow = ServerConfig {
+        max_upload_rate: Some(2_000_000),
+        ..ServerConfig::default()
+    };
+    let mut a = Node::start(&[("f", &content)], slow.clone()).await;
+    let b = Node::start(&[("f", &content)], slow).await;
+    let out = tempfile::tempdir().unwrap();
+    let progress = Arc::new(Progress::default());
+    let req = request(id_of(&content), vec![a.addr, b.addr], &out.path().join("f"));
+    let dl = tokio::spawn(fetch_with(req, progress.clone()));
+    wait_for("some progress", 30, || {
+        progress.verified.load(Ordering::Relaxed) > 512 * 1024
+    })
+    .await;
+    a.shutdown().await;
+    let s = dl.await.unwrap().unwrap();
+    assert_eq!(std::fs::read(out.path().join("f")).unwrap(), content);
+    let pa = s.peers.iter().find(|p| p.addr == a.addr).unwrap();
+    assert!(
+        pa.dropped.is_some(),
+        "the dead peer is reported dropped: {pa:?}"
+    );
+    let pb = s.peers.iter().find(|p| p.addr == b.addr).unwrap();
+    assert!(pb.bytes > 0);
+}
+
+#[tokio::test]
+async fn interrupted_download_resumes_without_refetching_verified_chunks() {
+    let content = data(6 * 1024 * 1024, 8);
+    let slow = ServerConfig {
+        max_upload_rate: Some(3_000_000),
+        ..ServerConfig::default()
+    };
+    let mut a = Node::start(&[("f", &content)], slow).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("f");
+    let (part, state) = peershare::partial::part_paths(&out);
+    let progress = Arc::new(Progress::default());
+    let mut req = request(id_of(&content), vec![a.addr], &out);
+    req.config.checkpoint_interval = std::time::Duration::from_millis(50);
+    let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
+    let dl = tokio::spawn(peershare::download(req.clone(), progress.clone(), async {
+        let _ = cancel_rx.await;
+    }));
+    wait_for("a checkpoint", 30, || state.exists()).await;
+    cancel_tx.send(()).unwrap();
+    let err = dl.await.unwrap().unwrap_err();
+    assert!(matches!(err, DownloadError::Cancelled), "{err}");
+    assert!(
+        part.exists() && !out.exists(),
+        "partial data kept, no final file"
+    );
+    a.shutdown().await;
+
+    let fast = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    req.peers = vec![fast.addr];
+    let s = fetch(req).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    assert!(s.bytes_resumed > 0, "{s:?}");
+    assert!(s.bytes_received < content.len() as u64, "{s:?}");
+    assert_eq!(s.bytes_received + s.bytes_resumed, content.len() as u64);
+    assert!(!part.exists() && !state.exists());
+}
+
+#[tokio::test]
+async fn damaged_state_file_restarts_cleanly() {
+    let content = data(500_000, 9);
+    let node = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("f");
+    let (part, state) = peershare::partial::part_paths(&out);
+    // A part file of the right size full of garbage, and a state file that
+    // claims everything but fails its checksum: nothing may be trusted.
+    std::fs::write(&part, vec![0xEE; content.len()]).unwrap();
+    std::fs::write(&state, b"PSRESUME garbage").unwrap();
+    let s = fetch(request(id_of(&content), vec![node.addr], &out))
+        .await
+        .unwrap();
+    assert_eq!(s.bytes_resumed, 0);
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+}
