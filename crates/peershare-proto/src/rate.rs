@@ -91,7 +91,7 @@ pub fn parse_rate(s: &str) -> Result<u64, RateParseError> {
         _ => return Err(err()),
     };
     let bytes = value * mult;
-    if !bytes.is_finite() || bytes < 1.0 || bytes > 1e15 {
+    if !bytes.is_finite() || !(1.0..=1e15).contains(&bytes) {
         return Err(err());
     }
     Ok(bytes as u64)

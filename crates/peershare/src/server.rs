@@ -196,10 +196,17 @@ async fn refuse_busy(stream: TcpStream, limit: Duration) {
     let _ = tokio::time::timeout(limit, w.send(&msg)).await;
 }
 
+/// A chunk read from disk, ready to send.
+struct ChunkReply {
+    req_id: u32,
+    index: u32,
+    data: Vec<u8>,
+}
+
 /// An answer being prepared: ready now, or a chunk read on the blocking pool.
 enum Pending {
     Ready(Message),
-    Chunk(tokio::task::JoinHandle<Result<(u32, u32, Vec<u8>), Message>>),
+    Chunk(tokio::task::JoinHandle<Result<ChunkReply, Message>>),
     /// Send this, then close the connection.
     Fatal(Message),
 }
@@ -299,7 +306,11 @@ async fn serve_connection(
                 Pending::Ready(m) => (m, false),
                 Pending::Fatal(m) => (m, true),
                 Pending::Chunk(job) => match job.await {
-                    Ok(Ok((req_id, index, data))) => {
+                    Ok(Ok(ChunkReply {
+                        req_id,
+                        index,
+                        data,
+                    })) => {
                         ctx.throttle(data.len() as u64).await;
                         let sent =
                             tokio::time::timeout(idle, writer.send_chunk(req_id, index, &data))
@@ -456,7 +467,7 @@ fn read_chunk(
     req_id: u32,
     id: FileId,
     index: u32,
-) -> Result<(u32, u32, Vec<u8>), Message> {
+) -> Result<ChunkReply, Message> {
     let cached = files.lock().expect("open files lock").get(&id).cloned();
     let (file, entry) = match cached {
         Some(c) => c,
@@ -501,5 +512,9 @@ fn read_chunk(
             format!("file {id} changed on disk since it was shared"),
         ));
     }
-    Ok((req_id, index, data))
+    Ok(ChunkReply {
+        req_id,
+        index,
+        data,
+    })
 }
