@@ -338,6 +338,12 @@ impl Scheduler {
                     "fresh chunk {i} before cursor"
                 );
             }
+            if i >= self.fresh_cursor as usize {
+                assert!(
+                    matches!(c, Chunk::Fresh | Chunk::Done),
+                    "chunk {i} past the cursor is {c:?}"
+                );
+            }
         }
         for (k, p) in self.peers.iter().enumerate() {
             let n = self

@@ -19,6 +19,7 @@ use std::str::FromStr;
 use data_encoding::BASE32_NOPAD;
 
 use crate::id::{FileId, ID_LEN};
+use crate::manifest::MAX_FILE_SIZE;
 use crate::wire::MAX_NAME_LEN;
 
 /// Text prefix of every ticket (it also carries the version).
@@ -27,7 +28,7 @@ pub const TICKET_PREFIX: &str = "ps1";
 pub const TICKET_VERSION: u8 = 1;
 /// Most peer addresses one ticket carries.
 pub const MAX_TICKET_ADDRS: usize = 16;
-/// Longest ticket text accepted, characters (prefix included).
+/// Longest ticket text accepted, bytes (prefix included; tickets are ASCII).
 pub const MAX_TICKET_LEN: usize = 4096;
 
 /// Why a string is not a ticket.
@@ -49,6 +50,8 @@ pub enum TicketError {
     TooManyAddrs,
     #[error("ticket address family {0} is unknown")]
     Family(u8),
+    #[error("ticket file size {0} is larger than any shareable file")]
+    Size(u64),
 }
 
 /// What a user sends a friend.
@@ -108,6 +111,9 @@ impl Ticket {
         }
         let id = FileId(take(ID_LEN)?.try_into().expect("ID_LEN"));
         let size = u64::from_be_bytes(take(8)?.try_into().expect("8"));
+        if size > MAX_FILE_SIZE {
+            return Err(TicketError::Size(size));
+        }
         let name_len = u16::from_be_bytes(take(2)?.try_into().expect("2")) as usize;
         if name_len > MAX_NAME_LEN {
             return Err(TicketError::Name);
@@ -244,6 +250,12 @@ mod tests {
         let mut b = sample().to_bytes();
         b[0] = 9;
         assert_eq!(Ticket::from_bytes(&b), Err(TicketError::Version(9)));
+        let mut t = sample();
+        t.size = MAX_FILE_SIZE + 1;
+        assert_eq!(
+            Ticket::from_bytes(&t.to_bytes()),
+            Err(TicketError::Size(MAX_FILE_SIZE + 1))
+        );
     }
 
     #[test]

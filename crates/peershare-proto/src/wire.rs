@@ -442,7 +442,15 @@ pub fn catalog_entry_len(e: &CatalogEntry) -> usize {
 /// The prefix and header of a `Chunk` frame whose payload of `data_len`
 /// bytes follows directly, so a server can send file bytes without copying
 /// them into a frame buffer.
+///
+/// # Panics
+/// If `data_len` exceeds [`MAX_CHUNK_SIZE`]: callers pass the length of a
+/// chunk, which never does.
 pub fn chunk_header(req_id: u32, index: u32, data_len: u32) -> [u8; 13] {
+    assert!(
+        data_len <= MAX_CHUNK_SIZE,
+        "chunk of {data_len} bytes exceeds MAX_CHUNK_SIZE"
+    );
     let mut h = [0u8; 13];
     h[..4].copy_from_slice(&(1 + 4 + 4 + data_len).to_be_bytes());
     h[4] = kind::CHUNK;
@@ -548,8 +556,17 @@ impl Message {
                 out.put_slice(data);
             }
         }
-        let len = (out.len() - start - LEN_PREFIX) as u32;
-        out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+        let len = out.len() - start - LEN_PREFIX;
+        if len > MAX_FRAME_LEN as usize {
+            // No peer would accept it: refuse rather than send it.
+            out.truncate(start);
+            return Err(EncodeError {
+                what: "frame",
+                len,
+                max: MAX_FRAME_LEN as usize,
+            });
+        }
+        out[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())
     }
 
@@ -639,6 +656,33 @@ mod tests {
                 kind: kind::CATALOG
             })
         );
+    }
+
+    #[test]
+    fn encoder_refuses_frames_over_the_limit() {
+        let entries = (0..9000u32)
+            .map(|i| CatalogEntry {
+                id: FileId([0; 32]),
+                size: i as u64,
+                name: "n".repeat(MAX_NAME_LEN),
+            })
+            .collect();
+        let msg = Message::Catalog {
+            req_id: 1,
+            revision: 0,
+            next: None,
+            entries,
+        };
+        let mut out = BytesMut::from(&b"keep"[..]);
+        let err = msg.encode(&mut out).unwrap_err();
+        assert_eq!(err.what, "frame");
+        assert_eq!(&out[..], b"keep", "nothing half-written is left");
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds MAX_CHUNK_SIZE")]
+    fn chunk_header_refuses_oversized_chunks() {
+        chunk_header(0, 0, u32::MAX);
     }
 
     #[test]

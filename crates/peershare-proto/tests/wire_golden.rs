@@ -25,7 +25,7 @@ use peershare_proto::manifest::{
     MAX_MANIFEST_LEN, MIN_CHUNK_SIZE, Manifest, TARGET_CHUNK_COUNT,
 };
 use peershare_proto::ticket::{
-    MAX_TICKET_ADDRS, MAX_TICKET_LEN, TICKET_PREFIX, TICKET_VERSION, Ticket,
+    MAX_TICKET_ADDRS, MAX_TICKET_LEN, TICKET_PREFIX, TICKET_VERSION, Ticket, TicketError,
 };
 use peershare_proto::wire::{
     CATALOG_PAGE_BUDGET, CatalogEntry, DecodeError, ErrorCode, Hello, LEN_PREFIX, MAGIC,
@@ -493,6 +493,22 @@ fn golden_ticket_text() {
     );
     let upper_body = format!("ps1{}", TICKET_TEXT[3..].to_ascii_uppercase());
     assert_eq!(upper_body.parse::<Ticket>(), Ok(t));
+    // The prefix is lower case only.
+    let upper_all = TICKET_TEXT.to_ascii_uppercase();
+    assert_eq!(upper_all.parse::<Ticket>(), Err(TicketError::Prefix));
+    // The last character carries 3 unused bits, which must be zero: "i" is
+    // 01000, "j" is 01001. Only the canonical text parses.
+    let (head, last) = TICKET_TEXT.split_at(TICKET_TEXT.len() - 1);
+    assert_eq!(last, "i");
+    assert_eq!(
+        format!("{head}j").parse::<Ticket>(),
+        Err(TicketError::Encoding)
+    );
+    // Padding is not part of the text form.
+    assert_eq!(
+        format!("{TICKET_TEXT}=").parse::<Ticket>(),
+        Err(TicketError::Encoding)
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -523,14 +539,18 @@ fn constants_match_the_spec_table() {
     assert_eq!(MAX_TICKET_ADDRS, 16);
     assert_eq!(MAX_TICKET_LEN, 4096);
 
-    // Relations the spec states.
-    // The largest frame holds a whole Manifest message and a whole Chunk.
-    assert!(MAX_FRAME_LEN as usize >= 1 + 4 + MAX_MANIFEST_LEN);
-    assert!(MAX_FRAME_LEN >= 1 + 4 + 4 + MAX_CHUNK_SIZE);
-    assert_eq!(MAX_FILE_SIZE, MAX_CHUNK_COUNT * MAX_CHUNK_SIZE as u64);
-    // A full catalog page (the budget plus one largest entry) fits a frame.
-    let largest_entry = ID_LEN + 8 + 2 + MAX_NAME_LEN;
-    assert!(1 + 4 + 8 + 5 + 4 + CATALOG_PAGE_BUDGET + largest_entry <= MAX_FRAME_LEN as usize);
+    // Relations the spec states, checked at compile time.
+    const {
+        // The largest frame holds a whole Manifest message and a whole Chunk.
+        assert!(MAX_FRAME_LEN as usize >= 1 + 4 + MAX_MANIFEST_LEN);
+        assert!(MAX_FRAME_LEN >= 1 + 4 + 4 + MAX_CHUNK_SIZE);
+        assert!(MAX_FILE_SIZE == MAX_CHUNK_COUNT * MAX_CHUNK_SIZE as u64);
+        // A full catalog page (header, next cursor, count and the budget's
+        // worth of entries) fits a frame.
+        assert!(1 + 4 + 8 + 5 + 4 + CATALOG_PAGE_BUDGET <= MAX_FRAME_LEN as usize);
+        // Every single entry fits the budget, so a page is never over it.
+        assert!(ID_LEN + 8 + 2 + MAX_NAME_LEN <= CATALOG_PAGE_BUDGET);
+    }
 }
 
 #[test]

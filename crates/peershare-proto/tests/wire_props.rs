@@ -547,6 +547,24 @@ proptest! {
             prop_assert_eq!(back.to_bytes(), bytes, "ticket decoding is not canonical");
         }
     }
+
+    /// A valid ticket's text with characters changed (a copying accident):
+    /// refused, or parsed to a ticket that prints as exactly that text.
+    #[test]
+    fn damaged_ticket_text_is_refused_or_canonical(
+        t in ticket(),
+        edits in vec((any::<usize>(), prop::sample::select(b"abcdefghijklmnopqrstuvwxyz234567".to_vec())), 1..3),
+    ) {
+        let mut text = t.to_string().into_bytes();
+        for (at, c) in edits {
+            let i = 3 + at % (text.len() - 3);
+            text[i] = c;
+        }
+        let text = String::from_utf8(text).unwrap();
+        if let Ok(back) = text.parse::<Ticket>() {
+            prop_assert_eq!(back.to_string(), text);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -703,7 +721,7 @@ fn socket_addr() -> impl Strategy<Value = SocketAddr> {
 fn ticket() -> impl Strategy<Value = Ticket> {
     (
         file_id(),
-        any::<u64>(),
+        0..=peershare_proto::manifest::MAX_FILE_SIZE,
         text(MAX_NAME_LEN),
         vec(socket_addr(), 0..=MAX_TICKET_ADDRS),
     )
