@@ -26,7 +26,9 @@ use crate::error::PeerError;
 pub struct ClientConfig {
     /// TCP connect plus handshake.
     pub connect_timeout: Duration,
-    /// One request's answer.
+    /// Longest silence while answers are awaited: after it the connection
+    /// counts as dead. Measured between bytes, not per request, so a slow
+    /// peer with many queued requests is not mistaken for a dead one.
     pub request_timeout: Duration,
 }
 
@@ -59,7 +61,6 @@ pub struct PeerConn {
     outbox: mpsc::Sender<BytesMut>,
     shared: Arc<Mutex<Shared>>,
     next_id: AtomicU32,
-    config: ClientConfig,
     tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
@@ -124,7 +125,9 @@ impl PeerConn {
                     reason: "it did not start with a handshake".into(),
                 });
             }
-            Ok(None) | Err(ReadError::Truncated) => return Err(PeerError::Closed { addr }),
+            Ok(None) | Err(ReadError::Truncated | ReadError::Idle(_)) => {
+                return Err(PeerError::Closed { addr });
+            }
             Err(ReadError::Decode(source @ DecodeError::UnsupportedVersion(_))) => {
                 return Err(PeerError::Handshake {
                     addr,
@@ -139,7 +142,8 @@ impl PeerConn {
             closed: None,
         }));
         let (outbox, rx) = mpsc::channel(OUTBOX);
-        let read_task = tokio::spawn(read_loop(addr, reader, shared.clone()));
+        let stall = config.request_timeout;
+        let read_task = tokio::spawn(read_loop(addr, reader, shared.clone(), stall));
         let write_task = tokio::spawn(write_loop(writer, rx, shared.clone()));
         Ok(Self {
             addr,
@@ -147,7 +151,6 @@ impl PeerConn {
             outbox,
             shared,
             next_id: AtomicU32::new(1),
-            config,
             tasks: [read_task, write_task],
         })
     }
@@ -189,29 +192,24 @@ impl PeerConn {
             }
             s.waiters.insert(req_id, tx);
         }
-        let result = async {
-            self.outbox
-                .send(frame)
-                .await
-                .map_err(|_| PeerError::Closed { addr })?;
-            rx.await.map_err(|_| PeerError::Closed { addr })?
+        // If this future is dropped (cancelled), the waiter must not linger.
+        let _cleanup = RemoveWaiter {
+            shared: &self.shared,
+            req_id,
         };
-        let secs = self.config.request_timeout.as_secs();
-        let out = tokio::time::timeout(self.config.request_timeout, result).await;
-        // On timeout or cancellation the waiter must not linger.
-        self.shared
-            .lock()
-            .expect("client lock")
-            .waiters
-            .remove(&req_id);
-        match out {
-            Err(_) => Err(PeerError::Timeout { addr, secs }),
-            Ok(Ok(Message::Error { code, message, .. })) => Err(PeerError::Remote {
+        self.outbox
+            .send(frame)
+            .await
+            .map_err(|_| PeerError::Closed { addr })?;
+        // The read task answers every waiter: with its answer, or with the
+        // reason the connection ended (a stall included).
+        match rx.await.map_err(|_| PeerError::Closed { addr })? {
+            Ok(Message::Error { code, message, .. }) => Err(PeerError::Remote {
                 addr,
                 code,
                 message,
             }),
-            Ok(r) => r,
+            r => r,
         }
     }
 
@@ -279,13 +277,39 @@ fn close(shared: &Mutex<Shared>, reason: String, make: impl Fn() -> PeerError) {
     }
 }
 
+struct RemoveWaiter<'a> {
+    shared: &'a Mutex<Shared>,
+    req_id: u32,
+}
+
+impl Drop for RemoveWaiter<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.waiters.remove(&self.req_id);
+        }
+    }
+}
+
 async fn read_loop(
     addr: SocketAddr,
     mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
     shared: Arc<Mutex<Shared>>,
+    stall: Duration,
 ) {
     loop {
-        match reader.read().await {
+        match reader.read_idle(Some(stall)).await {
+            Err(ReadError::Idle(_)) => {
+                // Silence is fine while nobody waits for an answer.
+                if shared.lock().expect("client lock").waiters.is_empty() {
+                    continue;
+                }
+                let secs = stall.as_secs();
+                close(&shared, "stalled".into(), || PeerError::Timeout {
+                    addr,
+                    secs,
+                });
+                return;
+            }
             Ok(Some(Message::Error {
                 req_id: 0,
                 code,

@@ -19,6 +19,8 @@ pub enum ReadError {
     Decode(#[from] DecodeError),
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    #[error("no data arrived for {0:?}")]
+    Idle(std::time::Duration),
 }
 
 /// Reads frames of at most `max_frame_len` bytes.
@@ -44,6 +46,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next message; `Ok(None)` on a clean end of stream between frames.
     pub async fn read(&mut self) -> Result<Option<Message>, ReadError> {
+        self.read_idle(None).await
+    }
+
+    /// Like [`FrameReader::read`], but fails with [`ReadError::Idle`] when a
+    /// single wait for bytes lasts longer than `idle`: a slow stream that
+    /// keeps moving is fine, a stalled one is not. Buffered bytes are kept,
+    /// so the caller may call again.
+    pub async fn read_idle(
+        &mut self,
+        idle: Option<std::time::Duration>,
+    ) -> Result<Option<Message>, ReadError> {
         loop {
             if let Some(len) = wire::peek_frame_len(&self.buf, self.max_frame_len)? {
                 // The length was checked against the maximum: reserving
@@ -59,7 +72,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.buf.capacity() == self.buf.len() {
                 self.buf.reserve(READ_BUF_INITIAL);
             }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
+            let n = match idle {
+                None => self.inner.read_buf(&mut self.buf).await?,
+                Some(t) => tokio::time::timeout(t, self.inner.read_buf(&mut self.buf))
+                    .await
+                    .map_err(|_| ReadError::Idle(t))??,
+            };
+            if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {

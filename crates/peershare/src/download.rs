@@ -154,6 +154,8 @@ struct Slot {
     conn: Arc<PeerConn>,
     key: PeerKey,
     report: PeerReport,
+    /// The latest error from this peer, for the report if it is dropped.
+    last_error: Option<String>,
 }
 
 /// Downloads, verifies and saves one file. `cancel` completing stops the
@@ -165,7 +167,6 @@ pub async fn download(
 ) -> Result<DownloadSummary, DownloadError> {
     let start = Instant::now();
     let mut addrs = req.peers.clone();
-    addrs.dedup();
     let mut seen = std::collections::HashSet::new();
     addrs.retain(|a| seen.insert(*a));
     if addrs.is_empty() {
@@ -307,6 +308,7 @@ pub async fn download(
                 corrupt: 0,
                 dropped: None,
             },
+            last_error: None,
         })
         .collect();
     progress.peers.store(slots.len() as u64, Ordering::Relaxed);
@@ -415,28 +417,27 @@ pub async fn download(
                     Outcome::Peer(e @ PeerError::Remote { .. }) => {
                         tracing::warn!(chunk = ev.index, "{e}");
                         sched.handle_failed(slot.key, ev.index, Failure::Refused, now);
-                        slot.report.dropped.get_or_insert_with(|| e.to_string());
+                        slot.last_error = Some(e.to_string());
                     }
                     Outcome::Peer(e) => {
                         tracing::warn!("{e}");
                         sched.handle_peer_lost(slot.key, now);
-                        slot.report.dropped.get_or_insert_with(|| e.to_string());
+                        slot.last_error = Some(e.to_string());
                     }
                     Outcome::Disk(e) => break Some(no_space_or(e, &out, size, &part_path)),
                 }
-                match sched.dropped(slot.key) {
-                    Some(reason) => {
-                        let text = match reason {
-                            DropReason::CorruptData => format!("sent {} corrupt chunks", slot.report.corrupt),
-                            DropReason::TooManyErrors => slot.report.dropped.clone().unwrap_or_default(),
-                            DropReason::Disconnected => slot.report.dropped.clone().unwrap_or_else(|| "disconnected".into()),
-                        };
-                        slot.report.dropped = Some(text);
-                    }
-                    None => {
-                        // A refusal that did not drop the peer is not a drop.
-                        slot.report.dropped = None;
-                    }
+                // Say why, once, when the peer is dropped.
+                if slot.report.dropped.is_none()
+                    && let Some(reason) = sched.dropped(slot.key)
+                {
+                    let last = slot.last_error.clone();
+                    slot.report.dropped = Some(match reason {
+                        DropReason::CorruptData => {
+                            format!("sent {} chunks that failed verification (corrupt data)", slot.report.corrupt)
+                        }
+                        DropReason::TooManyErrors => last.unwrap_or_else(|| "too many failed requests".into()),
+                        DropReason::Disconnected => last.unwrap_or_else(|| "disconnected".into()),
+                    });
                 }
                 let live = slots.iter().filter(|s| sched.dropped(s.key).is_none()).count();
                 progress.peers.store(live as u64, Ordering::Relaxed);

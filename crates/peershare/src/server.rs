@@ -241,7 +241,9 @@ async fn serve_connection(
                  use the same peershare release on both sides"
             ),
         }),
-        Ok(Ok(None)) | Err(_) | Ok(Err(ReadError::Io(_) | ReadError::Truncated)) => return,
+        Ok(Ok(None))
+        | Err(_)
+        | Ok(Err(ReadError::Io(_) | ReadError::Truncated | ReadError::Idle(_))) => return,
         Ok(Err(ReadError::Decode(e))) => Some(Message::Error {
             req_id: 0,
             code: ErrorCode::BadRequest,

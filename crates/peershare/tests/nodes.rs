@@ -323,3 +323,73 @@ async fn damaged_state_file_restarts_cleanly() {
     assert_eq!(s.bytes_resumed, 0);
     assert_eq!(std::fs::read(&out).unwrap(), content);
 }
+
+#[tokio::test]
+async fn slow_peer_that_keeps_sending_is_not_mistaken_for_dead() {
+    // The whole download takes several times the stall timeout, with many
+    // requests queued, but bytes keep arriving: it must succeed.
+    let content = data(3 * 1024 * 1024, 10);
+    let slow = ServerConfig {
+        max_upload_rate: Some(1_000_000),
+        ..ServerConfig::default()
+    };
+    let node = Node::start(&[("f", &content)], slow).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(id_of(&content), vec![node.addr], &out.path().join("f"));
+    req.config.client.request_timeout = std::time::Duration::from_millis(700);
+    let started = std::time::Instant::now();
+    fetch(req).await.unwrap();
+    assert!(started.elapsed() > std::time::Duration::from_millis(1400));
+    assert_eq!(std::fs::read(out.path().join("f")).unwrap(), content);
+}
+
+#[tokio::test]
+async fn stalled_peer_is_detected_and_reported() {
+    use peershare_proto::wire::{Hello, MAX_REQUEST_FRAME_LEN, Message, PROTOCOL_VERSION};
+    use tokio::io::AsyncWriteExt;
+    // A peer that completes the handshake and serves the manifest, then
+    // never answers a chunk request.
+    let content = data(200_000, 11);
+    let manifest = peershare_proto::Manifest::from_bytes(&content);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stalled = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (r, mut w) = s.into_split();
+        let mut reader = peershare::conn::FrameReader::new(r, MAX_REQUEST_FRAME_LEN);
+        let mut held = Vec::new();
+        while let Ok(Some(m)) = reader.read().await {
+            let answer = match m {
+                Message::Hello(_) => Message::Hello(Hello {
+                    version: PROTOCOL_VERSION,
+                    node_id: peershare_proto::NodeId([9; 32]),
+                    listen_port: 0,
+                    capabilities: 0,
+                }),
+                Message::GetManifest { req_id, .. } => Message::Manifest {
+                    req_id,
+                    bytes: manifest.encode().into(),
+                },
+                other => {
+                    held.push(other);
+                    continue;
+                }
+            };
+            w.write_all(&answer.to_frame().unwrap()).await.unwrap();
+        }
+        held.len()
+    });
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(id_of(&content), vec![addr], &out.path().join("f"));
+    req.config.client.request_timeout = std::time::Duration::from_millis(300);
+    let err = fetch(req).await.unwrap_err();
+    assert!(
+        matches!(err, DownloadError::AllSourcesFailed(ref r) if r.iter().any(|m| m.contains("did not answer"))),
+        "{err}"
+    );
+    assert!(!out.path().join("f").exists());
+    assert!(
+        stalled.await.unwrap() > 0,
+        "chunk requests reached the stalled peer"
+    );
+}
