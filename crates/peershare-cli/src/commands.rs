@@ -226,27 +226,35 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
         ..ServerConfig::default()
     };
     let server = Server::new(lib, node_id, local.port(), config);
+    let shutdown = shutdown_signal()?;
     out(&format!("listening on {local}\n"));
     tracing::info!(node = %node_id, "serving the library in {}", dir.display());
     server
-        .run(listener, shutdown_signal())
+        .run(listener, shutdown)
         .await
         .map_err(|e| Failure::new(exit::FAILURE, e))?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Installs SIGINT and SIGTERM handlers *now* and returns a future that
+/// completes when either arrives. Installing them before announcing
+/// anything means a signal sent right after `listening on` is handled, not
+/// fatal.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+    let install = |kind| {
+        signal(kind)
+            .map_err(|e| Failure::new(exit::FAILURE, format!("cannot install signal handler: {e}")))
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = install(SignalKind::terminate())?;
+    let mut int = install(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }
 
 /// Resolves `HOST:PORT` (or `HOST`, meaning port 9000).
@@ -307,7 +315,11 @@ struct LsRow {
 async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
     let lib = open_library(dir)?;
     let node_id = lib.node_id().map_err(store_failure)?;
-    let addrs = resolve_peers(&a.peers).await?;
+    let mut addrs = resolve_peers(&a.peers).await?;
+    // A peer given twice is asked once and listed once.
+    let mut seen = std::collections::HashSet::new();
+    addrs.retain(|a| seen.insert(*a));
+    let order = addrs.clone();
     let mut rows: BTreeMap<FileId, LsRow> = BTreeMap::new();
     let mut errors = Vec::new();
     let mut set = tokio::task::JoinSet::new();
@@ -325,7 +337,6 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
         }
     }
     // Stable output: peers in the order given.
-    let order: Vec<SocketAddr> = resolve_peers(&a.peers).await?;
     answered.sort_by_key(|(addr, _)| order.iter().position(|o| o == addr));
     for (addr, entries) in answered.iter() {
         for e in entries {
@@ -377,6 +388,7 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
 }
 
 async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
+    let cancel = shutdown_signal()?;
     let (id, name, mut peers) = match a.what.parse::<FileId>() {
         Ok(id) => (id, None, Vec::new()),
         Err(id_err) => match a.what.parse::<Ticket>() {
@@ -394,6 +406,23 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     peers.extend(resolve_peers(&a.peers).await?);
     let lib = open_library(dir)?;
     let node_id = lib.node_id().map_err(store_failure)?;
+    if let Some(p) = &a.output {
+        let parent = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let trailing_slash = p.as_os_str().to_string_lossy().ends_with('/');
+        if !parent.is_dir() || (trailing_slash && !p.is_dir()) {
+            let missing = if trailing_slash { p.as_path() } else { parent };
+            return Err(Failure::new(
+                exit::LOCAL,
+                format!(
+                    "folder {} does not exist; create it first or choose another -o",
+                    missing.display()
+                ),
+            ));
+        }
+    }
     let output = match a.output {
         Some(p) if p.is_dir() => Output::Dir(p),
         Some(p) => Output::File(p),
@@ -413,7 +442,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     };
     let counters = Arc::new(Progress::default());
     let display = progress::downloading(counters.clone(), quiet);
-    let result = peershare::download(req, counters, shutdown_signal()).await;
+    let result = peershare::download(req, counters, cancel).await;
     display.finish().await;
     let summary = result.map_err(|e| {
         let code = match &e {
