@@ -274,7 +274,8 @@ async fn serve_connection(
     }
 
     let (tx, mut rx) = mpsc::channel::<Pending>(ctx.config.prepared_responses.max(1));
-    let files: Arc<Mutex<OpenFiles>> = Arc::default();
+    let conn: Arc<ConnState> = Arc::default();
+    let read_conn = conn.clone();
     // Owns `tx`: when it ends, the write side drains what is queued and stops.
     let read_side = async move {
         loop {
@@ -295,7 +296,7 @@ async fn serve_connection(
                 Ok(Err(_)) => return,
                 Ok(Ok(Some(m))) => m,
             };
-            let pending = respond(ctx, &files, msg);
+            let pending = respond(ctx, &read_conn, msg);
             let fatal = matches!(pending, Pending::Fatal(_));
             if tx.send(pending).await.is_err() || fatal {
                 return;
@@ -324,6 +325,7 @@ async fn serve_connection(
                         ctx.stats
                             .bytes_served
                             .fetch_add(data.len() as u64, Ordering::Relaxed);
+                        conn.give_back(data);
                         continue;
                     }
                     Ok(Err(m)) => (m, false),
@@ -377,8 +379,43 @@ fn internal(req_id: u32, e: impl std::fmt::Display) -> Message {
 /// Open shared files of one connection, by file ID.
 type OpenFiles = HashMap<FileId, (Arc<File>, Entry)>;
 
+/// Spare chunk buffers kept per connection: enough for the answers that
+/// may be prepared at once, so steady serving allocates (and zeroes, and
+/// page-faults) nothing.
+const SPARE_BUFFERS: usize = 8;
+
+/// What one connection's request handlers share.
+#[derive(Default)]
+struct ConnState {
+    files: Mutex<OpenFiles>,
+    spare: Mutex<Vec<Vec<u8>>>,
+}
+
+impl ConnState {
+    /// A buffer of exactly `len` bytes; its contents are to be overwritten.
+    fn take_buffer(&self, len: usize) -> Vec<u8> {
+        let mut buf = self
+            .spare
+            .lock()
+            .expect("buffers lock")
+            .pop()
+            .unwrap_or_default();
+        // Shrinking keeps the old bytes (no zeroing); growing zeroes only
+        // the new part.
+        buf.resize(len, 0);
+        buf
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        let mut spare = self.spare.lock().expect("buffers lock");
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buf);
+        }
+    }
+}
+
 /// Builds the answer to one request.
-fn respond(ctx: &Arc<Ctx>, files: &Arc<Mutex<OpenFiles>>, msg: Message) -> Pending {
+fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pending {
     match msg {
         Message::GetCatalog { req_id, cursor } => Pending::Ready(catalog(ctx, req_id, cursor)),
         Message::GetManifest { req_id, id } => {
@@ -397,9 +434,9 @@ fn respond(ctx: &Arc<Ctx>, files: &Arc<Mutex<OpenFiles>>, msg: Message) -> Pendi
         }
         Message::GetChunk { req_id, id, index } => {
             let ctx = ctx.clone();
-            let files = files.clone();
+            let conn = conn.clone();
             Pending::Chunk(tokio::task::spawn_blocking(move || {
-                read_chunk(&ctx, &files, req_id, id, index)
+                read_chunk(&ctx, &conn, req_id, id, index)
             }))
         }
         Message::Hello(_)
@@ -465,11 +502,12 @@ fn catalog(ctx: &Ctx, req_id: u32, cursor: u32) -> Message {
 
 fn read_chunk(
     ctx: &Ctx,
-    files: &Mutex<OpenFiles>,
+    conn: &ConnState,
     req_id: u32,
     id: FileId,
     index: u32,
 ) -> Result<ChunkReply, Message> {
+    let files = &conn.files;
     let cached = files.lock().expect("open files lock").get(&id).cloned();
     let (file, entry) = match cached {
         Some(c) => c,
@@ -505,8 +543,9 @@ fn read_chunk(
     let len = chunk_size.min(entry.size - start) as usize;
     // The file must still be what was hashed: same size and mtime.
     let unchanged = file.metadata().is_ok_and(|m| entry.matches(&m));
-    let mut data = vec![0u8; len];
+    let mut data = conn.take_buffer(len);
     if !unchanged || file.read_exact_at(&mut data, start).is_err() {
+        conn.give_back(data);
         files.lock().expect("open files lock").remove(&id);
         return Err(error(
             req_id,
