@@ -559,3 +559,28 @@ fn read_chunk(
         data,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spare_buffers_are_bounded_and_sized_exactly() {
+        let conn = ConnState::default();
+        let bufs: Vec<Vec<u8>> = (0..SPARE_BUFFERS + 5)
+            .map(|_| conn.take_buffer(1000))
+            .collect();
+        assert!(bufs.iter().all(|b| b.len() == 1000));
+        for b in bufs {
+            conn.give_back(b);
+        }
+        assert_eq!(
+            conn.spare.lock().unwrap().len(),
+            SPARE_BUFFERS,
+            "extra buffers are freed"
+        );
+        // A recycled buffer is resized to exactly what is asked.
+        assert_eq!(conn.take_buffer(10).len(), 10);
+        assert_eq!(conn.take_buffer(5000).len(), 5000);
+    }
+}
