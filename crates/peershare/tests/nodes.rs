@@ -179,20 +179,9 @@ async fn lying_peer_is_dropped_and_honest_peer_completes() {
     let content = data(4 * 1024 * 1024, 5);
     let honest = Node::start(&[("f", &content)], ServerConfig::default()).await;
     let liar = Node::start(&[("f", &content)], ServerConfig::default()).await;
-    // Corrupt the liar's copy in place, keeping size and mtime.
-    let path = liar.path("f");
-    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
-    let mut bad = content.clone();
-    for b in bad.iter_mut() {
-        *b ^= 0x5a;
-    }
-    std::fs::write(&path, &bad).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    tamper_keeping_mtime(&liar.path("f"), |bad| {
+        bad.iter_mut().for_each(|b| *b ^= 0x5a)
+    });
     let out = tempfile::tempdir().unwrap();
     let s = fetch(request(
         id_of(&content),
@@ -215,18 +204,10 @@ async fn lying_peer_is_dropped_and_honest_peer_completes() {
 async fn only_lying_peers_never_produce_a_file() {
     let content = data(300_000, 6);
     let liar = Node::start(&[("f", &content)], ServerConfig::default()).await;
-    let path = liar.path("f");
-    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
-    let mut bad = content.clone();
-    bad[100] ^= 1;
-    bad[200_000] ^= 1;
-    std::fs::write(&path, &bad).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    tamper_keeping_mtime(&liar.path("f"), |bad| {
+        bad[100] ^= 1;
+        bad[200_000] ^= 1;
+    });
     let out = tempfile::tempdir().unwrap();
     let err = fetch(request(
         id_of(&content),

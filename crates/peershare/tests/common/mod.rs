@@ -139,3 +139,19 @@ pub async fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Changes a shared file in place, then restores its size and mtime, so
+/// that nothing but the content tells it changed.
+pub fn tamper_keeping_mtime(path: &Path, change: impl FnOnce(&mut Vec<u8>)) {
+    let before = std::fs::metadata(path).unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    change(&mut bytes);
+    std::fs::write(path, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    assert_eq!(std::fs::metadata(path).unwrap().len(), before.len());
+}
