@@ -453,6 +453,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
             DownloadError::NotFound { .. } => exit::NOT_FOUND,
             DownloadError::AllSourcesCorrupt => exit::CORRUPT,
             DownloadError::OutputExists(_)
+            | DownloadError::InProgress(_)
             | DownloadError::NoSpace { .. }
             | DownloadError::Disk { .. } => exit::LOCAL,
             DownloadError::UnsafeName(_) => exit::FAILURE,

@@ -266,6 +266,11 @@ pub async fn download(
         .truncate(false)
         .open(&part_path)
         .map_err(disk(&part_path))?;
+    // One download per output: a second `get` to the same place must not
+    // share the part file. The lock ends with the process, crash included.
+    if file.try_lock().is_err() {
+        return Err(DownloadError::InProgress(out));
+    }
     let done = match resumed {
         Some(d) => d,
         None => {

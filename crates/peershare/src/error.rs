@@ -116,6 +116,8 @@ pub enum DownloadError {
     NotFound { id: FileId },
     #[error("{} already exists; choose another name with -o or pass --force to overwrite it", .0.display())]
     OutputExists(PathBuf),
+    #[error("another peershare is already downloading to {}; wait for it, or choose another name with -o", .0.display())]
+    InProgress(PathBuf),
     #[error("not enough disk space for {} ({needed} bytes needed); free some space or choose another place with -o", .path.display())]
     NoSpace { path: PathBuf, needed: u64 },
     #[error("cannot write {}: {source}", .path.display())]

@@ -374,3 +374,30 @@ async fn stalled_peer_is_detected_and_reported() {
         "chunk requests reached the stalled peer"
     );
 }
+
+#[tokio::test]
+async fn second_download_to_the_same_output_is_refused_while_the_first_runs() {
+    let content = data(4 * 1024 * 1024, 12);
+    let slow = ServerConfig {
+        max_upload_rate: Some(2_000_000),
+        ..ServerConfig::default()
+    };
+    let node = Node::start(&[("f", &content)], slow).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("f");
+    let progress = Arc::new(Progress::default());
+    let first = tokio::spawn(fetch_with(
+        request(id_of(&content), vec![node.addr], &out),
+        progress.clone(),
+    ));
+    wait_for("the first download to start", 30, || {
+        progress.verified.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    let err = fetch(request(id_of(&content), vec![node.addr], &out))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DownloadError::InProgress(_)), "{err}");
+    first.await.unwrap().unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+}
