@@ -9,12 +9,14 @@
 //!  ticket    the copy-pasteable "ps1..." string and safe local names
 //!  schedule  which chunk to ask which peer for next (per-chunk state machine)
 //!  rate      token bucket and rate parsing
+//!  discovery LAN discovery packets, peers heard, reply budgets
 //! ```
 //!
 //! The engine crate (`peershare`) wraps this core in tokio: it feeds bytes
 //! from sockets into [`wire::decode_frame`], and completions and timer ticks
 //! into [`schedule::Scheduler`].
 
+pub mod discovery;
 pub mod id;
 pub mod manifest;
 pub mod rate;

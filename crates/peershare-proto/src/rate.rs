@@ -44,6 +44,19 @@ impl TokenBucket {
         }
     }
 
+    /// True when the bucket has refilled to its burst: forgetting it loses
+    /// nothing.
+    pub fn is_full(&mut self, now: Duration) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst as i128
+    }
+
+    /// Returns `n` tokens taken by a [`TokenBucket::take`] whose work was
+    /// not done after all.
+    pub fn give_back(&mut self, n: u64) {
+        self.tokens = (self.tokens + n as i128).min(self.burst as i128);
+    }
+
     /// Takes `n` bytes' worth of tokens at `now`; returns how long to wait
     /// before sending them (zero when they were available).
     pub fn take(&mut self, n: u64, now: Duration) -> Duration {
@@ -133,6 +146,23 @@ mod tests {
         let expect = Duration::from_secs_f64(999_000.0 / 10_000.0);
         let diff = now.abs_diff(expect);
         assert!(diff < 2 * MS, "took {now:?}, expected {expect:?}");
+    }
+
+    #[test]
+    fn full_and_give_back() {
+        let mut b = TokenBucket::new(10, 5, Duration::ZERO);
+        assert!(b.is_full(Duration::ZERO));
+        assert_eq!(b.take(6, Duration::ZERO), 100 * MS);
+        assert!(!b.is_full(Duration::ZERO));
+        b.give_back(6);
+        assert!(b.is_full(Duration::ZERO));
+        b.give_back(100);
+        assert_eq!(
+            b.take(5, Duration::ZERO),
+            Duration::ZERO,
+            "never above the burst"
+        );
+        assert_eq!(b.take(1, Duration::ZERO), 100 * MS);
     }
 
     #[test]
