@@ -7,6 +7,7 @@
 //!   download  drives a Scheduler over many peers; verifies, writes, resumes
 //!   partial   the durable record of a download's verified chunks
 //!   conn      frames over any async byte stream
+//!   discovery UDP announcements, queries and replies on the LAN
 //! ```
 //!
 //! Chunk path, disk to disk: the server `pread`s the chunk from the
@@ -23,6 +24,7 @@
 
 pub mod client;
 pub mod conn;
+pub mod discovery;
 pub mod download;
 pub mod error;
 pub mod partial;
