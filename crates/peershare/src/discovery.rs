@@ -62,7 +62,7 @@ pub fn broadcast_targets(config: &DiscoveryConfig) -> Vec<Ipv4Addr> {
             continue;
         }
         if let Some(names) = &config.interfaces
-            && !names.iter().any(|n| *n == i.name)
+            && !names.contains(&i.name)
         {
             continue;
         }
