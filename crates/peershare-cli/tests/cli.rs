@@ -307,49 +307,77 @@ impl Sandbox {
         run(self.cmd(args))
     }
 
+    /// `peershare -q --data-dir DATA ARGS...`, run to completion.
+    fn run_on(&self, data: &Path, args: &[&str]) -> Out {
+        self.run(&quiet(data, args))
+    }
+
+    /// `peershare ARGS...` started in the background with no stdin and its
+    /// output discarded.
+    fn spawn(&self, args: &[&str]) -> Kid {
+        let mut c = self.cmd(args);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        Kid::spawn(c)
+    }
+
     /// `share --json` (with `--addr` when given); returns the entries.
     fn share(&self, data: &Path, paths: &[&Path], addr: Option<SocketAddr>) -> Vec<Value> {
-        let mut args: Vec<String> = vec![
-            "-q".into(),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "share".into(),
-            "--json".into(),
-        ];
-        if let Some(a) = addr {
-            args.push("--addr".into());
-            args.push(a.to_string());
+        let addr = addr.map(|a| a.to_string());
+        let mut args = vec!["share", "--json"];
+        if let Some(a) = &addr {
+            args.extend(["--addr", a.as_str()]);
         }
-        args.extend(paths.iter().map(|p| p.display().to_string()));
-        let out = self.run(&args);
+        args.extend(paths.iter().map(|p| path_str(p)));
+        let out = self.run_on(data, &args);
         out.ok();
         let v = out.json();
         v.as_array().expect("share --json prints an array").clone()
     }
 
+    /// Shares the one file `path`; returns its file ID.
+    fn share_one(&self, data: &Path, path: &Path) -> String {
+        str_field(&self.share(data, &[path], None)[0], "id").to_owned()
+    }
+
     /// `shared --json` entries.
     fn shared(&self, data: &Path) -> Vec<Value> {
-        let out = self.run(&["-q", "--data-dir", path_str(data), "shared", "--json"]);
+        let out = self.run_on(data, &["shared", "--json"]);
         out.ok();
         out.json().as_array().expect("array").clone()
     }
 
+    /// `ls EXTRA... --peer PEER...`, whatever its outcome.
+    fn run_ls(&self, data: &Path, peers: &[&str], extra: &[&str]) -> Out {
+        let mut args = vec!["ls"];
+        args.extend_from_slice(extra);
+        for p in peers {
+            args.extend(["--peer", p]);
+        }
+        self.run_on(data, &args)
+    }
+
     /// `ls --json` over `peers` (must succeed).
     fn ls(&self, data: &Path, peers: &[&Serve]) -> Vec<Value> {
-        let mut args: Vec<String> = vec![
-            "-q".into(),
-            "--data-dir".into(),
-            data.display().to_string(),
-            "ls".into(),
-            "--json".into(),
-        ];
-        for p in peers {
-            args.push("--peer".into());
-            args.push(p.peer());
-        }
-        let out = self.run(&args);
+        let addrs: Vec<String> = peers.iter().map(|p| p.peer()).collect();
+        let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        let out = self.run_ls(data, &addrs, &["--json"]);
         out.ok();
         out.json().as_array().expect("array").clone()
+    }
+
+    /// `get WHAT --peer PEER... [-o OUT] EXTRA...` on data dir `client`,
+    /// run to completion; see [`get_args`].
+    fn get(
+        &self,
+        client: &Path,
+        what: &str,
+        peers: &[&str],
+        out: Option<&Path>,
+        extra: &[&str],
+    ) -> Out {
+        self.run(&get_args(client, what, peers, out, extra))
     }
 
     /// Starts `serve --listen 127.0.0.1:0 EXTRA...` and waits for its
@@ -409,6 +437,33 @@ fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 temp path")
 }
 
+/// `-q --data-dir DATA ARGS...`: the arguments of a quiet command on the
+/// data dir `data`.
+fn quiet<'a>(data: &'a Path, args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["-q", "--data-dir", path_str(data)];
+    v.extend_from_slice(args);
+    v
+}
+
+/// `-q --data-dir CLIENT get WHAT --peer PEER... [-o OUT] EXTRA...`.
+fn get_args<'a>(
+    client: &'a Path,
+    what: &'a str,
+    peers: &[&'a str],
+    out: Option<&'a Path>,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["get", what];
+    for p in peers {
+        args.extend(["--peer", p]);
+    }
+    if let Some(o) = out {
+        args.extend(["-o", path_str(o)]);
+    }
+    args.extend_from_slice(extra);
+    quiet(client, &args)
+}
+
 /// Deterministic pseudo-random bytes (xorshift64*).
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -457,6 +512,36 @@ fn by_name<'a>(list: &'a [Value], name: &str) -> Vec<&'a Value> {
     list.iter().filter(|v| v["name"] == name).collect()
 }
 
+/// The `id` of the (first) entry of `list` named `name`.
+fn id_named<'a>(list: &'a [Value], name: &str) -> &'a str {
+    str_field(by_name(list, name)[0], "id")
+}
+
+/// The `name` fields of `list`, sorted.
+fn sorted_names(list: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = list
+        .iter()
+        .map(|v| str_field(v, "name").to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Rewrites the file at `path` in place with `edit` applied to its bytes:
+/// same size, original mtime put back.
+fn tamper(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+    let before = fs::metadata(path).unwrap();
+    let mut bytes = fs::read(path).unwrap();
+    edit(&mut bytes);
+    let f = fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&bytes, 0).unwrap();
+    f.set_modified(before.modified().unwrap()).unwrap();
+    drop(f);
+    let after = fs::metadata(path).unwrap();
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+}
+
 #[track_caller]
 fn assert_same_file(path: &Path, expected: &[u8]) {
     let got = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -473,6 +558,56 @@ fn no_leftovers(out: &Path) {
     let (part, state) = part_paths(out);
     assert!(!part.exists(), "{} left behind", part.display());
     assert!(!state.exists(), "{} left behind", state.display());
+}
+
+/// The progress a `get` into `out` keeps on record while it fetches the
+/// file `id` of `size` bytes.
+struct Progress {
+    state: PathBuf,
+    id: FileId,
+    size: u64,
+    chunks: u32,
+}
+
+impl Progress {
+    fn of(out: &Path, id: &str, size: usize) -> Self {
+        let size = size as u64;
+        Self {
+            state: part_paths(out).1,
+            id: id.parse().expect("file ID"),
+            size,
+            chunks: chunk_count(size, chunk_size_for(size)) as u32,
+        }
+    }
+
+    /// Chunks recorded as done (0 while nothing is on record).
+    fn done(&self) -> u32 {
+        load_state(&self.state, &self.id, self.size, self.chunks).map_or(0, |d| d.count())
+    }
+
+    /// Waits, 30 s at most, until `get` has recorded some progress, failing
+    /// if it ends first; returns the chunks recorded as done.
+    #[track_caller]
+    fn wait_started(&self, get: &mut Kid) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let done = self.done();
+            if done > 0 {
+                return done;
+            }
+            if let Some(st) = get.try_status() {
+                panic!(
+                    "get ended ({st:?}) before any progress was recorded; is the transfer rate limited?"
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no progress recorded in {} within 30 s",
+                self.state.display()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 // ------------------------------------------------------------------ tests
@@ -509,13 +644,7 @@ fn data_dir_is_global_before_or_after_subcommand_and_from_env() {
         .ok();
     let after = sb.run(&["shared", "--json", "--data-dir", path_str(&data)]);
     after.ok();
-    let names: Vec<String> = after
-        .json()
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|v| str_field(v, "name").to_owned())
-        .collect();
+    let names = sorted_names(after.json().as_array().expect("array"));
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names.contains(&"one.txt".to_owned()) && names.contains(&"two.txt".to_owned()));
 
@@ -565,14 +694,10 @@ fn share_prints_id_and_name_per_file_recursively() {
     sb.write("papers/deep/empty.txt", &c);
     let solo_path = sb.write("elsewhere/solo.dat", &solo);
 
-    let out = sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&data),
-        "share",
-        path_str(&sb.path("papers")),
-        path_str(&solo_path),
-    ]);
+    let out = sb.run_on(
+        &data,
+        &["share", path_str(&sb.path("papers")), path_str(&solo_path)],
+    );
     out.ok();
     let mut lines: Vec<(String, String)> = out
         .stdout
@@ -626,13 +751,7 @@ fn share_json_fields_and_sharing_twice_is_idempotent() {
     assert_eq!(second.len(), 1);
     assert_eq!(second[0]["id"], e["id"]);
     assert_eq!(second[0]["ticket"], e["ticket"]);
-    let rel = sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&data),
-        "share",
-        "dir/../dir/movie.bin",
-    ]);
+    let rel = sb.run_on(&data, &["share", "dir/../dir/movie.bin"]);
     rel.ok();
     assert_eq!(
         rel.stdout,
@@ -658,18 +777,10 @@ fn unshare_by_id_or_path_never_touches_files_and_unknown_target_removes_nothing(
     let solo = sb.write("solo.txt", b"solo");
     let shared = sb.share(&data, &[&sb.path("lib"), &solo], None);
     assert_eq!(shared.len(), 4);
-    let solo_id = str_field(by_name(&shared, "solo.txt")[0], "id").to_owned();
-    let a_id = str_field(by_name(&shared, "lib/a.txt")[0], "id").to_owned();
+    let solo_id = id_named(&shared, "solo.txt").to_owned();
+    let a_id = id_named(&shared, "lib/a.txt").to_owned();
 
-    let names = |sb: &Sandbox| {
-        let mut n: Vec<String> = sb
-            .shared(&data)
-            .iter()
-            .map(|v| str_field(v, "name").to_owned())
-            .collect();
-        n.sort();
-        n
-    };
+    let names = |sb: &Sandbox| sorted_names(&sb.shared(&data));
 
     // Unknown targets: an error, and nothing removed even with a good one.
     let unknown_id = "ab".repeat(32);
@@ -678,32 +789,25 @@ fn unshare_by_id_or_path_never_touches_files_and_unknown_target_removes_nothing(
         vec![unknown_id.as_str()],
         vec![path_str(&sb.path("elsewhere"))],
     ] {
-        let mut args = vec!["-q", "--data-dir", path_str(&data), "unshare"];
+        let mut args = vec!["unshare"];
         args.extend(bad.iter().copied());
-        sb.run(&args).fails_with(NOT_FOUND);
+        sb.run_on(&data, &args).fails_with(NOT_FOUND);
         assert_eq!(names(&sb).len(), 4, "something was removed by {bad:?}");
     }
 
     // By file ID.
-    let out = sb.run(&["-q", "--data-dir", path_str(&data), "unshare", &solo_id]);
+    let out = sb.run_on(&data, &["unshare", &solo_id]);
     out.ok();
     assert!(out.stdout.contains(&solo_id), "{}", out.stdout);
     assert_eq!(names(&sb), ["lib/a.txt", "lib/b.txt", "lib/sub/c.txt"]);
 
     // By a file path, relative to the current directory.
-    sb.run(&["-q", "--data-dir", path_str(&data), "unshare", "lib/b.txt"])
-        .ok();
+    sb.run_on(&data, &["unshare", "lib/b.txt"]).ok();
     assert_eq!(names(&sb), ["lib/a.txt", "lib/sub/c.txt"]);
 
     // By a folder: everything under it.
-    sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&data),
-        "unshare",
-        path_str(&sb.path("lib")),
-    ])
-    .ok();
+    sb.run_on(&data, &["unshare", path_str(&sb.path("lib"))])
+        .ok();
     assert!(names(&sb).is_empty());
 
     // The files themselves are untouched.
@@ -713,7 +817,7 @@ fn unshare_by_id_or_path_never_touches_files_and_unknown_target_removes_nothing(
     assert_eq!(fs::read(&solo).unwrap(), b"solo");
 
     // Unsharing what is no longer shared is an error.
-    sb.run(&["-q", "--data-dir", path_str(&data), "unshare", &solo_id])
+    sb.run_on(&data, &["unshare", &solo_id])
         .fails_with(NOT_FOUND);
 }
 
@@ -777,40 +881,18 @@ fn share_while_serving_is_served_without_restart() {
     assert_eq!(str_field(&listed[0], "name"), "late.bin");
 
     let out = sb.path("got.bin");
-    sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&client),
-        "get",
-        id,
-        "--peer",
-        &srv.peer(),
-        "-o",
-        path_str(&out),
-    ])
-    .ok();
+    sb.get(&client, id, &[&srv.peer()], Some(&out), &[]).ok();
     assert_same_file(&out, &content);
 
     // Unsharing is picked up the same way.
-    sb.run(&["-q", "--data-dir", path_str(&data), "unshare", id])
-        .ok();
+    sb.run_on(&data, &["unshare", id]).ok();
     assert!(
         sb.ls(&client, &[&srv]).is_empty(),
         "unshared file still listed"
     );
     let again = sb.path("again.bin");
-    sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&client),
-        "get",
-        id,
-        "--peer",
-        &srv.peer(),
-        "-o",
-        path_str(&again),
-    ])
-    .fails_with(NOT_FOUND);
+    sb.get(&client, id, &[&srv.peer()], Some(&again), &[])
+        .fails_with(NOT_FOUND);
     assert!(!again.exists());
 }
 
@@ -832,29 +914,14 @@ fn concurrent_shares_on_one_data_dir_keep_every_file() {
             let name = format!("{folder}/big.bin");
             sb.write(&name, &random_bytes(2 * MIB, round as u64 + 77));
             expected.push(name);
-            let mut c = sb.cmd(&[
-                "-q",
-                "--data-dir",
-                path_str(&data),
-                "share",
-                path_str(&sb.path(&folder)),
-            ]);
-            c.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            kids.push(Kid::spawn(c));
+            kids.push(sb.spawn(&quiet(&data, &["share", path_str(&sb.path(&folder))])));
         }
         for k in &mut kids {
             let st = k.wait_deadline(COMMAND_DEADLINE);
             assert!(st.success(), "a concurrent share failed: {st:?}");
         }
     }
-    let mut names: Vec<String> = sb
-        .shared(&data)
-        .iter()
-        .map(|v| str_field(v, "name").to_owned())
-        .collect();
-    names.sort();
+    let names = sorted_names(&sb.shared(&data));
     expected.sort();
     assert_eq!(names, expected, "files lost by concurrent shares");
 }
@@ -915,16 +982,7 @@ fn ls_lists_files_of_every_peer_and_merges_files_both_share() {
     assert_eq!(b["peers"], serde_json::json!([sb_.peer()]));
 
     // Text output: one line per file with its ID, name and peers.
-    let text = sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&client),
-        "ls",
-        "--peer",
-        &sa.peer(),
-        "--peer",
-        &sb_.peer(),
-    ]);
+    let text = sb.run_ls(&client, &[&sa.peer(), &sb_.peer()], &[]);
     text.ok();
     assert_eq!(text.stdout.lines().count(), 3, "{}", text.stdout);
     let line = text
@@ -972,18 +1030,7 @@ fn get_sizes_around_chunk_boundaries_by_id_with_json_summary() {
         let id = str_field(entry[0], "id");
         assert_eq!(id, expected_id(content));
         let out = outdir.join(format!("got-{size}"));
-        let res = sb.run(&[
-            "-q",
-            "--data-dir",
-            path_str(&client),
-            "get",
-            id,
-            "--peer",
-            &srv.peer(),
-            "-o",
-            path_str(&out),
-            "--json",
-        ]);
+        let res = sb.get(&client, id, &[&srv.peer()], Some(&out), &["--json"]);
         res.ok();
         assert_same_file(&out, content);
         no_leftovers(&out);
@@ -1019,14 +1066,13 @@ fn get_by_ticket_without_peer_saves_in_current_dir_under_shared_name() {
     assert!(ticket.starts_with("ps1"), "{ticket}");
 
     let cwd = sb.dir("downloads");
-    let mut c = sb.cmd(&[
-        "-q",
-        "--data-dir",
-        path_str(&sb.data("client")),
-        "get",
+    let mut c = sb.cmd(&get_args(
+        &sb.data("client"),
         ticket,
-        "--json",
-    ]);
+        &[],
+        None,
+        &["--json"],
+    ));
     c.current_dir(&cwd);
     let res = run(c);
     res.ok();
@@ -1057,18 +1103,7 @@ fn get_into_existing_directory_and_without_output_saves_basename() {
 
     // -o an existing directory: saved inside it.
     let dir = sb.dir("target dir");
-    let res = sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&client),
-        "get",
-        &id,
-        "--peer",
-        &srv.peer(),
-        "-o",
-        path_str(&dir),
-        "--json",
-    ]);
+    let res = sb.get(&client, &id, &[&srv.peer()], Some(&dir), &["--json"]);
     res.ok();
     assert_same_file(&dir.join("data.bin"), &content);
     assert_eq!(str_field(&res.json(), "name"), "pack/inner/data.bin");
@@ -1081,15 +1116,7 @@ fn get_into_existing_directory_and_without_output_saves_basename() {
 
     // By ID without -o: the current directory, under the shared name's base.
     let cwd = sb.dir("cwd");
-    let mut c = sb.cmd(&[
-        "-q",
-        "--data-dir",
-        path_str(&client),
-        "get",
-        &id,
-        "--peer",
-        &srv.peer(),
-    ]);
+    let mut c = sb.cmd(&get_args(&client, &id, &[&srv.peer()], None, &[]));
     c.current_dir(&cwd);
     run(c).ok();
     assert_same_file(&cwd.join("data.bin"), &content);
@@ -1103,25 +1130,18 @@ fn get_from_two_peers_uses_both() {
     let (da, db) = (sb.data("a"), sb.data("b"));
     let fa = sb.write("a/film.bin", &content);
     let fb = sb.write("b/film.bin", &content);
-    let id = str_field(&sb.share(&da, &[&fa], None)[0], "id").to_owned();
-    assert_eq!(str_field(&sb.share(&db, &[&fb], None)[0], "id"), id);
+    let id = sb.share_one(&da, &fa);
+    assert_eq!(sb.share_one(&db, &fb), id);
     let (sa, sb_) = (sb.serve(&da, &[]), sb.serve(&db, &[]));
 
     let out = sb.path("film.out");
-    let res = sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&sb.data("client")),
-        "get",
+    let res = sb.get(
+        &sb.data("client"),
         &id,
-        "--peer",
-        &sa.peer(),
-        "--peer",
-        &sb_.peer(),
-        "-o",
-        path_str(&out),
-        "--json",
-    ]);
+        &[&sa.peer(), &sb_.peer()],
+        Some(&out),
+        &["--json"],
+    );
     res.ok();
     assert_same_file(&out, &content);
     let s = res.json();
@@ -1146,34 +1166,15 @@ fn get_and_ls_with_unreachable_peer_exit_3() {
     let id = expected_id(b"whatever");
     let out = sb.path("nothing.bin");
     let err = sb
-        .run(&[
-            "-q",
-            "--data-dir",
-            path_str(&client),
-            "get",
-            &id,
-            "--peer",
-            &dead,
-            "-o",
-            path_str(&out),
-        ])
+        .get(&client, &id, &[&dead], Some(&out), &[])
         .fails_with(UNREACHABLE);
     assert!(err.contains(&dead), "{err}");
     assert!(!out.exists());
     no_leftovers(&out);
 
-    sb.run(&["-q", "--data-dir", path_str(&client), "ls", "--peer", &dead])
+    sb.run_ls(&client, &[&dead], &[]).fails_with(UNREACHABLE);
+    sb.run_ls(&client, &[&dead], &["--json"])
         .fails_with(UNREACHABLE);
-    sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&client),
-        "ls",
-        "--json",
-        "--peer",
-        &dead,
-    ])
-    .fails_with(UNREACHABLE);
 }
 
 #[test]
@@ -1186,17 +1187,13 @@ fn get_unknown_file_id_exits_4() {
     let unknown = expected_id(b"content nobody shares");
     let out = sb.path("x.out");
     let err = sb
-        .run(&[
-            "-q",
-            "--data-dir",
-            path_str(&sb.data("client")),
-            "get",
+        .get(
+            &sb.data("client"),
             &unknown,
-            "--peer",
-            &srv.peer(),
-            "-o",
-            path_str(&out),
-        ])
+            &[&srv.peer()],
+            Some(&out),
+            &[],
+        )
         .fails_with(NOT_FOUND);
     assert!(err.contains(&unknown), "{err}");
     assert!(!out.exists());
@@ -1223,16 +1220,8 @@ fn get_garbage_id_or_ticket_exits_2() {
         "ps1garbage",
         bad_ticket.as_str(),
     ] {
-        sb.run(&[
-            "-q",
-            "--data-dir",
-            path_str(&sb.data("client")),
-            "get",
-            what,
-            "--peer",
-            &srv.peer(),
-        ])
-        .fails_with(USAGE);
+        sb.get(&sb.data("client"), what, &[&srv.peer()], None, &[])
+            .fails_with(USAGE);
     }
     assert!(
         fs::read_dir(sb.path("")).unwrap().all(|e| {
@@ -1250,37 +1239,23 @@ fn get_existing_output_exits_6_unchanged_and_force_overwrites() {
     let client = sb.data("client");
     let content = random_bytes(150_000, 40);
     let f = sb.write("src/song.bin", &content);
-    let id = str_field(&sb.share(&data, &[&f], None)[0], "id").to_owned();
+    let id = sb.share_one(&data, &f);
     let srv = sb.serve(&data, &[]);
 
     let out = sb.write("out/song.bin", b"precious, do not overwrite");
-    let get = |extra: &[&str]| {
-        let mut args = vec![
-            "-q",
-            "--data-dir",
-            path_str(&client),
-            "get",
-            &id,
-            "--peer",
-            &srv.addr.to_string(),
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        sb.run(&args)
-    };
-    let err = get(&["-o", path_str(&out)]).fails_with(LOCAL);
+    let get =
+        |target: &Path, extra: &[&str]| sb.get(&client, &id, &[&srv.peer()], Some(target), extra);
+    let err = get(&out, &[]).fails_with(LOCAL);
     assert!(err.contains("exists"), "{err}");
     assert_eq!(fs::read(&out).unwrap(), b"precious, do not overwrite");
     no_leftovers(&out);
 
     // Into the directory, where a file of the shared name exists.
-    let err = get(&["-o", path_str(&sb.path("out"))]).fails_with(LOCAL);
+    let err = get(&sb.path("out"), &[]).fails_with(LOCAL);
     assert!(err.contains("exists"), "{err}");
     assert_eq!(fs::read(&out).unwrap(), b"precious, do not overwrite");
 
-    get(&["-o", path_str(&out), "--force"]).ok();
+    get(&out, &["--force"]).ok();
     assert_same_file(&out, &content);
     no_leftovers(&out);
 }
@@ -1291,23 +1266,13 @@ fn get_into_a_missing_folder_says_so_and_writes_nothing() {
     let data = sb.data("srv");
     let client = sb.data("client");
     let f = sb.write("src/a.bin", &random_bytes(1000, 41));
-    let id = str_field(&sb.share(&data, &[&f], None)[0], "id").to_owned();
+    let id = sb.share_one(&data, &f);
     let srv = sb.serve(&data, &[]);
-    let peer = srv.addr.to_string();
+    let peer = srv.peer();
     for target in ["nope/a.bin", "nope/"] {
         let out = sb.path(target);
         let err = sb
-            .run(&[
-                "-q",
-                "--data-dir",
-                path_str(&client),
-                "get",
-                &id,
-                "--peer",
-                &peer,
-                "-o",
-                path_str(&out),
-            ])
+            .get(&client, &id, &[&peer], Some(&out), &[])
             .fails_with(LOCAL);
         assert!(err.contains("does not exist"), "{err}");
         assert!(!sb.path("nope").exists());
@@ -1322,66 +1287,30 @@ fn resume_after_killing_get_mid_transfer() {
     let size = 24 * MIB;
     let content = random_bytes(size, 50);
     let f = sb.write("big.bin", &content);
-    let id = str_field(&sb.share(&data, &[&f], None)[0], "id").to_owned();
-    let fid: FileId = id.parse().expect("file ID");
-    let chunks = chunk_count(size as u64, chunk_size_for(size as u64)) as u32;
+    let id = sb.share_one(&data, &f);
     let slow = sb.serve(&data, &["--max-upload-rate", "4MB"]);
 
     let out = sb.dir("out").join("big.bin");
-    let (part, state) = part_paths(&out);
-    let mut c = sb.cmd(&[
-        "-q",
-        "--data-dir",
-        path_str(&client),
-        "get",
+    let (part, _) = part_paths(&out);
+    let progress = Progress::of(&out, &id, size);
+    let mut first = sb.spawn(&get_args(
+        &client,
         &id,
-        "--peer",
-        &slow.peer(),
-        "-o",
-        path_str(&out),
-        "--json",
-    ]);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut first = Kid::spawn(c);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let recorded = loop {
-        if let Some(done) = load_state(&state, &fid, size as u64, chunks)
-            && done.count() > 0
-        {
-            break done.count();
-        }
-        if let Some(st) = first.try_status() {
-            panic!(
-                "get ended ({st:?}) before any progress was recorded; is the upload rate limited?"
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no progress recorded in {} within 30 s",
-            state.display()
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
-    assert!(recorded < chunks, "the whole file was already recorded");
+        &[&slow.peer()],
+        Some(&out),
+        &["--json"],
+    ));
+    let recorded = progress.wait_started(&mut first);
+    assert!(
+        recorded < progress.chunks,
+        "the whole file was already recorded"
+    );
     drop(first); // SIGKILL, reaped.
     assert!(!out.exists(), "final name exists after an interrupted get");
     assert!(part.exists(), "the part file is gone after SIGKILL");
 
     let fast = sb.serve(&data, &[]);
-    let res = sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&client),
-        "get",
-        &id,
-        "--peer",
-        &fast.peer(),
-        "-o",
-        path_str(&out),
-        "--json",
-    ]);
+    let res = sb.get(&client, &id, &[&fast.peer()], Some(&out), &["--json"]);
     res.ok();
     assert_same_file(&out, &content);
     no_leftovers(&out);
@@ -1410,36 +1339,13 @@ fn source_modified_in_place_with_restored_mtime_never_yields_wrong_bytes() {
     let srv = sb.serve(&data, &[]);
 
     // Rewrite in place: same size, original mtime put back.
-    let tamper = |path: &Path, edit: &dyn Fn(&mut Vec<u8>)| {
-        let before = fs::metadata(path).unwrap();
-        let mut bytes = fs::read(path).unwrap();
-        edit(&mut bytes);
-        let f = fs::OpenOptions::new().write(true).open(path).unwrap();
-        f.write_all_at(&bytes, 0).unwrap();
-        f.set_modified(before.modified().unwrap()).unwrap();
-        drop(f);
-        let after = fs::metadata(path).unwrap();
-        assert_eq!(after.len(), before.len());
-        assert_eq!(after.modified().unwrap(), before.modified().unwrap());
-    };
-    tamper(&fw, &|b| b.iter_mut().for_each(|x| *x ^= 0x5a));
-    tamper(&fo, &|b| b[100_000] ^= 1);
+    tamper(&fw, |b| b.iter_mut().for_each(|x| *x ^= 0x5a));
+    tamper(&fo, |b| b[100_000] ^= 1);
 
     for (name, original) in [("whole.bin", &whole), ("onebyte.bin", &one)] {
-        let id = str_field(by_name(&shared, name)[0], "id");
+        let id = id_named(&shared, name);
         let out = sb.dir("out").join(name);
-        let res = sb.run(&[
-            "-q",
-            "--data-dir",
-            path_str(&client),
-            "get",
-            id,
-            "--peer",
-            &srv.peer(),
-            "-o",
-            path_str(&out),
-            "--json",
-        ]);
+        let res = sb.get(&client, id, &[&srv.peer()], Some(&out), &["--json"]);
         assert!(
             !res.status.success(),
             "{name}: get reported success with bytes that do not match the ID: {}",
@@ -1511,19 +1417,9 @@ fn file_modified_after_sharing_is_withdrawn() {
     assert_eq!(names, ["keep.bin"], "changed files still listed");
 
     for name in ["same-size.bin", "grown.bin"] {
-        let id = str_field(by_name(&shared, name)[0], "id");
+        let id = id_named(&shared, name);
         let out = sb.dir("out").join(name);
-        let res = sb.run(&[
-            "-q",
-            "--data-dir",
-            path_str(&client),
-            "get",
-            id,
-            "--peer",
-            &srv.peer(),
-            "-o",
-            path_str(&out),
-        ]);
+        let res = sb.get(&client, id, &[&srv.peer()], Some(&out), &[]);
         assert!(
             !res.status.success(),
             "{name}: a changed file was still served: {}",
@@ -1539,20 +1435,9 @@ fn file_modified_after_sharing_is_withdrawn() {
     assert!(listed.iter().any(|v| v["id"] == again[0]["id"]));
 
     // The unchanged one still downloads.
-    let id = str_field(by_name(&shared, "keep.bin")[0], "id");
+    let id = id_named(&shared, "keep.bin");
     let out = sb.dir("out").join("keep.bin");
-    sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&client),
-        "get",
-        id,
-        "--peer",
-        &srv.peer(),
-        "-o",
-        path_str(&out),
-    ])
-    .ok();
+    sb.get(&client, id, &[&srv.peer()], Some(&out), &[]).ok();
     assert_same_file(&out, &keep);
 }
 
@@ -1564,14 +1449,14 @@ fn share_of_a_missing_path_fails_with_one_error_line_and_changes_nothing() {
     sb.share(&data, &[&good], None);
     let other = sb.write("other.txt", b"other");
     let err = sb
-        .run(&[
-            "-q",
-            "--data-dir",
-            path_str(&data),
-            "share",
-            path_str(&other),
-            path_str(&sb.path("no-such-file.txt")),
-        ])
+        .run_on(
+            &data,
+            &[
+                "share",
+                path_str(&other),
+                path_str(&sb.path("no-such-file.txt")),
+            ],
+        )
         .fails();
     assert!(err.contains("no-such-file.txt"), "{err}");
     let lib = sb.shared(&data);
@@ -1586,41 +1471,18 @@ fn get_and_ls_succeed_when_one_of_two_peers_is_unreachable() {
     let client = sb.data("client");
     let content = random_bytes(500_000, 80);
     let f = sb.write("half.bin", &content);
-    let id = str_field(&sb.share(&data, &[&f], None)[0], "id").to_owned();
+    let id = sb.share_one(&data, &f);
     let srv = sb.serve(&data, &[]);
     let dead = closed_port().to_string();
 
-    let ls = sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&client),
-        "ls",
-        "--json",
-        "--peer",
-        &dead,
-        "--peer",
-        &srv.peer(),
-    ]);
+    let ls = sb.run_ls(&client, &[&dead, &srv.peer()], &["--json"]);
     ls.ok();
     let rows = ls.json();
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
     assert_eq!(rows[0]["peers"], serde_json::json!([srv.peer()]));
 
     let out = sb.path("half.out");
-    let res = sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&client),
-        "get",
-        &id,
-        "--peer",
-        &dead,
-        "--peer",
-        &srv.peer(),
-        "-o",
-        path_str(&out),
-        "--json",
-    ]);
+    let res = sb.get(&client, &id, &[&dead, &srv.peer()], Some(&out), &["--json"]);
     res.ok();
     assert_same_file(&out, &content);
 }
@@ -1632,32 +1494,20 @@ fn get_with_one_corrupt_and_one_good_peer_saves_the_right_bytes() {
     let (dg, dc) = (sb.data("good"), sb.data("corrupt"));
     let fg = sb.write("good/f.bin", &content);
     let fc = sb.write("corrupt/f.bin", &content);
-    let id = str_field(&sb.share(&dg, &[&fg], None)[0], "id").to_owned();
-    assert_eq!(str_field(&sb.share(&dc, &[&fc], None)[0], "id"), id);
+    let id = sb.share_one(&dg, &fg);
+    assert_eq!(sb.share_one(&dc, &fc), id);
     // Damage the second copy in place, keeping size and mtime.
-    let before = fs::metadata(&fc).unwrap().modified().unwrap();
-    let damaged: Vec<u8> = content.iter().map(|b| b ^ 0xff).collect();
-    let f = fs::OpenOptions::new().write(true).open(&fc).unwrap();
-    f.write_all_at(&damaged, 0).unwrap();
-    f.set_modified(before).unwrap();
-    drop(f);
+    tamper(&fc, |b| b.iter_mut().for_each(|x| *x ^= 0xff));
     let (good, bad) = (sb.serve(&dg, &[]), sb.serve(&dc, &[]));
 
     let out = sb.path("f.out");
-    let res = sb.run(&[
-        "-q",
-        "--data-dir",
-        path_str(&sb.data("client")),
-        "get",
+    let res = sb.get(
+        &sb.data("client"),
         &id,
-        "--peer",
-        &bad.peer(),
-        "--peer",
-        &good.peer(),
-        "-o",
-        path_str(&out),
-        "--json",
-    ]);
+        &[&bad.peer(), &good.peer()],
+        Some(&out),
+        &["--json"],
+    );
     res.ok();
     assert_same_file(&out, &content);
     let s = res.json();
@@ -1678,52 +1528,34 @@ fn get_interrupted_by_sigint_exits_130_keeps_progress_and_resumes() {
     let size = 16 * MIB;
     let content = random_bytes(size, 100);
     let f = sb.write("int.bin", &content);
-    let id = str_field(&sb.share(&data, &[&f], None)[0], "id").to_owned();
+    let id = sb.share_one(&data, &f);
     let srv = sb.serve(&data, &[]);
 
     let out = sb.path("int.out");
-    let (part, state) = part_paths(&out);
-    let args = [
-        "-q",
-        "--data-dir",
-        path_str(&client),
-        "get",
+    let (part, _) = part_paths(&out);
+    let progress = Progress::of(&out, &id, size);
+    let mut kid = sb.spawn(&get_args(
+        &client,
         &id,
-        "--peer",
-        &srv.peer(),
-        "-o",
-        path_str(&out),
-        "--json",
-        "--max-download-rate",
-        "4MB",
-    ];
-    let mut c = sb.cmd(&args);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut kid = Kid::spawn(c);
+        &[&srv.peer()],
+        Some(&out),
+        &["--json", "--max-download-rate", "4MB"],
+    ));
     // Wait until the download is under way: progress is on record.
-    let fid: FileId = id.parse().expect("file ID");
-    let chunks = chunk_count(size as u64, chunk_size_for(size as u64)) as u32;
-    let count = || load_state(&state, &fid, size as u64, chunks).map_or(0, |d| d.count());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count() == 0 {
-        assert!(kid.try_status().is_none(), "get ended before any progress");
-        assert!(
-            Instant::now() < deadline,
-            "no progress recorded within 30 s"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-    let seen = count();
+    progress.wait_started(&mut kid);
+    let seen = progress.done();
     signal(kid.pid(), "INT");
     let st = kid.wait_deadline(Duration::from_secs(15));
     assert_eq!(st.code(), Some(130), "{st:?}");
     assert!(!out.exists(), "final name exists after an interrupted get");
     assert!(part.exists(), "the part file is gone after SIGINT");
-    assert!(count() >= seen, "recorded progress shrank on SIGINT");
+    assert!(
+        progress.done() >= seen,
+        "recorded progress shrank on SIGINT"
+    );
 
-    let res = sb.run(&args[..args.len() - 2]);
+    // Again, without the rate limit.
+    let res = sb.get(&client, &id, &[&srv.peer()], Some(&out), &["--json"]);
     res.ok();
     assert_same_file(&out, &content);
     no_leftovers(&out);
@@ -1759,40 +1591,12 @@ fn serve_exits_0_on_sigterm_during_a_transfer() {
     let client = sb.data("client");
     let size = 16 * MIB;
     let f = sb.write("busy.bin", &random_bytes(size, 110));
-    let id = str_field(&sb.share(&data, &[&f], None)[0], "id").to_owned();
+    let id = sb.share_one(&data, &f);
     let srv = sb.serve(&data, &["--max-upload-rate", "2MB"]);
 
     let out = sb.path("busy.out");
-    let (_, state) = part_paths(&out);
-    let mut c = sb.cmd(&[
-        "-q",
-        "--data-dir",
-        path_str(&client),
-        "get",
-        &id,
-        "--peer",
-        &srv.peer(),
-        "-o",
-        path_str(&out),
-    ]);
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut getter = Kid::spawn(c);
-    let fid: FileId = id.parse().expect("file ID");
-    let chunks = chunk_count(size as u64, chunk_size_for(size as u64)) as u32;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while load_state(&state, &fid, size as u64, chunks).is_none_or(|d| d.count() == 0) {
-        assert!(
-            getter.try_status().is_none(),
-            "get ended before any progress"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no progress recorded within 30 s"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    let mut getter = sb.spawn(&get_args(&client, &id, &[&srv.peer()], Some(&out), &[]));
+    Progress::of(&out, &id, size).wait_started(&mut getter);
 
     let (status, rest) = srv.stop("TERM");
     assert!(
