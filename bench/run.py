@@ -426,7 +426,7 @@ def start_server(binary: Path, serve_dir: Path, log_path: Path) -> tuple[Child, 
     r, w = os.pipe()
     try:
         with open(log_path, "wb") as err:
-            p = start([binary, "--data-dir", serve_dir, "serve", "--listen", "127.0.0.1:0"], w, err)
+            p = start([binary, "--data-dir", serve_dir, "serve", "--no-discovery", "--listen", "127.0.0.1:0"], w, err)
     except BaseException:
         os.close(r)
         raise

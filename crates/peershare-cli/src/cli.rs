@@ -72,13 +72,30 @@ pub enum Command {
 
     /// List the files that peers share
     #[command(after_help = "Examples:\n  \
+        peershare ls                               # every peer found on the LAN\n  \
+        peershare ls --search holiday photos\n  \
         peershare ls --peer 192.168.1.20:9000\n  \
-        peershare ls --peer 10.0.0.5:9000 --peer 10.0.0.6:9000 --json")]
+        peershare ls --peer 10.0.0.5:9000 --peer 10.0.0.6:9000 --json\n\n\
+        One row per file ID, with the peers that have it.")]
     Ls(LsArgs),
+
+    /// List the peers on the LAN (and those the local `serve` has heard)
+    #[command(after_help = "Examples:\n  \
+        peershare peers\n  \
+        peershare peers --json --discovery-wait 3\n\n\
+        Broadcasts a query on every up network interface and lists who answers, plus the peers a \
+        `peershare serve` running on this data dir has heard. Nothing found? A firewall may block \
+        UDP port 9000, or the Wi-Fi may isolate clients: connect directly with --peer HOST:PORT.")]
+    Peers(PeersArgs),
+
+    /// Print this node's ID
+    #[command(after_help = "Example:\n  peershare id")]
+    Id(JsonArg),
 
     /// Download a file by file ID or ticket, verified, from every given peer at once
     #[command(after_help = "Examples:\n  \
         peershare get ps1aebq...                   # a ticket carries the peers' addresses\n  \
+        peershare get 3f2a...e1                    # finds the peers that have it on the LAN\n  \
         peershare get 3f2a...e1 --peer 192.168.1.20:9000 -o talk.mkv\n  \
         peershare get 3f2a...e1 --peer a:9000 --peer b:9000 --json\n\n\
         Without -o the file is saved in the current directory under its shared name. While \
@@ -138,6 +155,51 @@ pub struct UnshareArgs {
     pub json: JsonArg,
 }
 
+#[derive(Debug, Args, Clone)]
+pub struct DiscoveryArgs {
+    /// UDP port of LAN discovery (the same on every peer)
+    #[arg(
+        long,
+        env = "PEERSHARE_DISCOVERY_PORT",
+        default_value_t = 9000,
+        value_name = "PORT"
+    )]
+    pub discovery_port: u16,
+
+    /// Broadcast only on this network interface (repeatable, or comma-separated in the env) [default: every up interface]
+    #[arg(
+        long = "discovery-interface",
+        env = "PEERSHARE_DISCOVERY_INTERFACES",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub interfaces: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LookArgs {
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+
+    /// How long to wait for answers on the LAN, seconds
+    #[arg(
+        long,
+        env = "PEERSHARE_DISCOVERY_WAIT",
+        default_value_t = 1.5,
+        value_name = "SECONDS"
+    )]
+    pub discovery_wait: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    #[command(flatten)]
+    pub look: LookArgs,
+
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to accept connections on
@@ -153,6 +215,22 @@ pub struct ServeArgs {
     #[arg(long, env = "PEERSHARE_MAX_UPLOAD_RATE", value_name = "RATE", value_parser = parse_rate)]
     pub max_upload_rate: Option<u64>,
 
+    /// Do not announce this node on the LAN nor answer discovery queries
+    #[arg(long, env = "PEERSHARE_NO_DISCOVERY")]
+    pub no_discovery: bool,
+
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
+
+    /// Seconds between LAN announcements (peers silent for three of them are forgotten)
+    #[arg(
+        long,
+        env = "PEERSHARE_ANNOUNCE_INTERVAL",
+        default_value_t = 5.0,
+        value_name = "SECONDS"
+    )]
+    pub announce_interval: f64,
+
     /// Connections served at once; more are refused as busy
     #[arg(long, env = "PEERSHARE_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_connections: u32,
@@ -160,9 +238,16 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// A peer to ask, HOST:PORT (repeatable)
-    #[arg(long = "peer", value_name = "HOST:PORT", required = true)]
+    /// A peer to ask, HOST:PORT (repeatable) [default: every peer found on the LAN]
+    #[arg(long = "peer", value_name = "HOST:PORT")]
     pub peers: Vec<String>,
+
+    /// Only files whose name contains every one of these words (case-insensitive)
+    #[arg(long, value_name = "WORDS", num_args = 1..)]
+    pub search: Vec<String>,
+
+    #[command(flatten)]
+    pub look: LookArgs,
 
     #[command(flatten)]
     pub json: JsonArg,
@@ -174,9 +259,16 @@ pub struct GetArgs {
     #[arg(value_name = "FILE-ID|TICKET")]
     pub what: String,
 
-    /// A peer that has the file, HOST:PORT (repeatable; adds to a ticket's peers)
+    /// A peer that has the file, HOST:PORT (repeatable; adds to a ticket's peers). Without it, peers are also found on the LAN
     #[arg(long = "peer", value_name = "HOST:PORT")]
     pub peers: Vec<String>,
+
+    /// Do not look for peers on the LAN
+    #[arg(long, env = "PEERSHARE_NO_DISCOVERY")]
+    pub no_discovery: bool,
+
+    #[command(flatten)]
+    pub look: LookArgs,
 
     /// Where to save: a file path, or an existing folder [default: ./NAME]
     #[arg(short, long, value_name = "PATH")]

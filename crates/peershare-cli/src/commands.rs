@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use crate::cli::{
     Cli, Command, GetArgs, LsArgs, ServeArgs, ShareArgs, SharedArgs, TicketArgs, UnshareArgs,
 };
+use crate::lan;
 use crate::progress;
 use crate::{Failure, exit};
 
@@ -36,6 +37,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve(a) => serve(&data_dir, a).await,
         Command::Ls(a) => ls(&data_dir, a).await,
         Command::Get(a) => get(&data_dir, a, quiet).await,
+        Command::Peers(a) => peers(&data_dir, a).await,
+        Command::Id(a) => id(&data_dir, a.json),
     }
 }
 
@@ -225,14 +228,69 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
         max_upload_rate: a.max_upload_rate,
         ..ServerConfig::default()
     };
-    let server = Server::new(lib, node_id, local.port(), config);
+    let interval = lan::seconds("--announce-interval", a.announce_interval, 3600.0)?;
+    let discovery = if a.no_discovery {
+        None
+    } else {
+        let cfg = lan::config(&a.discovery, interval);
+        match peershare::discovery::bind(cfg.port) {
+            Ok(socket) => Some(peershare::discovery::Discovery::new(
+                socket,
+                cfg,
+                node_id,
+                local.port(),
+            )),
+            Err(e) => {
+                // Visible, not fatal: explicit --peer connections still work.
+                eprintln!(
+                    "peershare: warning: LAN discovery is off: cannot use UDP port {}: {e}",
+                    a.discovery.discovery_port
+                );
+                None
+            }
+        }
+    };
+    let server = Server::new(lib.clone(), node_id, local.port(), config);
     let shutdown = shutdown_signal()?;
     out(&format!("listening on {local}\n"));
     tracing::info!(node = %node_id, "serving the library in {}", dir.display());
-    server
-        .run(listener, shutdown)
-        .await
-        .map_err(|e| Failure::new(exit::FAILURE, e))?;
+    // One signal stops both the server and discovery.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let discovery_task = discovery.map(|d| {
+        let targets = peershare::discovery::broadcast_targets(&lan::config(&a.discovery, interval));
+        if targets.is_empty() {
+            eprintln!("peershare: warning: no up network interface to announce this node on");
+        } else {
+            tracing::info!(
+                "announcing on UDP port {} to {targets:?}",
+                a.discovery.discovery_port
+            );
+        }
+        let handle = d.handle();
+        let dir = dir.to_path_buf();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(d.run(
+            move || lib.snapshot().map_or(0, |s| s.revision),
+            move |peers| lan::write_peers_file(&dir, node_id, peers, handle.now()),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    let mut stop = stop_rx;
+    let served = server
+        .run(listener, async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        })
+        .await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = discovery_task {
+        let _ = t.await;
+    }
+    served.map_err(|e| Failure::new(exit::FAILURE, e))?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -310,12 +368,21 @@ struct LsRow {
     /// The first peer that lists it.
     peer: SocketAddr,
     peers: Vec<SocketAddr>,
+    /// How many of the asked peers share it.
+    peer_count: usize,
 }
 
 async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
     let lib = open_library(dir)?;
     let node_id = lib.node_id().map_err(store_failure)?;
     let mut addrs = resolve_peers(&a.peers).await?;
+    if addrs.is_empty() {
+        let found = lan::look(dir, node_id, &a.look).await?;
+        if found.is_empty() {
+            return Err(lan::nothing_found(&a.look));
+        }
+        addrs = found.iter().map(|f| f.addr).collect();
+    }
     // A peer given twice is asked once and listed once.
     let mut seen = std::collections::HashSet::new();
     addrs.retain(|a| seen.insert(*a));
@@ -348,6 +415,7 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
                     size: e.size,
                     peer: *addr,
                     peers: vec![*addr],
+                    peer_count: 0,
                 });
         }
     }
@@ -363,7 +431,17 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
             .join("; ");
         return Err(Failure::new(code, format!("no peer answered: {msg}")));
     }
-    let mut rows: Vec<LsRow> = rows.into_values().collect();
+    for r in rows.values_mut() {
+        r.peer_count = r.peers.len();
+    }
+    let words: Vec<String> = a.search.iter().map(|w| w.to_lowercase()).collect();
+    let mut rows: Vec<LsRow> = rows
+        .into_values()
+        .filter(|r| {
+            let name = r.name.to_lowercase();
+            words.iter().all(|w| name.contains(w.as_str()))
+        })
+        .collect();
     rows.sort_by(|x, y| x.name.cmp(&y.name).then(x.id.cmp(&y.id)));
     if a.json.json {
         out_json(&rows);
@@ -371,8 +449,12 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
         let mut text = String::new();
         for r in &rows {
             let peers: Vec<String> = r.peers.iter().map(|p| p.to_string()).collect();
+            let count = match r.peer_count {
+                1 => String::new(),
+                n => format!("{n} peers: "),
+            };
             text.push_str(&format!(
-                "{}  {:>10}  {}  ({})\n",
+                "{}  {:>10}  {}  ({count}{})\n",
                 r.id,
                 progress::bytes(r.size),
                 r.name,
@@ -406,6 +488,14 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     peers.extend(resolve_peers(&a.peers).await?);
     let lib = open_library(dir)?;
     let node_id = lib.node_id().map_err(store_failure)?;
+    // Without --peer, sources on the LAN join the ticket's (if any).
+    if a.peers.is_empty() && !a.no_discovery {
+        let found = lan::look(dir, node_id, &a.look).await?;
+        if found.is_empty() && peers.is_empty() {
+            return Err(lan::nothing_found(&a.look));
+        }
+        peers.extend(found.iter().map(|f| f.addr));
+    }
     if let Some(p) = &a.output {
         let parent = p
             .parent()
@@ -491,6 +581,42 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
                 p.dropped.as_deref().unwrap_or("")
             );
         }
+    }
+    Ok(())
+}
+
+async fn peers(dir: &Path, a: crate::cli::PeersArgs) -> Result<(), Failure> {
+    let lib = open_library(dir)?;
+    let node_id = lib.node_id().map_err(store_failure)?;
+    let found = lan::look(dir, node_id, &a.look).await?;
+    if a.json.json {
+        out_json(&found);
+        return Ok(());
+    }
+    if found.is_empty() {
+        return Err(lan::nothing_found(&a.look));
+    }
+    let mut text = String::new();
+    for f in &found {
+        text.push_str(&format!(
+            "{}  {:<22}  {:<8}  seen {} s ago\n",
+            f.node_id,
+            f.addr.to_string(),
+            f.found_via,
+            f.last_seen_secs
+        ));
+    }
+    out(&text);
+    Ok(())
+}
+
+fn id(dir: &Path, json: bool) -> Result<(), Failure> {
+    let lib = open_library(dir)?;
+    let node_id = lib.node_id().map_err(store_failure)?;
+    if json {
+        out_json(&serde_json::json!({ "node_id": node_id.to_string() }));
+    } else {
+        out(&format!("{node_id}\n"));
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod lan;
 mod progress;
 
 use std::io::Write;

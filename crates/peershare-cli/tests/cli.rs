@@ -247,6 +247,9 @@ impl Serve {
 /// private `$HOME`, so nothing outside it is ever touched.
 struct Sandbox {
     tmp: tempfile::TempDir,
+    /// This sandbox's own discovery port: tests running at once never see
+    /// each other's nodes.
+    discovery_port: u16,
 }
 
 impl Sandbox {
@@ -256,7 +259,14 @@ impl Sandbox {
             .tempdir()
             .expect("tempdir");
         fs::create_dir_all(tmp.path().join("home")).expect("home");
-        Self { tmp }
+        let discovery_port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("free UDP port")
+            .port();
+        Self {
+            tmp,
+            discovery_port,
+        }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -300,6 +310,10 @@ impl Sandbox {
                 c.env_remove(k);
             }
         }
+        // Discovery stays on loopback: tests send nothing to the LAN.
+        c.env("PEERSHARE_DISCOVERY_INTERFACES", "lo")
+            .env("PEERSHARE_DISCOVERY_PORT", self.discovery_port.to_string())
+            .env("PEERSHARE_DISCOVERY_WAIT", "0.5");
         c
     }
 
@@ -1627,4 +1641,142 @@ fn ls_lists_a_peer_given_twice_once() {
         "one peer shown as two: {}",
         rows[0]
     );
+}
+
+// ---- LAN discovery (over loopback: the sandbox pins it to `lo`) ----
+
+/// Polls `cond` until it holds; fails the test after `secs`.
+fn eventually(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn node_id(sb: &Sandbox, data: &Path) -> String {
+    let out = sb.run_on(data, &["id"]);
+    out.ok();
+    out.stdout.trim().to_owned()
+}
+
+/// Also a regression test: with a per-source reply budget of 4, the fourth
+/// command in a row from one machine (here `get`) found nobody.
+#[test]
+fn without_peer_ls_and_get_use_the_peers_found_on_the_lan() {
+    let sb = Sandbox::new();
+    let (a, b, client) = (sb.data("a"), sb.data("b"), sb.data("client"));
+    let common = random_bytes(6 * MIB, 70);
+    let fa = sb.write("a/only-a.txt", b"alpha");
+    let fb = sb.write("b/only-b.txt", b"beta");
+    let ca = sb.write("a/common.bin", &common);
+    let cb = sb.write("b/common.bin", &common);
+    sb.share(&a, &[&fa, &ca], None);
+    sb.share(&b, &[&fb, &cb], None);
+    let sa = sb.serve(&a, &[]);
+    let sb_ = sb.serve(&b, &[]);
+
+    let out = sb.run_ls(&client, &[], &["--json"]);
+    out.ok();
+    let rows = out.json().as_array().unwrap().clone();
+    assert_eq!(
+        sorted_names(&rows),
+        ["common.bin", "only-a.txt", "only-b.txt"]
+    );
+    let common_row = by_name(&rows, "common.bin")[0];
+    assert_eq!(u64_field(common_row, "peer_count"), 2, "{common_row}");
+    assert_eq!(u64_field(by_name(&rows, "only-a.txt")[0], "peer_count"), 1);
+
+    let out = sb.run_ls(&client, &[], &["--json", "--search", "ONLY", "b"]);
+    out.ok();
+    assert_eq!(sorted_names(out.json().as_array().unwrap()), ["only-b.txt"]);
+
+    let out = sb.run_on(&client, &["peers", "--json"]);
+    out.ok();
+    let found: Vec<String> = out
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| str_field(p, "node_id").to_owned())
+        .collect();
+    let mut want = vec![node_id(&sb, &a), node_id(&sb, &b)];
+    want.sort();
+    let mut got = found.clone();
+    got.sort();
+    assert_eq!(got, want);
+
+    let id = str_field(common_row, "id").to_owned();
+    let dest = sb.dir("out").join("common.bin");
+    let out = sb.run_on(&client, &["get", &id, "-o", path_str(&dest), "--json"]);
+    out.ok();
+    assert_same_file(&dest, &common);
+    let summary = out.json();
+    let peers = summary["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2, "{summary}");
+    assert!(
+        peers.iter().all(|p| u64_field(p, "bytes") > 0),
+        "chunks from both: {summary}"
+    );
+    drop((sa, sb_));
+}
+
+#[test]
+fn nothing_found_on_the_lan_says_why_and_what_to_do() {
+    let sb = Sandbox::new();
+    let client = sb.data("client");
+    for args in [vec!["ls"], vec!["peers"], vec!["get", &"ab".repeat(32)]] {
+        let err = sb.run_on(&client, &args).fails_with(UNREACHABLE);
+        assert!(err.contains("no peers found on the LAN"), "{err}");
+        assert!(
+            err.contains("127.255.255.255"),
+            "says where it asked: {err}"
+        );
+        assert!(err.contains("--peer HOST:PORT"), "{err}");
+    }
+}
+
+#[test]
+fn serve_records_peers_that_come_and_go() {
+    let sb = Sandbox::new();
+    let (a, b) = (sb.data("a"), sb.data("b"));
+    let fast = ["--announce-interval", "0.2"];
+    let sa = sb.serve(&a, &fast);
+    let b_id = node_id(&sb, &b);
+    let peers_of_a = || -> Vec<String> {
+        let Ok(bytes) = fs::read(a.join("peers.json")) else {
+            return Vec::new();
+        };
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| str_field(p, "node_id").to_owned())
+            .collect()
+    };
+    // A node started later is seen within a few announcements.
+    let sbb = sb.serve(&b, &fast);
+    eventually("a to hear b", 10, || peers_of_a().contains(&b_id));
+    // `peers` on a's data dir includes what a's serve heard.
+    let out = sb.run_on(&a, &["peers", "--json"]);
+    out.ok();
+    assert!(out.stdout.contains(&b_id));
+    // A stopped node ages out.
+    let (status, _) = sbb.stop("TERM");
+    assert!(status.success());
+    eventually("b to age out of a's view", 10, || {
+        !peers_of_a().contains(&b_id)
+    });
+    drop(sa);
+}
+
+#[test]
+fn no_discovery_serve_is_not_found() {
+    let sb = Sandbox::new();
+    let (a, client) = (sb.data("a"), sb.data("client"));
+    let f = sb.write("a/x", b"x");
+    sb.share(&a, &[&f], None);
+    let _s = sb.serve(&a, &["--no-discovery"]);
+    sb.run_on(&client, &["ls"]).fails_with(UNREACHABLE);
 }

@@ -66,7 +66,7 @@ impl Seeder {
         let mut child = Command::new(BIN)
             .arg("--data-dir")
             .arg(&data)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--no-discovery", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -95,7 +95,15 @@ impl Seeder {
         Command::new(BIN)
             .arg("--data-dir")
             .arg(self.work.path().join("cli"))
-            .args(["-q", "get", &self.id, "--peer", &self.addr, "-o"])
+            .args([
+                "-q",
+                "get",
+                &self.id,
+                "--no-discovery",
+                "--peer",
+                &self.addr,
+                "-o",
+            ])
             .arg(out)
             .output()
             .unwrap()

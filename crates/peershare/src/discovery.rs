@@ -205,8 +205,9 @@ impl Discovery {
     }
 }
 
-/// Asks the LAN who is there: sends queries from an ephemeral port (three
-/// times, against loss) and collects replies for `wait`.
+/// Asks the LAN who is there: sends a query from an ephemeral port (again,
+/// up to three times in all, while nobody has answered) and collects
+/// replies for `wait`.
 pub async fn discover(
     config: &DiscoveryConfig,
     me: NodeId,
@@ -227,6 +228,10 @@ pub async fn discover(
     let mut sends = 0;
     let mut buf = [0u8; RECV_BUF];
     loop {
+        // Resend (against loss) only while nobody has answered.
+        if sends > 0 && sends < 3 && !tracker.peers().is_empty() {
+            sends = 3;
+        }
         if sends < 3 && start.elapsed() >= wait / 4 * sends {
             for ip in &targets {
                 let _ = socket.send_to(&query, (*ip, config.port)).await;

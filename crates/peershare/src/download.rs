@@ -194,22 +194,27 @@ pub async fn download(
         return Err(DownloadError::AllUnreachable(errors));
     }
 
-    // The manifest, from the first peer that has it, checked against the ID.
+    // Ask every peer for the manifest at once: the first valid answer is
+    // used (each is checked against the ID), and peers that do not have
+    // the file take no part.
+    let mut asking = JoinSet::new();
+    for (i, c) in conns.iter().enumerate() {
+        let c = c.clone();
+        let id = req.id;
+        asking.spawn(async move { (i, c.manifest(id).await) });
+    }
     let mut manifest = None;
     let mut failures: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-    let mut has_file = vec![true; conns.len()];
-    for (i, c) in conns.iter().enumerate() {
-        match c.manifest(req.id).await {
+    let mut has_file = vec![false; conns.len()];
+    while let Some(joined) = asking.join_next().await {
+        let (i, answer) = joined.expect("manifest task does not panic");
+        match answer {
             Ok(m) => {
-                manifest = Some(m);
-                break;
+                has_file[i] = true;
+                manifest.get_or_insert(m);
             }
-            Err(e) => {
-                has_file[i] = false;
-                if !e.is_not_found() {
-                    failures.push(e.to_string());
-                }
-            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => failures.push(e.to_string()),
         }
     }
     let Some(manifest) = manifest else {
