@@ -174,6 +174,17 @@ pub struct DiscoveryArgs {
         value_name = "NAME"
     )]
     pub interfaces: Vec<String>,
+
+    /// Address families to discover over: IPv4 broadcast, IPv6 link-local multicast, or both
+    #[arg(long, env = "PEERSHARE_DISCOVERY_FAMILY", value_enum, default_value_t = Family::Both)]
+    pub discovery_family: Family,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Family {
+    Both,
+    Ipv4,
+    Ipv6,
 }
 
 #[derive(Debug, Args)]

@@ -233,7 +233,7 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
         None
     } else {
         let cfg = lan::config(&a.discovery, interval);
-        match peershare::discovery::bind(cfg.port) {
+        match peershare::discovery::Sockets::bind(&cfg, cfg.port) {
             Ok(socket) => Some(peershare::discovery::Discovery::new(
                 socket,
                 cfg,
@@ -250,6 +250,22 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
             }
         }
     };
+    // Listening on every IPv4 address also means every IPv6 one (same
+    // port, an IPv6-only socket), so peers found over IPv6 can connect.
+    let listener_v6 = if a.listen.ip() == IpAddr::from([0, 0, 0, 0]) {
+        match bind_v6_listener(local.port()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::info!("not listening on IPv6: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let server_v6 = listener_v6
+        .as_ref()
+        .map(|_| Server::new(lib.clone(), node_id, local.port(), config.clone()));
     let server = Server::new(lib.clone(), node_id, local.port(), config);
     let shutdown = shutdown_signal()?;
     out(&format!("listening on {local}\n"));
@@ -257,7 +273,7 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
     // One signal stops both the server and discovery.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let discovery_task = discovery.map(|d| {
-        let targets = peershare::discovery::broadcast_targets(&lan::config(&a.discovery, interval));
+        let targets = peershare::discovery::lan_targets(&lan::config(&a.discovery, interval));
         if targets.is_empty() {
             eprintln!("peershare: warning: no up network interface to announce this node on");
         } else {
@@ -278,6 +294,12 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
         ))
     });
     let mut stop = stop_rx;
+    let v6_task = server_v6.zip(listener_v6).map(|(server, listener)| {
+        let mut stop = stop.clone();
+        tokio::spawn(server.run(listener, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }))
+    });
     let served = server
         .run(listener, async move {
             tokio::select! {
@@ -287,12 +309,29 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
         })
         .await;
     let _ = stop_tx.send(true);
+    if let Some(t) = v6_task
+        && let Ok(Err(e)) = t.await
+    {
+        tracing::warn!("IPv6 listener: {e}");
+    }
     if let Some(t) = discovery_task {
         let _ = t.await;
     }
     served.map_err(|e| Failure::new(exit::FAILURE, e))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A TCP listener on `[::]:port` that takes IPv6 only (IPv4 has its own).
+fn bind_v6_listener(port: u16) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV6, Type::STREAM, None)?;
+    s.set_only_v6(true)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
 }
 
 /// Installs SIGINT and SIGTERM handlers *now* and returns a future that

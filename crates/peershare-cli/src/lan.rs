@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use peershare::discovery::{DiscoveryConfig, broadcast_targets, discover};
+use peershare::discovery::{DiscoveryConfig, discover, lan_targets};
 use peershare_proto::NodeId;
 use peershare_proto::discovery::PeerInfo;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{DiscoveryArgs, LookArgs};
+use crate::cli::{DiscoveryArgs, Family, LookArgs};
 use crate::{Failure, exit};
 
 const PEERS_FILE: &str = "peers.json";
@@ -25,6 +25,8 @@ pub fn config(d: &DiscoveryArgs, interval: Duration) -> DiscoveryConfig {
         // Three missed announcements, plus slack for a late one.
         ttl: interval * 3 + interval / 5,
         interfaces: (!d.interfaces.is_empty()).then(|| d.interfaces.clone()),
+        ipv4: d.discovery_family != Family::Ipv6,
+        ipv6: d.discovery_family != Family::Ipv4,
     }
 }
 
@@ -143,11 +145,11 @@ pub async fn look(dir: &Path, me: NodeId, a: &LookArgs) -> Result<Vec<Found>, Fa
 /// to do instead.
 pub fn nothing_found(a: &LookArgs) -> Failure {
     let cfg = config(&a.discovery, Duration::from_secs(5));
-    let targets = broadcast_targets(&cfg);
+    let targets = lan_targets(&cfg);
     let tried = if targets.is_empty() {
         "there is no up network interface to broadcast on".to_owned()
     } else {
-        let list: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        let list: Vec<String> = targets.iter().map(|t| t.ip().to_string()).collect();
         format!(
             "asked {} on UDP port {} and waited {} s",
             list.join(", "),

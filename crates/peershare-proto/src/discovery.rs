@@ -206,7 +206,11 @@ impl DiscoveryTracker {
         // A querier that serves is a peer too; one that does not (port 0,
         // e.g. `peershare ls`) is not.
         if p.tcp_port != 0 {
-            self.note_peer(p, SocketAddr::new(src.ip(), p.tcp_port), via, now);
+            // The source address with the TCP port: an IPv6 link-local
+            // source keeps its scope (interface), which TCP needs.
+            let mut addr = src;
+            addr.set_port(p.tcp_port);
+            self.note_peer(p, addr, via, now);
         }
         if p.kind != Kind::Query {
             return None;
@@ -222,7 +226,11 @@ impl DiscoveryTracker {
 
     fn note_peer(&mut self, p: Packet, addr: SocketAddr, via: FoundVia, now: Duration) {
         if let Some(e) = self.peers.get_mut(&p.node_id) {
-            e.addr = addr;
+            // A node heard over IPv4 and IPv6 keeps the family it was
+            // first heard on, rather than flapping between the two.
+            if e.addr.is_ipv4() == addr.is_ipv4() {
+                e.addr = addr;
+            }
             e.last_seen = now;
             e.revision = p.revision;
             return;
@@ -472,6 +480,25 @@ mod tests {
         }
         assert_eq!(t.peers().len(), MAX_TRACKED_PEERS);
         assert_eq!(t.stats().peers_dropped_full, 5);
+    }
+
+    #[test]
+    fn ipv6_scope_is_kept_and_family_does_not_flap() {
+        let mut t = DiscoveryTracker::new(ME, Duration::from_secs(15));
+        let v6: SocketAddr = "[fe80::1%3]:9000".parse().unwrap();
+        t.handle_datagram(v6, &pkt(Kind::Announce, 2, 9005), T0);
+        let got = t.peers()[0].addr;
+        assert_eq!(got, "[fe80::1%3]:9005".parse::<SocketAddr>().unwrap());
+        let SocketAddr::V6(a) = got else { panic!() };
+        assert_eq!(a.scope_id(), 3);
+        // Heard over IPv4 too: the address stays IPv6, the peer stays fresh.
+        t.handle_datagram(
+            src(2),
+            &pkt(Kind::Announce, 2, 9005),
+            Duration::from_secs(9),
+        );
+        assert_eq!(t.peers()[0].addr, got);
+        assert_eq!(t.peers()[0].last_seen, Duration::from_secs(9));
     }
 
     #[test]

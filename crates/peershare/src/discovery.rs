@@ -2,18 +2,23 @@
 //! [`peershare_proto::discovery::DiscoveryTracker`].
 //!
 //! A serving node binds the discovery port on all addresses (with
-//! `SO_REUSEADDR`, so several nodes on one machine share it: broadcasts
-//! reach them all), broadcasts a query and an announcement at start, then
-//! an announcement every `interval`, and answers queries with one reply to
-//! the asker. Broadcasts go to the broadcast address of every up IPv4
-//! interface, and to `127.255.255.255` for nodes on the same machine.
-//! `--discovery-interface` limits them to named interfaces.
+//! `SO_REUSEADDR`, so several nodes on one machine share it: broadcasts and
+//! multicasts reach them all), sends a query and an announcement at start,
+//! then an announcement every `interval`, and answers queries with one
+//! reply to the asker.
+//!
+//! - IPv4: packets go to the broadcast address of every up interface, and
+//!   to `127.255.255.255` for nodes on the same machine.
+//! - IPv6: a second socket joins the link-local group [`MULTICAST_V6`] on
+//!   every up interface, and packets go to that group on each of them.
+//!
+//! `--discovery-interface` limits both to named interfaces.
 //!
 //! A command that only looks (`ls`, `get`, `peers`) sends queries from an
 //! ephemeral port and collects replies for a short while: [`discover`].
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,9 +30,11 @@ use tokio::net::UdpSocket;
 
 /// Default UDP port, the same number as the TCP port.
 pub const DEFAULT_DISCOVERY_PORT: u16 = 9000;
+/// The IPv6 link-local multicast group of discovery ("ps").
+pub const MULTICAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x7073);
 /// Receive buffer: larger datagrams are cut, then rejected by length.
 const RECV_BUF: usize = 512;
-/// Broadcast targets at most (interfaces on one machine).
+/// Targets of one family at most (interfaces on one machine).
 pub const MAX_TARGETS: usize = 64;
 
 /// Discovery options; plain data with sane defaults.
@@ -40,6 +47,10 @@ pub struct DiscoveryConfig {
     pub ttl: Duration,
     /// Only these interfaces (by name); `None`: every up interface.
     pub interfaces: Option<Vec<String>>,
+    /// Use IPv4 broadcast.
+    pub ipv4: bool,
+    /// Use IPv6 link-local multicast.
+    pub ipv6: bool,
 }
 
 impl Default for DiscoveryConfig {
@@ -49,23 +60,34 @@ impl Default for DiscoveryConfig {
             interval: Duration::from_secs(5),
             ttl: Duration::from_secs(16),
             interfaces: None,
+            ipv4: true,
+            ipv6: true,
         }
     }
 }
 
-/// Where broadcasts go: one broadcast address per up IPv4 interface (the
+fn chosen_interfaces(config: &DiscoveryConfig) -> Vec<if_addrs::Interface> {
+    if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.is_oper_up() || i.is_loopback())
+        .filter(|i| {
+            config
+                .interfaces
+                .as_ref()
+                .is_none_or(|names| names.contains(&i.name))
+        })
+        .collect()
+}
+
+/// Where IPv4 broadcasts go: one broadcast address per up interface (the
 /// loopback's is `127.255.255.255`), filtered by `config.interfaces`.
 pub fn broadcast_targets(config: &DiscoveryConfig) -> Vec<Ipv4Addr> {
     let mut out = Vec::new();
-    for i in if_addrs::get_if_addrs().unwrap_or_default() {
-        if !i.is_oper_up() && !i.is_loopback() {
-            continue;
-        }
-        if let Some(names) = &config.interfaces
-            && !names.contains(&i.name)
-        {
-            continue;
-        }
+    if !config.ipv4 {
+        return out;
+    }
+    for i in chosen_interfaces(config) {
         let if_addrs::IfAddr::V4(v4) = &i.addr else {
             continue;
         };
@@ -84,8 +106,41 @@ pub fn broadcast_targets(config: &DiscoveryConfig) -> Vec<Ipv4Addr> {
     out
 }
 
-/// A UDP socket on `port` (0: any) that may send broadcasts and shares its
-/// port with other peershare processes on this machine.
+/// Indexes of the up, non-loopback interfaces with IPv6 (multicast on the
+/// loopback is off on Linux; IPv4 covers this machine), filtered by
+/// `config.interfaces`.
+pub fn multicast_interfaces(config: &DiscoveryConfig) -> Vec<u32> {
+    let mut out = Vec::new();
+    if !config.ipv6 {
+        return out;
+    }
+    for i in chosen_interfaces(config) {
+        if i.is_loopback() || !matches!(i.addr, if_addrs::IfAddr::V6(_)) {
+            continue;
+        }
+        if let Some(idx) = i.index
+            && !out.contains(&idx)
+            && out.len() < MAX_TARGETS
+        {
+            out.push(idx);
+        }
+    }
+    out
+}
+
+/// Every address a packet for the whole LAN goes to.
+pub fn lan_targets(config: &DiscoveryConfig) -> Vec<SocketAddr> {
+    let v4 = broadcast_targets(config)
+        .into_iter()
+        .map(|ip| SocketAddr::from(SocketAddrV4::new(ip, config.port)));
+    let v6 = multicast_interfaces(config)
+        .into_iter()
+        .map(|idx| SocketAddr::from(SocketAddrV6::new(MULTICAST_V6, config.port, 0, idx)));
+    v4.chain(v6).collect()
+}
+
+/// An IPv4 UDP socket on `port` (0: any) that may send broadcasts and
+/// shares its port with other peershare processes on this machine.
 pub fn bind(port: u16) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
@@ -94,6 +149,99 @@ pub fn bind(port: u16) -> io::Result<UdpSocket> {
     s.set_nonblocking(true)?;
     s.bind(&SocketAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).into())?;
     UdpSocket::from_std(s.into())
+}
+
+/// An IPv6 UDP socket on `port` (0: any) sharing its port with other
+/// peershare processes, joined to [`MULTICAST_V6`] on the `join` interfaces.
+pub fn bind_v6(port: u16, join: &[u32]) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_only_v6(true)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::from(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0)).into())?;
+    for idx in join {
+        if let Err(e) = s.join_multicast_v6(&MULTICAST_V6, *idx) {
+            tracing::debug!("joining {MULTICAST_V6} on interface {idx}: {e}");
+        }
+    }
+    UdpSocket::from_std(s.into())
+}
+
+/// The sockets of one discovery endpoint, one per address family in use.
+pub struct Sockets {
+    pub v4: Option<UdpSocket>,
+    pub v6: Option<UdpSocket>,
+}
+
+impl Sockets {
+    /// Binds `port` (0: any) for each family `config` enables. A family
+    /// that cannot be bound is logged and left out; fails only when no
+    /// family could be bound.
+    pub fn bind(config: &DiscoveryConfig, port: u16) -> io::Result<Sockets> {
+        let mut first_err: Option<io::Error> = None;
+        let mut keep = |r: io::Result<UdpSocket>, family: &str| match r {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::info!("{family} discovery unavailable: {e}");
+                first_err.get_or_insert(e);
+                None
+            }
+        };
+        let v4 = config.ipv4.then(|| keep(bind(port), "IPv4")).flatten();
+        let v6 = if config.ipv6 {
+            // Only a listening endpoint joins the group; an asker gets
+            // unicast replies.
+            let join = if port == 0 {
+                Vec::new()
+            } else {
+                multicast_interfaces(config)
+            };
+            keep(bind_v6(port, &join), "IPv6")
+        } else {
+            None
+        };
+        if v4.is_none() && v6.is_none() {
+            return Err(first_err.unwrap_or_else(|| {
+                io::Error::other("no address family is enabled for discovery")
+            }));
+        }
+        Ok(Sockets { v4, v6 })
+    }
+
+    async fn send_to(&self, packet: &[u8], to: SocketAddr) {
+        let socket = if to.is_ipv4() { &self.v4 } else { &self.v6 };
+        if let Some(s) = socket
+            && let Err(e) = s.send_to(packet, to).await
+        {
+            tracing::debug!("discovery send to {to}: {e}");
+        }
+    }
+
+    async fn send_to_lan(&self, packet: &[u8], config: &DiscoveryConfig) {
+        for to in lan_targets(config) {
+            self.send_to(packet, to).await;
+        }
+    }
+
+    /// The next datagram from either socket, copied into `buf`.
+    async fn recv(&self, buf: &mut [u8; RECV_BUF]) -> io::Result<(usize, SocketAddr)> {
+        async fn on(s: &Option<UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+            match s {
+                Some(s) => s.recv_from(buf).await,
+                None => std::future::pending().await,
+            }
+        }
+        let mut b6 = [0u8; RECV_BUF];
+        tokio::select! {
+            r = on(&self.v4, buf) => r,
+            r = on(&self.v6, &mut b6) => {
+                let (n, from) = r?;
+                buf[..n].copy_from_slice(&b6[..n]);
+                Ok((n, from))
+            }
+        }
+    }
 }
 
 /// What a running discovery service knows; cheap to clone.
@@ -118,7 +266,7 @@ impl DiscoveryHandle {
 
 /// The serving side of discovery.
 pub struct Discovery {
-    socket: UdpSocket,
+    sockets: Sockets,
     config: DiscoveryConfig,
     me: NodeId,
     tcp_port: u16,
@@ -126,13 +274,13 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    pub fn new(socket: UdpSocket, config: DiscoveryConfig, me: NodeId, tcp_port: u16) -> Self {
+    pub fn new(sockets: Sockets, config: DiscoveryConfig, me: NodeId, tcp_port: u16) -> Self {
         let handle = DiscoveryHandle {
             tracker: Arc::new(Mutex::new(DiscoveryTracker::new(me, config.ttl))),
             epoch: Instant::now(),
         };
         Self {
-            socket,
+            sockets,
             config,
             me,
             tcp_port,
@@ -144,19 +292,14 @@ impl Discovery {
         self.handle.clone()
     }
 
-    async fn broadcast(&self, kind: Kind, revision: u64) {
-        let p = Packet {
+    fn packet(&self, kind: Kind, revision: u64) -> [u8; PACKET_LEN] {
+        Packet {
             kind,
             node_id: self.me,
             tcp_port: self.tcp_port,
             revision,
         }
-        .encode();
-        for ip in broadcast_targets(&self.config) {
-            if let Err(e) = self.socket.send_to(&p, (ip, self.config.port)).await {
-                tracing::debug!("discovery broadcast to {ip}: {e}");
-            }
-        }
+        .encode()
     }
 
     /// Runs until `shutdown` completes. `revision` gives the library's
@@ -169,9 +312,14 @@ impl Discovery {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        self.broadcast(Kind::Query, revision()).await;
-        self.broadcast(Kind::Announce, revision()).await;
-        let mut tick = tokio::time::interval(self.config.interval);
+        let cfg = &self.config;
+        self.sockets
+            .send_to_lan(&self.packet(Kind::Query, revision()), cfg)
+            .await;
+        self.sockets
+            .send_to_lan(&self.packet(Kind::Announce, revision()), cfg)
+            .await;
+        let mut tick = tokio::time::interval(cfg.interval);
         tick.tick().await;
         let mut buf = [0u8; RECV_BUF];
         let mut known: Vec<(NodeId, SocketAddr)> = Vec::new();
@@ -179,19 +327,24 @@ impl Discovery {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => {
-                    self.broadcast(Kind::Announce, revision()).await;
+                    self.sockets.send_to_lan(&self.packet(Kind::Announce, revision()), cfg).await;
                     let now = self.handle.now();
-                    for gone in self.handle.tracker.lock().expect("discovery lock").expire(now) {
-                        tracing::info!(peer = %gone.node_id.short(), addr = %gone.addr, "peer went silent");
+                    let gone = self.handle.tracker.lock().expect("discovery lock").expire(now);
+                    for p in gone {
+                        tracing::info!(peer = %p.node_id.short(), addr = %p.addr, "peer went silent");
                     }
                 }
-                r = self.socket.recv_from(&mut buf) => {
+                r = self.sockets.recv(&mut buf) => {
                     let Ok((n, src)) = r else { continue };
                     let now = self.handle.now();
-                    let reply = self.handle.tracker.lock().expect("discovery lock").handle_datagram(src, &buf[..n], now);
+                    let reply = self
+                        .handle
+                        .tracker
+                        .lock()
+                        .expect("discovery lock")
+                        .handle_datagram(src, &buf[..n], now);
                     if let Some(to) = reply {
-                        let p = Packet { kind: Kind::Reply, node_id: self.me, tcp_port: self.tcp_port, revision: revision() };
-                        let _ = self.socket.send_to(&p.encode(), to).await;
+                        self.sockets.send_to(&self.packet(Kind::Reply, revision()), to).await;
                     }
                 }
             }
@@ -213,8 +366,7 @@ pub async fn discover(
     me: NodeId,
     wait: Duration,
 ) -> io::Result<Vec<PeerInfo>> {
-    let socket = bind(0)?;
-    let targets = broadcast_targets(config);
+    let sockets = Sockets::bind(config, 0)?;
     let mut tracker = DiscoveryTracker::new(me, wait + config.ttl);
     let query = Packet {
         kind: Kind::Query,
@@ -233,9 +385,7 @@ pub async fn discover(
             sends = 3;
         }
         if sends < 3 && start.elapsed() >= wait / 4 * sends {
-            for ip in &targets {
-                let _ = socket.send_to(&query, (*ip, config.port)).await;
-            }
+            sockets.send_to_lan(&query, config).await;
             sends += 1;
         }
         let next_send = tokio::time::Instant::from_std(start + wait / 4 * sends);
@@ -250,12 +400,10 @@ pub async fn discover(
                     break;
                 }
             }
-            r = socket.recv_from(&mut buf) => {
+            r = sockets.recv(&mut buf) => {
+                // Replies come here; the tracker keeps only serving peers.
                 if let Ok((n, src)) = r {
-                    // Replies come here; the tracker keeps only serving peers.
-                    if n == PACKET_LEN {
-                        tracker.handle_datagram(src, &buf[..n], start.elapsed());
-                    }
+                    tracker.handle_datagram(src, &buf[..n], start.elapsed());
                 }
             }
         }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use peershare::discovery::{Discovery, DiscoveryConfig, DiscoveryHandle, bind, discover};
+use peershare::discovery::{Discovery, DiscoveryConfig, DiscoveryHandle, Sockets, bind, discover};
 use peershare_proto::NodeId;
 use peershare_proto::discovery::{Kind, PACKET_LEN, Packet, REPLIES_PER_SECOND, REPLY_BURST};
 use tokio::sync::oneshot;
@@ -23,6 +23,7 @@ fn config(port: u16) -> DiscoveryConfig {
         interval: Duration::from_millis(100),
         ttl: Duration::from_millis(400),
         interfaces: Some(vec!["lo".into()]),
+        ..DiscoveryConfig::default()
     }
 }
 
@@ -36,7 +37,8 @@ struct Running {
 impl Running {
     fn start(port: u16, n: u8) -> Running {
         let id = NodeId([n; 32]);
-        let d = Discovery::new(bind(port).unwrap(), config(port), id, 9000 + n as u16);
+        let sockets = Sockets::bind(&config(port), port).unwrap();
+        let d = Discovery::new(sockets, config(port), id, 9000 + n as u16);
         let handle = d.handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(d.run(|| 1, |_| {}, async {
