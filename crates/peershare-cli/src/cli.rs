@@ -79,7 +79,7 @@ pub enum Command {
         One row per file ID, with the peers that have it.")]
     Ls(LsArgs),
 
-    /// List the peers on the LAN (and those the local `serve` has heard)
+    /// List the peers on the LAN (and those the local `serve` has heard), and how each was first heard
     #[command(after_help = "Examples:\n  \
         peershare peers\n  \
         peershare peers --json --discovery-wait 3\n\n\
@@ -227,7 +227,7 @@ pub struct ServeArgs {
     pub max_upload_rate: Option<u64>,
 
     /// Do not announce this node on the LAN nor answer discovery queries
-    #[arg(long, env = "PEERSHARE_NO_DISCOVERY")]
+    #[arg(long, env = "PEERSHARE_NO_DISCOVERY", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_discovery: bool,
 
     #[command(flatten)]
@@ -275,7 +275,7 @@ pub struct GetArgs {
     pub peers: Vec<String>,
 
     /// Do not look for peers on the LAN
-    #[arg(long, env = "PEERSHARE_NO_DISCOVERY")]
+    #[arg(long, env = "PEERSHARE_NO_DISCOVERY", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_discovery: bool,
 
     #[command(flatten)]

@@ -1780,3 +1780,20 @@ fn no_discovery_serve_is_not_found() {
     let _s = sb.serve(&a, &["--no-discovery"]);
     sb.run_on(&client, &["ls"]).fails_with(UNREACHABLE);
 }
+
+#[test]
+fn no_discovery_env_accepts_the_usual_truthy_values() {
+    let sb = Sandbox::new();
+    let client = sb.data("client");
+    let id = "ab".repeat(32);
+    for v in ["1", "yes", "true"] {
+        let mut c = sb.cmd(&quiet(&client, &["get", &id]));
+        c.env("PEERSHARE_NO_DISCOVERY", v);
+        let err = run(c).fails_with(USAGE);
+        assert!(err.contains("no peer to download from"), "{v}: {err}");
+    }
+    let mut c = sb.cmd(&quiet(&client, &["get", &id]));
+    c.env("PEERSHARE_NO_DISCOVERY", "0");
+    let err = run(c).fails_with(UNREACHABLE);
+    assert!(err.contains("no peers found on the LAN"), "{err}");
+}
