@@ -275,8 +275,12 @@ pub struct GetArgs {
     pub peers: Vec<String>,
 
     /// Do not look for peers on the LAN
-    #[arg(long, env = "PEERSHARE_NO_DISCOVERY", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "PEERSHARE_NO_DISCOVERY", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), conflicts_with = "discover")]
     pub no_discovery: bool,
+
+    /// Look for peers on the LAN even though --peer is given
+    #[arg(long)]
+    pub discover: bool,
 
     #[command(flatten)]
     pub look: LookArgs,

@@ -527,8 +527,9 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     peers.extend(resolve_peers(&a.peers).await?);
     let lib = open_library(dir)?;
     let node_id = lib.node_id().map_err(store_failure)?;
-    // Without --peer, sources on the LAN join the ticket's (if any).
-    if a.peers.is_empty() && !a.no_discovery {
+    // Without --peer (or with --discover), sources on the LAN join the
+    // ticket's and the given ones.
+    if (a.peers.is_empty() || a.discover) && !a.no_discovery {
         let found = lan::look(dir, node_id, &a.look).await?;
         if found.is_empty() && peers.is_empty() {
             return Err(lan::nothing_found(&a.look));

@@ -1797,3 +1797,51 @@ fn no_discovery_env_accepts_the_usual_truthy_values() {
     let err = run(c).fails_with(UNREACHABLE);
     assert!(err.contains("no peers found on the LAN"), "{err}");
 }
+
+#[test]
+fn get_with_peer_and_discover_uses_both() {
+    let sb = Sandbox::new();
+    let (a, b, client) = (sb.data("a"), sb.data("b"), sb.data("client"));
+    let content = random_bytes(4 * MIB, 71);
+    let fa = sb.write("a/f.bin", &content);
+    let fb = sb.write("b/f.bin", &content);
+    let id = sb.share_one(&a, &fa);
+    sb.share_one(&b, &fb);
+    // A is only reachable by --peer; B only by discovery.
+    let sa = sb.serve(&a, &["--no-discovery"]);
+    let _sb = sb.serve(&b, &[]);
+    let dest = sb.dir("out").join("f.bin");
+    let out = sb.run_on(
+        &client,
+        &[
+            "get",
+            &id,
+            "--peer",
+            &sa.peer(),
+            "--discover",
+            "-o",
+            path_str(&dest),
+            "--json",
+        ],
+    );
+    out.ok();
+    assert_same_file(&dest, &content);
+    let peers = out.json()["peers"].as_array().unwrap().clone();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    // Without --discover, --peer alone is used.
+    fs::remove_file(&dest).unwrap();
+    let out = sb.run_on(
+        &client,
+        &[
+            "get",
+            &id,
+            "--peer",
+            &sa.peer(),
+            "-o",
+            path_str(&dest),
+            "--json",
+        ],
+    );
+    out.ok();
+    assert_eq!(out.json()["peers"].as_array().unwrap().len(), 1);
+}
