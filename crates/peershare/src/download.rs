@@ -156,6 +156,35 @@ struct Slot {
     report: PeerReport,
     /// The latest error from this peer, for the report if it is dropped.
     last_error: Option<String>,
+    /// Reconnections tried after its connection was lost.
+    reconnects: u32,
+    /// A reconnection is under way.
+    reconnecting: bool,
+}
+
+/// Times a lost peer is reconnected during one download, at most.
+pub const MAX_RECONNECTS: u32 = 3;
+/// Wait before the first reconnection; doubles for each further one.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Reconnects to `addr` after `delay` and checks it still has the file.
+async fn reconnect(
+    slot: usize,
+    addr: SocketAddr,
+    id: FileId,
+    node_id: NodeId,
+    config: ClientConfig,
+    delay: Duration,
+) -> (usize, Result<Arc<PeerConn>, PeerError>) {
+    tokio::time::sleep(delay).await;
+    let conn = match PeerConn::connect(addr, node_id, config).await {
+        Ok(c) => c,
+        Err(e) => return (slot, Err(e)),
+    };
+    match conn.manifest(id).await {
+        Ok(_) => (slot, Ok(Arc::new(conn))),
+        Err(e) => (slot, Err(e)),
+    }
 }
 
 /// Downloads, verifies and saves one file. `cancel` completing stops the
@@ -323,6 +352,8 @@ pub async fn download(
                 dropped: None,
             },
             last_error: None,
+            reconnects: 0,
+            reconnecting: false,
         })
         .collect();
     progress.peers.store(slots.len() as u64, Ordering::Relaxed);
@@ -330,6 +361,7 @@ pub async fn download(
     let manifest = Arc::new(manifest);
     let mut written = done;
     let mut tasks: JoinSet<Event> = JoinSet::new();
+    let mut reconnecting: JoinSet<(usize, Result<Arc<PeerConn>, PeerError>)> = JoinSet::new();
     let mut bucket = req
         .config
         .max_download_rate
@@ -365,6 +397,8 @@ pub async fn download(
         }
         match sched.status() {
             Status::Complete => break None,
+            // Not stuck while a lost peer may come back.
+            Status::Stuck if !reconnecting.is_empty() => {}
             Status::Stuck => {
                 let all_corrupt = slots
                     .iter()
@@ -434,9 +468,27 @@ pub async fn download(
                         slot.last_error = Some(e.to_string());
                     }
                     Outcome::Peer(e) => {
-                        tracing::warn!("{e}");
+                        let first = sched.dropped(slot.key).is_none();
                         sched.handle_peer_lost(slot.key, now);
                         slot.last_error = Some(e.to_string());
+                        // One reconnection per loss (every request in flight
+                        // on the lost connection reports it).
+                        if first && !slot.reconnecting && slot.reconnects < MAX_RECONNECTS {
+                            tracing::info!("{e}; reconnecting");
+                            slot.reconnecting = true;
+                            let delay = RECONNECT_BACKOFF * 2u32.pow(slot.reconnects);
+                            slot.reconnects += 1;
+                            reconnecting.spawn(reconnect(
+                                ev.slot,
+                                slot.report.addr,
+                                req.id,
+                                req.node_id,
+                                req.config.client.clone(),
+                                delay,
+                            ));
+                        } else if first {
+                            tracing::warn!("{e}");
+                        }
                     }
                     Outcome::Disk(e) => break Some(no_space_or(e, &out, size, &part_path)),
                 }
@@ -468,12 +520,47 @@ pub async fn download(
                     None => std::future::pending().await,
                 }
             } => {}
+            Some(joined) = reconnecting.join_next(), if !reconnecting.is_empty() => {
+                let (slot_no, result) = joined.expect("reconnect task does not panic");
+                let slot = &mut slots[slot_no];
+                match result {
+                    Ok(conn) => {
+                        tracing::info!(peer = %slot.report.addr, "reconnected");
+                        slot.conn = conn;
+                        slot.key = sched.add_peer();
+                        slot.reconnecting = false;
+                        slot.report.dropped = None;
+                    }
+                    Err(e) if slot.reconnects < MAX_RECONNECTS => {
+                        let delay = RECONNECT_BACKOFF * 2u32.pow(slot.reconnects);
+                        slot.reconnects += 1;
+                        slot.last_error = Some(e.to_string());
+                        reconnecting.spawn(reconnect(
+                            slot_no,
+                            slot.report.addr,
+                            req.id,
+                            req.node_id,
+                            req.config.client.clone(),
+                            delay,
+                        ));
+                    }
+                    Err(e) => {
+                        tracing::warn!("{e}; giving up on this peer");
+                        slot.reconnecting = false;
+                        slot.last_error = Some(e.to_string());
+                        slot.report.dropped = Some(format!("disconnected, and {MAX_RECONNECTS} reconnections failed: {e}"));
+                    }
+                }
+                let live = slots.iter().filter(|s| sched.dropped(s.key).is_none()).count();
+                progress.peers.store(live as u64, Ordering::Relaxed);
+            }
             _ = &mut cancel => break Some(DownloadError::Cancelled),
         }
     };
 
     // Stop fetching; record what is on disk whatever happens next.
     tasks.abort_all();
+    reconnecting.abort_all();
     while tasks.join_next().await.is_some() {}
     if let Some(c) = checkpoint.take() {
         c.await.expect("checkpoint task does not panic")?;

@@ -363,6 +363,8 @@ async fn stalled_peer_is_detected_and_reported() {
     let out = tempfile::tempdir().unwrap();
     let mut req = request(id_of(&content), vec![addr], &out.path().join("f"));
     req.config.client.request_timeout = std::time::Duration::from_millis(300);
+    // Reconnections reach a listener that never completes a handshake.
+    req.config.client.connect_timeout = std::time::Duration::from_millis(300);
     let err = fetch(req).await.unwrap_err();
     assert!(
         matches!(err, DownloadError::AllSourcesFailed(ref r) if r.iter().any(|m| m.contains("did not answer"))),
@@ -400,4 +402,73 @@ async fn second_download_to_the_same_output_is_refused_while_the_first_runs() {
     assert!(matches!(err, DownloadError::InProgress(_)), "{err}");
     first.await.unwrap().unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), content);
+}
+
+#[tokio::test]
+async fn download_survives_its_only_peer_restarting() {
+    let content = data(6 * 1024 * 1024, 13);
+    let slow = ServerConfig {
+        max_upload_rate: Some(3_000_000),
+        ..ServerConfig::default()
+    };
+    let mut a = Node::start(&[("f", &content)], slow.clone()).await;
+    let out = tempfile::tempdir().unwrap();
+    let progress = Arc::new(Progress::default());
+    let dl = tokio::spawn(fetch_with(
+        request(id_of(&content), vec![a.addr], &out.path().join("f")),
+        progress.clone(),
+    ));
+    wait_for("some progress", 30, || {
+        progress.verified.load(Ordering::Relaxed) > 512 * 1024
+    })
+    .await;
+    a.shutdown().await;
+    // The same node comes back on the same address.
+    let listener = tokio::net::TcpListener::bind(a.addr).await.unwrap();
+    let server =
+        peershare::Server::new(a.lib.clone(), a.lib.node_id().unwrap(), a.addr.port(), slow);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let back = tokio::spawn(server.run(listener, async {
+        let _ = stopped.await;
+    }));
+    let s = dl.await.unwrap().unwrap();
+    assert_eq!(std::fs::read(out.path().join("f")).unwrap(), content);
+    assert_eq!(s.peers.len(), 1);
+    assert_eq!(
+        s.peers[0].dropped, None,
+        "reconnected, not dropped: {:?}",
+        s.peers[0]
+    );
+    assert_eq!(s.peers[0].bytes, content.len() as u64);
+    stop.send(()).unwrap();
+    back.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_that_never_comes_back_is_given_up_after_the_reconnections() {
+    let content = data(6 * 1024 * 1024, 14);
+    let slow = ServerConfig {
+        max_upload_rate: Some(3_000_000),
+        ..ServerConfig::default()
+    };
+    let mut a = Node::start(&[("f", &content)], slow).await;
+    let out = tempfile::tempdir().unwrap();
+    let progress = Arc::new(Progress::default());
+    let dl = tokio::spawn(fetch_with(
+        request(id_of(&content), vec![a.addr], &out.path().join("f")),
+        progress.clone(),
+    ));
+    wait_for("some progress", 30, || {
+        progress.verified.load(Ordering::Relaxed) > 512 * 1024
+    })
+    .await;
+    a.shutdown().await;
+    let err = dl.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, DownloadError::AllSourcesFailed(ref r) if r.iter().any(|m| m.contains("reconnections failed"))),
+        "{err}"
+    );
+    // What was verified is kept for a later resume.
+    let (part, state) = peershare::partial::part_paths(&out.path().join("f"));
+    assert!(part.exists() && state.exists());
 }
