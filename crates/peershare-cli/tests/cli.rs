@@ -1845,3 +1845,27 @@ fn get_with_peer_and_discover_uses_both() {
     out.ok();
     assert_eq!(out.json()["peers"].as_array().unwrap().len(), 1);
 }
+
+/// Regression: `get -o out.bin` (a bare name, no directory part) failed at
+/// its first checkpoint, because the parent of "out.bin.peershare-state"
+/// is "", which cannot be opened to fsync.
+#[test]
+fn get_to_a_bare_relative_name_checkpoints_and_finishes() {
+    let sb = Sandbox::new();
+    let (data, client) = (sb.data("srv"), sb.data("client"));
+    let content = random_bytes(6 * MIB, 72);
+    let f = sb.write("src/f.bin", &content);
+    let id = sb.share_one(&data, &f);
+    // Slow enough (about 1.5 s) for at least one checkpoint.
+    let srv = sb.serve(&data, &["--max-upload-rate", "4MB"]);
+    // The sandbox is the child's working directory.
+    sb.get(
+        &client,
+        &id,
+        &[&srv.peer()],
+        Some(Path::new("out.bin")),
+        &[],
+    )
+    .ok();
+    assert_same_file(&sb.path("out.bin"), &content);
+}

@@ -523,7 +523,11 @@ pub fn hash_files(
 /// Writes `bytes` to `path` so that `path` is always either the old or the
 /// new content: temp file in the same directory, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name's parent is "" (not None): that is the current dir.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
