@@ -308,6 +308,14 @@ pub async fn download(
     let done = match resumed {
         Some(d) => d,
         None => {
+            // Starting over: first make sure no older state file can ever
+            // vouch for this part file's (new, empty) chunks, durably,
+            // before the part file changes.
+            match std::fs::remove_file(&state_path) {
+                Ok(()) => sync_dir(&state_path).map_err(disk(&state_path))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(disk(&state_path)(e)),
+            }
             file.set_len(0).map_err(disk(&part_path))?;
             if let Err(e) = allocate(&file, size) {
                 // Nothing of ours is worth keeping: leave no empty part behind.
@@ -697,13 +705,7 @@ fn finish(
             }
         }
     }
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(disk(dir))?;
+    sync_dir(out).map_err(disk(out))?;
     match std::fs::remove_file(state) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -712,6 +714,15 @@ fn finish(
             source: e,
         }),
     }
+}
+
+/// Fsyncs the directory holding `path` (a bare name's directory is ".").
+fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
 }
 
 /// Reserves the file's blocks up front, so a full disk fails now, not at

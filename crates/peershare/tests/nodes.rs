@@ -472,3 +472,51 @@ async fn a_peer_that_never_comes_back_is_given_up_after_the_reconnections() {
     let (part, state) = peershare::partial::part_paths(&out.path().join("f"));
     assert!(part.exists() && state.exists());
 }
+
+/// Regression (review finding): a state file left from an earlier run made
+/// a later run trust chunks of a part file that had been started over, and
+/// `get` saved a corrupt file with success.
+#[tokio::test]
+async fn a_stale_state_file_never_vouches_for_a_restarted_part_file() {
+    let content = data(6 * 1024 * 1024, 15);
+    let slow = ServerConfig {
+        max_upload_rate: Some(3_000_000),
+        ..ServerConfig::default()
+    };
+    let node = Node::start(&[("f", &content)], slow).await;
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("f");
+    let (part, state) = peershare::partial::part_paths(&out);
+    let cancelled_run = |checkpoint: std::time::Duration| {
+        let mut req = request(id_of(&content), vec![node.addr], &out);
+        req.config.checkpoint_interval = checkpoint;
+        let progress = Arc::new(Progress::default());
+        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(peershare::download(req, progress.clone(), async {
+            let _ = cancelled.await;
+        }));
+        (progress, cancel, run)
+    };
+    // Run 1 records verified chunks, then stops.
+    let (_, cancel, run) = cancelled_run(std::time::Duration::from_millis(50));
+    wait_for("a checkpoint", 30, || state.exists()).await;
+    cancel.send(()).unwrap();
+    assert!(matches!(run.await.unwrap(), Err(DownloadError::Cancelled)));
+    // The user deletes the part file; run 2 starts over and dies before
+    // any checkpoint of its own.
+    std::fs::remove_file(&part).unwrap();
+    let (progress, cancel, run) = cancelled_run(std::time::Duration::from_secs(3600));
+    wait_for("run 2 to receive data", 30, || {
+        progress.received.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    assert!(!state.exists(), "starting over removed the old state");
+    cancel.send(()).unwrap();
+    let _ = run.await.unwrap();
+    // Run 3 must not trust run 1's record of the new part file.
+    let s = fetch(request(id_of(&content), vec![node.addr], &out))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    assert_eq!(s.bytes_resumed + s.bytes_received, content.len() as u64);
+}
