@@ -314,11 +314,7 @@ async fn serve_connection(
                         index,
                         data,
                     })) => {
-                        ctx.throttle(data.len() as u64).await;
-                        let sent =
-                            tokio::time::timeout(idle, writer.send_chunk(req_id, index, &data))
-                                .await;
-                        if !matches!(sent, Ok(Ok(()))) {
+                        if !send_chunk_paced(ctx, &mut writer, req_id, index, &data, idle).await {
                             return;
                         }
                         ctx.stats.chunks_served.fetch_add(1, Ordering::Relaxed);
@@ -344,6 +340,48 @@ async fn serve_connection(
         _ = stop.changed() => {}
     }
     let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
+}
+
+/// Bytes sent between two waits of the upload limiter, at most and at
+/// least; within these, an eighth of a second's worth at the limit. A slow
+/// limit then still sends something every moment (a client judges a peer by
+/// its progress, not by whole chunks); a fast one pays nothing.
+const MAX_PACING_SLICE: usize = 64 * 1024;
+const MIN_PACING_SLICE: usize = 1024;
+
+/// Writes one chunk frame, paced by the upload limit slice by slice, each
+/// write within `idle`. False when the connection should end.
+async fn send_chunk_paced<W: tokio::io::AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    writer: &mut FrameWriter<W>,
+    req_id: u32,
+    index: u32,
+    data: &[u8],
+    idle: Duration,
+) -> bool {
+    if ctx.upload.is_none() {
+        let sent = tokio::time::timeout(idle, writer.send_chunk(req_id, index, data)).await;
+        return matches!(sent, Ok(Ok(())));
+    }
+    let header = peershare_proto::wire::chunk_header(req_id, index, data.len() as u32);
+    if !matches!(
+        tokio::time::timeout(idle, writer.send_raw(&header)).await,
+        Ok(Ok(()))
+    ) {
+        return false;
+    }
+    let rate = ctx.config.max_upload_rate.unwrap_or(u64::MAX);
+    let slice_len = ((rate / 8) as usize).clamp(MIN_PACING_SLICE, MAX_PACING_SLICE);
+    for slice in data.chunks(slice_len) {
+        ctx.throttle(slice.len() as u64).await;
+        if !matches!(
+            tokio::time::timeout(idle, writer.send_raw(slice)).await,
+            Ok(Ok(()))
+        ) {
+            return false;
+        }
+    }
+    true
 }
 
 impl Ctx {

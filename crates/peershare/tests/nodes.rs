@@ -520,3 +520,23 @@ async fn a_stale_state_file_never_vouches_for_a_restarted_part_file() {
     assert_eq!(std::fs::read(&out).unwrap(), content);
     assert_eq!(s.bytes_resumed + s.bytes_received, content.len() as u64);
 }
+
+/// Regression (review finding): the upload limiter held back whole chunks,
+/// so a chunk slower than the client's stall timeout looked like a dead
+/// peer. It must pace bytes instead.
+#[tokio::test]
+async fn a_slow_upload_limit_never_looks_like_a_stall() {
+    let content = data(200_000, 16);
+    let slow = ServerConfig {
+        // One 64 KiB chunk takes 1.3 s at this rate.
+        max_upload_rate: Some(50_000),
+        ..ServerConfig::default()
+    };
+    let node = Node::start(&[("f", &content)], slow).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(id_of(&content), vec![node.addr], &out.path().join("f"));
+    req.config.client.request_timeout = std::time::Duration::from_millis(500);
+    let s = fetch(req).await.unwrap();
+    assert_eq!(std::fs::read(out.path().join("f")).unwrap(), content);
+    assert_eq!(s.peers[0].dropped, None, "{:?}", s.peers[0]);
+}
