@@ -510,6 +510,7 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
 
 async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     let cancel = shutdown_signal()?;
+    tokio::pin!(cancel);
     let (id, name, mut peers) = match a.what.parse::<FileId>() {
         Ok(id) => (id, None, Vec::new()),
         Err(id_err) => match a.what.parse::<Ticket>() {
@@ -530,7 +531,10 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     // Without --peer (or with --discover), sources on the LAN join the
     // ticket's and the given ones.
     if (a.peers.is_empty() || a.discover) && !a.no_discovery {
-        let found = lan::look(dir, node_id, &a.look).await?;
+        let found = tokio::select! {
+            found = lan::look(dir, node_id, &a.look) => found?,
+            _ = &mut cancel => return Err(Failure::new(exit::INTERRUPTED, "interrupted")),
+        };
         if found.is_empty() && peers.is_empty() {
             return Err(lan::nothing_found(&a.look));
         }
@@ -572,7 +576,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     };
     let counters = Arc::new(Progress::default());
     let display = progress::downloading(counters.clone(), quiet);
-    let result = peershare::download(req, counters, cancel).await;
+    let result = peershare::download(req, counters, cancel.as_mut()).await;
     display.finish().await;
     let summary = result.map_err(|e| {
         let code = match &e {

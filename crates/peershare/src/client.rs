@@ -41,6 +41,9 @@ impl Default for ClientConfig {
     }
 }
 
+/// Bytes a peer must deliver per `request_timeout` while answers are
+/// awaited, or its connection counts as dead (it is trickling).
+pub const MIN_PROGRESS_BYTES: u64 = 4 * 1024;
 /// Most catalog pages fetched from one peer; bounds a catalog's memory.
 pub const MAX_CATALOG_PAGES: usize = 256;
 /// Requests queued for writing per connection.
@@ -296,8 +299,32 @@ async fn read_loop(
     shared: Arc<Mutex<Shared>>,
     stall: Duration,
 ) {
+    let received = reader.received();
+    let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + stall, stall);
+    let mut mark = 0;
+    let mut was_waiting = false;
     loop {
-        match reader.read_idle(Some(stall)).await {
+        let read = tokio::select! {
+            r = reader.read_idle(Some(stall)) => r,
+            _ = watchdog.tick() => {
+                // A peer that trickles a few bytes now and then is as good
+                // as dead: while answers are awaited, each period must
+                // bring at least MIN_PROGRESS_BYTES.
+                let now = received.load(Ordering::Relaxed);
+                let waiting = !shared.lock().expect("client lock").waiters.is_empty();
+                // Judge only a whole period of waiting: requests sent just
+                // before this tick have had no time yet.
+                if waiting && was_waiting && now - mark < MIN_PROGRESS_BYTES {
+                    let secs = stall.as_secs();
+                    close(&shared, "too slow".into(), || PeerError::Timeout { addr, secs });
+                    return;
+                }
+                mark = now;
+                was_waiting = waiting;
+                continue;
+            }
+        };
+        match read {
             Err(ReadError::Idle(_)) => {
                 // Silence is fine while nobody waits for an answer.
                 if shared.lock().expect("client lock").waiters.is_empty() {

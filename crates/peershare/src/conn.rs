@@ -28,6 +28,9 @@ pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max_frame_len: u32,
+    /// Bytes read from the stream so far, shared so that a watchdog can
+    /// judge progress while a read is pending.
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -36,7 +39,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             buf: BytesMut::with_capacity(READ_BUF_INITIAL),
             max_frame_len,
+            received: Default::default(),
         }
+    }
+
+    /// A counter of the bytes read from the stream so far.
+    pub fn received(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.received.clone()
     }
 
     /// Changes the limit for frames read from now on.
@@ -78,6 +87,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     .await
                     .map_err(|_| ReadError::Idle(t))??,
             };
+            self.received
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)

@@ -162,6 +162,50 @@ struct Slot {
     reconnecting: bool,
 }
 
+impl Slot {
+    fn new(conn: Arc<PeerConn>, key: PeerKey) -> Self {
+        Slot {
+            report: PeerReport {
+                addr: conn.addr(),
+                node_id: Some(conn.remote().node_id.to_string()),
+                bytes: 0,
+                chunks: 0,
+                corrupt: 0,
+                dropped: None,
+            },
+            conn,
+            key,
+            last_error: None,
+            reconnects: 0,
+            reconnecting: false,
+        }
+    }
+}
+
+/// How a peer's first contact ended.
+enum Joined {
+    /// Connected, and has the file: its manifest, checked against the ID.
+    Ready(Arc<PeerConn>, Manifest),
+    /// Connected, but does not share the file.
+    NotFound,
+    /// Could not connect.
+    Unreachable(PeerError),
+    /// Connected, then failed (bad manifest, protocol error, silence).
+    Failed(PeerError),
+}
+
+async fn join_peer(addr: SocketAddr, id: FileId, node_id: NodeId, config: ClientConfig) -> Joined {
+    let conn = match PeerConn::connect(addr, node_id, config).await {
+        Ok(c) => c,
+        Err(e) => return Joined::Unreachable(e),
+    };
+    match conn.manifest(id).await {
+        Ok(m) => Joined::Ready(Arc::new(conn), m),
+        Err(e) if e.is_not_found() => Joined::NotFound,
+        Err(e) => Joined::Failed(e),
+    }
+}
+
 /// Times a lost peer is reconnected during one download, at most.
 pub const MAX_RECONNECTS: u32 = 3;
 /// Wait before the first reconnection; doubles for each further one.
@@ -202,54 +246,53 @@ pub async fn download(
         return Err(DownloadError::NoPeers);
     }
 
-    // Connect to every peer at once.
-    let mut connecting = JoinSet::new();
+    tokio::pin!(cancel);
+    // Every peer at once: connect, then ask for the manifest (checked
+    // against the ID). The first that has the file starts the download;
+    // the others join it as they answer, so a slow or silent peer delays
+    // nothing.
+    let mut joining: JoinSet<Joined> = JoinSet::new();
     for addr in addrs {
-        let cfg = req.config.client.clone();
-        connecting.spawn(PeerConn::connect(addr, req.node_id, cfg));
+        joining.spawn(join_peer(
+            addr,
+            req.id,
+            req.node_id,
+            req.config.client.clone(),
+        ));
     }
-    let mut conns = Vec::new();
-    let mut errors = Vec::new();
-    while let Some(r) = connecting.join_next().await {
-        match r.expect("connect task does not panic") {
-            Ok(c) => conns.push(Arc::new(c)),
-            Err(e) => {
-                tracing::info!("{e}");
-                errors.push(e);
-            }
-        }
-    }
-    if conns.is_empty() {
-        return Err(DownloadError::AllUnreachable(errors));
-    }
-
-    // Ask every peer for the manifest at once: the first valid answer is
-    // used (each is checked against the ID), and peers that do not have
-    // the file take no part.
-    let mut asking = JoinSet::new();
-    for (i, c) in conns.iter().enumerate() {
-        let c = c.clone();
-        let id = req.id;
-        asking.spawn(async move { (i, c.manifest(id).await) });
-    }
+    let mut conns: Vec<Arc<PeerConn>> = Vec::new();
     let mut manifest = None;
-    let mut failures: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-    let mut has_file = vec![false; conns.len()];
-    while let Some(joined) = asking.join_next().await {
-        let (i, answer) = joined.expect("manifest task does not panic");
-        match answer {
-            Ok(m) => {
-                has_file[i] = true;
-                manifest.get_or_insert(m);
+    let mut unreachable = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    let mut not_found = 0;
+    while manifest.is_none() {
+        let next = tokio::select! {
+            j = joining.join_next() => j,
+            _ = &mut cancel => return Err(DownloadError::Cancelled),
+        };
+        let Some(joined) = next else { break };
+        match joined.expect("join task does not panic") {
+            Joined::Ready(c, m) => {
+                conns.push(c);
+                manifest = Some(m);
             }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => failures.push(e.to_string()),
+            Joined::NotFound => not_found += 1,
+            Joined::Unreachable(e) => {
+                tracing::info!("{e}");
+                unreachable.push(e);
+            }
+            Joined::Failed(e) => failures.push(e.to_string()),
         }
     }
     let Some(manifest) = manifest else {
-        return Err(if failures.is_empty() {
+        return Err(if failures.is_empty() && not_found > 0 {
+            // Peers that could not be reached do not change the answer of
+            // those that could.
             DownloadError::NotFound { id: req.id }
+        } else if failures.is_empty() {
+            DownloadError::AllUnreachable(unreachable)
         } else {
+            failures.extend(unreachable.iter().map(|e| e.to_string()));
             DownloadError::AllSourcesFailed(failures)
         });
     };
@@ -346,23 +389,7 @@ pub async fn download(
     );
     let mut slots: Vec<Slot> = conns
         .iter()
-        .zip(&has_file)
-        .filter(|(_, has)| **has)
-        .map(|(c, _)| Slot {
-            conn: c.clone(),
-            key: sched.add_peer(),
-            report: PeerReport {
-                addr: c.addr(),
-                node_id: Some(c.remote().node_id.to_string()),
-                bytes: 0,
-                chunks: 0,
-                corrupt: 0,
-                dropped: None,
-            },
-            last_error: None,
-            reconnects: 0,
-            reconnecting: false,
-        })
+        .map(|c| Slot::new(c.clone(), sched.add_peer()))
         .collect();
     progress.peers.store(slots.len() as u64, Ordering::Relaxed);
 
@@ -378,7 +405,6 @@ pub async fn download(
     let mut checkpoint: Option<tokio::task::JoinHandle<Result<(), DownloadError>>> = None;
     let mut last_checkpoint = Instant::now();
     let mut unsynced = 0u64;
-    tokio::pin!(cancel);
 
     let failure = loop {
         let now = start.elapsed();
@@ -406,7 +432,7 @@ pub async fn download(
         match sched.status() {
             Status::Complete => break None,
             // Not stuck while a lost peer may come back.
-            Status::Stuck if !reconnecting.is_empty() => {}
+            Status::Stuck if !reconnecting.is_empty() || !joining.is_empty() => {}
             Status::Stuck => {
                 let all_corrupt = slots
                     .iter()
@@ -562,6 +588,20 @@ pub async fn download(
                 let live = slots.iter().filter(|s| sched.dropped(s.key).is_none()).count();
                 progress.peers.store(live as u64, Ordering::Relaxed);
             }
+            Some(joined) = joining.join_next(), if !joining.is_empty() => {
+                match joined.expect("join task does not panic") {
+                    Joined::Ready(c, _) => {
+                        tracing::info!(peer = %c.addr(), "joined the download");
+                        slots.push(Slot::new(c, sched.add_peer()));
+                        progress.peers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Joined::NotFound => {}
+                    Joined::Unreachable(e) | Joined::Failed(e) => {
+                        tracing::info!("{e}");
+                        failures.push(e.to_string());
+                    }
+                }
+            }
             _ = &mut cancel => break Some(DownloadError::Cancelled),
         }
     };
@@ -569,6 +609,7 @@ pub async fn download(
     // Stop fetching; record what is on disk whatever happens next.
     tasks.abort_all();
     reconnecting.abort_all();
+    joining.abort_all();
     while tasks.join_next().await.is_some() {}
     if let Some(c) = checkpoint.take() {
         c.await.expect("checkpoint task does not panic")?;

@@ -540,3 +540,160 @@ async fn a_slow_upload_limit_never_looks_like_a_stall() {
     assert_eq!(std::fs::read(out.path().join("f")).unwrap(), content);
     assert_eq!(s.peers[0].dropped, None, "{:?}", s.peers[0]);
 }
+
+/// A fake peer: completes the handshake and serves the manifest of
+/// `content`; chunk requests get `on_chunk`'s treatment.
+async fn fake_peer(content: Vec<u8>, trickle: bool) -> std::net::SocketAddr {
+    use peershare_proto::wire::{
+        Hello, MAX_REQUEST_FRAME_LEN, Message, PROTOCOL_VERSION, chunk_header,
+    };
+    use tokio::io::AsyncWriteExt;
+    let manifest = peershare_proto::Manifest::from_bytes(&content);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let manifest = manifest.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut reader = peershare::conn::FrameReader::new(r, MAX_REQUEST_FRAME_LEN);
+                while let Ok(Some(m)) = reader.read().await {
+                    let answer = match m {
+                        Message::Hello(_) => Message::Hello(Hello {
+                            version: PROTOCOL_VERSION,
+                            node_id: peershare_proto::NodeId([9; 32]),
+                            listen_port: 0,
+                            capabilities: 0,
+                        }),
+                        Message::GetManifest { req_id, .. } => Message::Manifest {
+                            req_id,
+                            bytes: manifest.encode().into(),
+                        },
+                        Message::GetChunk { req_id, index, .. } if trickle => {
+                            // The start of an answer, then a byte now and then.
+                            let len = manifest.chunk_len(index).unwrap();
+                            if w.write_all(&chunk_header(req_id, index, len))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            loop {
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                                if w.write_all(&[0]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        _ => continue,
+                    };
+                    if w.write_all(&answer.to_frame().unwrap()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A peer that accepts connections and never says a word.
+async fn silent_peer() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+/// Regression (review finding): `get` waited for every peer's answer
+/// before starting, so one silent peer delayed it by the connect timeout.
+#[tokio::test]
+async fn a_silent_peer_does_not_delay_the_download() {
+    let content = data(1024 * 1024, 17);
+    let good = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    let (silent, _task) = silent_peer().await;
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(
+        id_of(&content),
+        vec![silent, good.addr],
+        &out.path().join("f"),
+    );
+    req.config.client.connect_timeout = std::time::Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    let s = fetch(req).await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(std::fs::read(out.path().join("f")).unwrap(), content);
+    assert_eq!(
+        s.peers.len(),
+        1,
+        "the silent peer never joined: {:?}",
+        s.peers
+    );
+}
+
+/// Regression (review finding): cancelling (Ctrl-C) while peers were being
+/// contacted was ignored until every one had answered.
+#[tokio::test]
+async fn cancel_works_while_peers_are_being_contacted() {
+    let (silent, _task) = silent_peer().await;
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(id_of(b"x"), vec![silent], &out.path().join("f"));
+    req.config.client.connect_timeout = std::time::Duration::from_secs(60);
+    let started = std::time::Instant::now();
+    // Already cancelled: the download must stop at once.
+    let err = peershare::download(req, Arc::default(), async {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DownloadError::Cancelled), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// Regression (review finding): a peer trickling one byte now and then was
+/// never judged dead, holding its chunks forever.
+#[tokio::test]
+async fn a_trickling_peers_chunks_go_elsewhere() {
+    let content = data(1024 * 1024, 18);
+    let good = Node::start(
+        &[("f", &content)],
+        ServerConfig {
+            max_upload_rate: Some(400_000),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let trickler = fake_peer(content.clone(), true).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(
+        id_of(&content),
+        vec![trickler, good.addr],
+        &out.path().join("f"),
+    );
+    req.config.client.request_timeout = std::time::Duration::from_millis(400);
+    req.config.client.connect_timeout = std::time::Duration::from_millis(400);
+    // Without the progress watchdog the trickler's chunks never arrive and
+    // this never completes. (The trickler answers handshakes, so it is
+    // reconnected and may still be taking part at the end.)
+    let started = std::time::Instant::now();
+    let s = fetch(req).await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(std::fs::read(out.path().join("f")).unwrap(), content);
+    let t = s
+        .peers
+        .iter()
+        .find(|p| p.addr == trickler)
+        .expect("the trickler took part");
+    assert_eq!(t.bytes, 0, "nothing counted from the trickler");
+}
