@@ -275,10 +275,10 @@ pub struct GetArgs {
     pub peers: Vec<String>,
 
     /// Do not look for peers on the LAN
-    #[arg(long, env = "PEERSHARE_NO_DISCOVERY", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), conflicts_with = "discover")]
+    #[arg(long, env = "PEERSHARE_NO_DISCOVERY", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_discovery: bool,
 
-    /// Look for peers on the LAN even though --peer is given
+    /// Look for peers on the LAN even though --peer is given (wins over --no-discovery)
     #[arg(long)]
     pub discover: bool,
 

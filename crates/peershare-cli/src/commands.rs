@@ -67,6 +67,24 @@ fn store_failure(e: StoreError) -> Failure {
     Failure::new(code, e)
 }
 
+/// Text that came from a peer (names, error messages), made safe to print:
+/// control characters (newlines, escape sequences) are shown escaped, so a
+/// peer can neither forge output lines nor drive the terminal.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Writes to stdout; a closed pipe (`| head`) ends quietly, not as an error.
 fn out(text: &str) {
     let mut o = io::stdout().lock();
@@ -287,7 +305,13 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
         let mut stop = stop_rx.clone();
         tokio::spawn(d.run(
             move || lib.snapshot().map_or(0, |s| s.revision),
-            move |peers| lan::write_peers_file(&dir, node_id, peers, handle.now()),
+            move |peers| {
+                // File I/O (with fsyncs) stays off the async workers.
+                let (dir, peers, now) = (dir.clone(), peers.to_vec(), handle.now());
+                tokio::task::spawn_blocking(move || {
+                    lan::write_peers_file(&dir, node_id, &peers, now)
+                });
+            },
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },
@@ -459,7 +483,7 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
         }
     }
     for e in &errors {
-        eprintln!("peershare: warning: {e}");
+        eprintln!("peershare: warning: {}", printable(&e.to_string()));
     }
     if answered.is_empty() {
         let code = errors.first().map_or(exit::FAILURE, peer_failure);
@@ -496,11 +520,13 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
                 "{}  {:>10}  {}  ({count}{})\n",
                 r.id,
                 progress::bytes(r.size),
-                r.name,
+                printable(&r.name),
                 peers.join(", ")
             ));
         }
-        if rows.is_empty() {
+        if rows.is_empty() && !a.search.is_empty() {
+            eprintln!("peershare: no shared file matches {:?}", a.search.join(" "));
+        } else if rows.is_empty() {
             eprintln!("peershare: the peers share no files");
         }
         out(&text);
@@ -530,7 +556,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     let node_id = lib.node_id().map_err(store_failure)?;
     // Without --peer (or with --discover), sources on the LAN join the
     // ticket's and the given ones.
-    if (a.peers.is_empty() || a.discover) && !a.no_discovery {
+    if a.discover || (a.peers.is_empty() && !a.no_discovery) {
         let found = tokio::select! {
             found = lan::look(dir, node_id, &a.look) => found?,
             _ = &mut cancel => return Err(Failure::new(exit::INTERRUPTED, "interrupted")),
@@ -622,7 +648,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
             eprintln!(
                 "peershare: dropped {}: {}",
                 p.addr,
-                p.dropped.as_deref().unwrap_or("")
+                printable(p.dropped.as_deref().unwrap_or(""))
             );
         }
     }
@@ -663,4 +689,20 @@ fn id(dir: &Path, json: bool) -> Result<(), Failure> {
         out(&format!("{node_id}\n"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn peer_text_cannot_forge_lines_or_drive_the_terminal() {
+        assert_eq!(printable("talk.mkv"), "talk.mkv");
+        assert_eq!(printable("naïve — ok"), "naïve — ok");
+        let evil = "a.txt\n0000 1 GiB fake.iso\x1b]0;pwned\x07";
+        let shown = printable(evil);
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        assert_eq!(shown.lines().count(), 1);
+        assert!(shown.contains("\\n") && shown.contains("\\u{1b}"));
+    }
 }

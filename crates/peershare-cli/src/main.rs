@@ -62,8 +62,8 @@ fn main() -> ExitCode {
 }
 
 fn report(f: &Failure) -> ExitCode {
-    // One line, whatever the error's text holds.
-    let line = f.message.replace('\n', " ");
+    // One line, whatever the error's text holds (peers' words included).
+    let line = commands::printable(&f.message);
     let _ = writeln!(std::io::stderr(), "peershare: error: {line}");
     ExitCode::from(f.code)
 }

@@ -44,6 +44,8 @@ impl Default for ClientConfig {
 /// Bytes a peer must deliver per `request_timeout` while answers are
 /// awaited, or its connection counts as dead (it is trickling).
 pub const MIN_PROGRESS_BYTES: u64 = 4 * 1024;
+/// Most catalog entries kept from one peer, whatever its pages hold.
+pub const MAX_CATALOG_ENTRIES: usize = 100_000;
 /// Most catalog pages fetched from one peer; bounds a catalog's memory.
 pub const MAX_CATALOG_PAGES: usize = 256;
 /// Requests queued for writing per connection.
@@ -228,6 +230,13 @@ impl PeerConn {
             {
                 Message::Catalog { next, entries, .. } => {
                     out.extend(entries.into_iter().filter(|e| seen.insert(e.id)));
+                    if out.len() >= MAX_CATALOG_ENTRIES {
+                        // A catalog this long is hostile or absurd: keep a
+                        // bounded prefix rather than grow without end.
+                        out.truncate(MAX_CATALOG_ENTRIES);
+                        tracing::warn!(addr = %self.addr, "catalog longer than {MAX_CATALOG_ENTRIES} files; showing the first ones");
+                        return Ok(out);
+                    }
                     match next {
                         Some(c) if c > cursor => cursor = c,
                         Some(_) => return Err(PeerError::Unexpected { addr: self.addr }),
@@ -343,7 +352,9 @@ async fn read_loop(
                 message,
             })) => {
                 tracing::debug!(%addr, "peer closed the connection: {message}");
-                close(&shared, message.clone(), || PeerError::Remote {
+                // About the connection, not any one request: every waiter
+                // learns the connection ended (and why).
+                close(&shared, message.clone(), || PeerError::Ended {
                     addr,
                     code,
                     message: message.clone(),

@@ -303,8 +303,8 @@ impl Discovery {
     }
 
     /// Runs until `shutdown` completes. `revision` gives the library's
-    /// current revision; `on_change` is called with the peers whenever the
-    /// set changes (new, gone, moved).
+    /// current revision; `on_change` is called with the peers when the set
+    /// has changed (new, gone, moved), checked once per interval.
     pub async fn run(
         self,
         revision: impl Fn() -> u64,
@@ -333,6 +333,14 @@ impl Discovery {
                     for p in gone {
                         tracing::info!(peer = %p.node_id.short(), addr = %p.addr, "peer went silent");
                     }
+                    // Changes are reported once per interval at most: a
+                    // flood of (spoofed) packets cannot drive the callback.
+                    let peers = self.handle.peers();
+                    let now_known: Vec<_> = peers.iter().map(|p| (p.node_id, p.addr)).collect();
+                    if now_known != known {
+                        known = now_known;
+                        on_change(&peers);
+                    }
                 }
                 r = self.sockets.recv(&mut buf) => {
                     let Ok((n, src)) = r else { continue };
@@ -347,12 +355,6 @@ impl Discovery {
                         self.sockets.send_to(&self.packet(Kind::Reply, revision()), to).await;
                     }
                 }
-            }
-            let peers = self.handle.peers();
-            let now_known: Vec<_> = peers.iter().map(|p| (p.node_id, p.addr)).collect();
-            if now_known != known {
-                known = now_known;
-                on_change(&peers);
             }
         }
     }

@@ -146,6 +146,10 @@ enum Outcome {
 
 struct Event {
     slot: usize,
+    /// The scheduler key the request was made under: after a reconnection
+    /// the slot has a new key, and late results of the old connection must
+    /// only ever touch the old one.
+    key: PeerKey,
     index: u32,
     outcome: Outcome,
 }
@@ -419,7 +423,7 @@ pub async fn download(
                     paced_until = now + b.take(len, now);
                 }
                 tasks.spawn(fetch(
-                    slot_no,
+                    (slot_no, slot.key),
                     index,
                     req.id,
                     slot.conn.clone(),
@@ -482,7 +486,7 @@ pub async fn download(
                 let slot = &mut slots[ev.slot];
                 match ev.outcome {
                     Outcome::Verified => {
-                        if sched.handle_verified(slot.key, ev.index) {
+                        if sched.handle_verified(ev.key, ev.index) {
                             let len = manifest.chunk_len(ev.index).unwrap_or(0) as u64;
                             written.set(ev.index);
                             unsynced += len;
@@ -494,16 +498,19 @@ pub async fn download(
                     Outcome::Corrupt => {
                         tracing::warn!(peer = %slot.report.addr, chunk = ev.index, "chunk failed SHA-256 verification");
                         slot.report.corrupt += 1;
-                        sched.handle_failed(slot.key, ev.index, Failure::Corrupt, now);
+                        sched.handle_failed(ev.key, ev.index, Failure::Corrupt, now);
                     }
                     Outcome::Peer(e @ PeerError::Remote { .. }) => {
                         tracing::warn!(chunk = ev.index, "{e}");
-                        sched.handle_failed(slot.key, ev.index, Failure::Refused, now);
+                        sched.handle_failed(ev.key, ev.index, Failure::Refused, now);
                         slot.last_error = Some(e.to_string());
                     }
                     Outcome::Peer(e) => {
-                        let first = sched.dropped(slot.key).is_none();
-                        sched.handle_peer_lost(slot.key, now);
+                        // A late failure of a replaced connection says
+                        // nothing about the current one.
+                        let current = ev.key == slot.key;
+                        let first = current && sched.dropped(slot.key).is_none();
+                        sched.handle_peer_lost(ev.key, now);
                         slot.last_error = Some(e.to_string());
                         // One reconnection per loss (every request in flight
                         // on the lost connection reports it).
@@ -655,7 +662,7 @@ pub async fn download(
 }
 
 async fn fetch(
-    slot: usize,
+    (slot, key): (usize, PeerKey),
     index: u32,
     id: FileId,
     conn: Arc<PeerConn>,
@@ -685,6 +692,7 @@ async fn fetch(
     };
     Event {
         slot,
+        key,
         index,
         outcome,
     }

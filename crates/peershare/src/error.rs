@@ -74,6 +74,12 @@ pub enum PeerError {
     },
     #[error("{addr} closed the connection")]
     Closed { addr: SocketAddr },
+    #[error("{addr} ended the connection: {message}")]
+    Ended {
+        addr: SocketAddr,
+        code: ErrorCode,
+        message: String,
+    },
     #[error("connection to {addr}: {source}")]
     Io {
         addr: SocketAddr,

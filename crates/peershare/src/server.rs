@@ -334,10 +334,20 @@ async fn serve_connection(
             }
         }
     };
-    tokio::select! {
-        // The read side ends first on EOF; let queued answers drain.
-        _ = async { tokio::join!(async { read_side.await; }, write_side) } => {}
-        _ = stop.changed() => {}
+    // The read side ends first on EOF: queued answers drain, then the write
+    // side ends too. If the write side ends first (the peer stopped
+    // reading, or an answer could not be sent), the connection is over:
+    // the read side is dropped with it.
+    {
+        tokio::pin!(read_side, write_side);
+        let mut reading = true;
+        loop {
+            tokio::select! {
+                _ = &mut read_side, if reading => reading = false,
+                _ = &mut write_side => break,
+                _ = stop.changed() => break,
+            }
+        }
     }
     let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
 }
@@ -507,6 +517,7 @@ fn catalog(ctx: &Ctx, req_id: u32, cursor: u32) -> Message {
     let mut all: Vec<CatalogEntry> = snap
         .files
         .values()
+        .filter(|e| e.name.len() <= peershare_proto::wire::MAX_NAME_LEN)
         .filter(|e| std::fs::metadata(&e.path).is_ok_and(|m| e.matches(&m)))
         .filter_map(|e| {
             let id = e.file_id()?;

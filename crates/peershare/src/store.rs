@@ -25,6 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use peershare_proto::id::{ID_LEN, sha256};
 use peershare_proto::manifest::{Manifest, chunk_count, chunk_size_for};
+use peershare_proto::wire::MAX_NAME_LEN;
 use peershare_proto::{FileId, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -426,6 +427,11 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<(PathBuf, String)>) -> Result<()
         } else if ft.is_dir() {
             walk(&e.path(), &name, out)?;
         } else if ft.is_file() {
+            if name.len() > MAX_NAME_LEN {
+                // Peers could not be told its name: leave it out, loudly.
+                tracing::warn!(path = %e.path().display(), "skipping: its shared name would be longer than {MAX_NAME_LEN} bytes");
+                continue;
+            }
             out.push((e.path(), name));
         }
     }
@@ -658,6 +664,25 @@ mod tests {
         let s = l.share(&[folder], &ShareProgress::default()).unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].entry.name, "f/ok");
+    }
+
+    #[test]
+    fn files_whose_shared_name_would_be_too_long_are_skipped() {
+        // Regression (review finding): one such name broke the whole
+        // catalog, since a catalog cannot carry it.
+        let (d, l) = lib();
+        let mut deep = d.path().join("f");
+        for _ in 0..5 {
+            deep = deep.join("x".repeat(230));
+        }
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("file.txt"), b"deep").unwrap();
+        fs::write(d.path().join("f/ok.txt"), b"ok").unwrap();
+        let s = l
+            .share(&[d.path().join("f")], &ShareProgress::default())
+            .unwrap();
+        let names: Vec<_> = s.iter().map(|s| s.entry.name.as_str()).collect();
+        assert_eq!(names, ["f/ok.txt"]);
     }
 
     #[test]

@@ -200,3 +200,57 @@ async fn a_query_gets_one_small_reply_per_node_and_bursts_are_limited() {
         n.stop().await;
     }
 }
+
+/// Regression (review finding): every packet that changed the peer set
+/// triggered `on_change` (in `serve`: a peers.json rewrite with fsyncs), so
+/// a flood of spoofed announces could drive disk writes. Changes are now
+/// reported once per interval at most.
+#[tokio::test]
+async fn a_flood_of_changes_is_reported_once_per_interval() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let port = free_udp_port();
+    let calls = Arc::new(AtomicU64::new(0));
+    let d = Discovery::new(
+        Sockets::bind(&config(port), port).unwrap(),
+        config(port),
+        NodeId([1; 32]),
+        9001,
+    );
+    let handle = d.handle();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let counted = calls.clone();
+    let task = tokio::spawn(d.run(
+        || 0,
+        move |_| {
+            counted.fetch_add(1, Ordering::Relaxed);
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let flooder = bind(0).unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..2000u16 {
+        let p = Packet {
+            kind: Kind::Announce,
+            node_id: NodeId([7; 32]),
+            tcp_port: 1000 + i,
+            revision: 0,
+        };
+        flooder
+            .send_to(&p.encode(), ("127.0.0.1", port))
+            .await
+            .unwrap();
+    }
+    wait_for("the flood to be received", || {
+        handle.stats().received >= 1500
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let reported = calls.load(Ordering::Relaxed);
+    let intervals = (elapsed.as_millis() / config(port).interval.as_millis()) as u64 + 2;
+    assert!(reported <= intervals, "{reported} reports in {elapsed:?}");
+    let _ = stop.send(());
+    task.await.unwrap();
+}

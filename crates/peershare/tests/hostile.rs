@@ -262,3 +262,56 @@ async fn shutdown_ends_every_connection() {
         "listener closed"
     );
 }
+
+/// Regression (review finding): a peer whose catalog never ends made a
+/// client allocate gigabytes. The client keeps a bounded prefix.
+#[tokio::test]
+async fn an_endless_catalog_is_cut_at_the_limit() {
+    use peershare::client::{ClientConfig, MAX_CATALOG_ENTRIES, PeerConn};
+    use peershare_proto::FileId;
+    use peershare_proto::wire::{CatalogEntry, MAX_REQUEST_FRAME_LEN};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (r, mut w) = s.into_split();
+        let mut reader = peershare::conn::FrameReader::new(r, MAX_REQUEST_FRAME_LEN);
+        let mut n: u64 = 0;
+        while let Ok(Some(m)) = reader.read().await {
+            let answer = match m {
+                Message::Hello(_) => hello(PROTOCOL_VERSION),
+                Message::GetCatalog { req_id, cursor } => {
+                    let entries = (0..120_000)
+                        .map(|_| {
+                            n += 1;
+                            let mut id = [0u8; 32];
+                            id[..8].copy_from_slice(&n.to_be_bytes());
+                            CatalogEntry {
+                                id: FileId(id),
+                                size: 1,
+                                name: String::new(),
+                            }
+                        })
+                        .collect();
+                    Message::Catalog {
+                        req_id,
+                        revision: 0,
+                        next: Some(cursor + 1),
+                        entries,
+                    }
+                    .to_frame()
+                    .unwrap()
+                }
+                _ => continue,
+            };
+            if w.write_all(&answer).await.is_err() {
+                return;
+            }
+        }
+    });
+    let conn = PeerConn::connect(addr, NodeId([3; 32]), ClientConfig::default())
+        .await
+        .unwrap();
+    let catalog = conn.catalog().await.unwrap();
+    assert_eq!(catalog.len(), MAX_CATALOG_ENTRIES);
+}
