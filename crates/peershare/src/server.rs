@@ -90,6 +90,7 @@ struct Ctx {
     stats: Arc<ServerStats>,
     upload: Option<Mutex<TokenBucket>>,
     epoch: Instant,
+    catalog: Mutex<Option<CachedCatalog>>,
 }
 
 impl Server {
@@ -109,6 +110,7 @@ impl Server {
                 stats: Arc::default(),
                 upload,
                 epoch,
+                catalog: Mutex::new(None),
             }),
         }
     }
@@ -207,6 +209,8 @@ struct ChunkReply {
 enum Pending {
     Ready(Message),
     Chunk(tokio::task::JoinHandle<Result<ChunkReply, Message>>),
+    /// A control answer computed on the blocking pool.
+    Job(tokio::task::JoinHandle<Message>),
     /// Send this, then close the connection.
     Fatal(Message),
 }
@@ -307,6 +311,10 @@ async fn serve_connection(
         while let Some(p) = rx.recv().await {
             let (msg, fatal) = match p {
                 Pending::Ready(m) => (m, false),
+                Pending::Job(job) => match job.await {
+                    Ok(m) => (m, false),
+                    Err(_) => return,
+                },
                 Pending::Fatal(m) => (m, true),
                 Pending::Chunk(job) => match job.await {
                     Ok(Ok(ChunkReply {
@@ -465,7 +473,14 @@ impl ConnState {
 /// Builds the answer to one request.
 fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pending {
     match msg {
-        Message::GetCatalog { req_id, cursor } => Pending::Ready(catalog(ctx, req_id, cursor)),
+        Message::GetCatalog { req_id, cursor } => {
+            // Building a catalog stats every shared file: never on an async
+            // worker.
+            let ctx = ctx.clone();
+            Pending::Job(tokio::task::spawn_blocking(move || {
+                catalog(&ctx, req_id, cursor)
+            }))
+        }
         Message::GetManifest { req_id, id } => {
             Pending::Ready(match ctx.library.manifest_bytes(&id) {
                 Ok(Some(bytes)) if shared_entry(ctx, &id).is_some() => Message::Manifest {
@@ -508,42 +523,83 @@ fn shared_entry(ctx: &Ctx, id: &FileId) -> Option<Entry> {
         .cloned()
 }
 
+/// The library's files as a catalog lists them: sorted by name, one item
+/// per file ID, with every library entry holding that content. Cached per
+/// library revision; whether a file is unchanged on disk is checked only
+/// for the page being answered, so a request costs O(page), not O(library).
+fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
+    let snap = ctx.library.snapshot()?;
+    let mut cache = ctx.catalog.lock().expect("catalog cache lock");
+    if let Some(c) = cache.as_ref()
+        && c.revision == snap.revision
+    {
+        return Ok(c.clone());
+    }
+    let mut by_id: HashMap<FileId, (CatalogEntry, Vec<Entry>)> = HashMap::new();
+    for e in snap.files.values() {
+        if e.name.len() > peershare_proto::wire::MAX_NAME_LEN {
+            continue;
+        }
+        let Some(id) = e.file_id() else { continue };
+        by_id
+            .entry(id)
+            .or_insert_with(|| {
+                let entry = CatalogEntry {
+                    id,
+                    size: e.size,
+                    name: e.name.clone(),
+                };
+                (entry, Vec::new())
+            })
+            .1
+            .push(e.clone());
+    }
+    let mut items: Vec<_> = by_id.into_values().collect();
+    items.sort_by(|a, b| a.0.name.cmp(&b.0.name).then(a.0.id.cmp(&b.0.id)));
+    let built = CachedCatalog {
+        revision: snap.revision,
+        items: Arc::new(items),
+    };
+    *cache = Some(built.clone());
+    Ok(built)
+}
+
+#[derive(Clone)]
+struct CachedCatalog {
+    revision: u64,
+    items: Arc<Vec<(CatalogEntry, Vec<Entry>)>>,
+}
+
 fn catalog(ctx: &Ctx, req_id: u32, cursor: u32) -> Message {
-    let snap = match ctx.library.snapshot() {
-        Ok(s) => s,
+    let list = match catalog_list(ctx) {
+        Ok(c) => c,
         Err(e) => return internal(req_id, e),
     };
-    let mut seen = std::collections::HashSet::new();
-    let mut all: Vec<CatalogEntry> = snap
-        .files
-        .values()
-        .filter(|e| e.name.len() <= peershare_proto::wire::MAX_NAME_LEN)
-        .filter(|e| std::fs::metadata(&e.path).is_ok_and(|m| e.matches(&m)))
-        .filter_map(|e| {
-            let id = e.file_id()?;
-            seen.insert(id).then(|| CatalogEntry {
-                id,
-                size: e.size,
-                name: e.name.clone(),
-            })
-        })
-        .collect();
-    all.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    let all = &list.items;
     let mut entries = Vec::new();
     let mut used = 0;
     let mut i = cursor as usize;
     while i < all.len() {
-        let len = catalog_entry_len(&all[i]);
+        let (entry, paths) = &all[i];
+        // Withdrawn (changed on disk) unless some copy is still as hashed.
+        if !paths
+            .iter()
+            .any(|e| std::fs::metadata(&e.path).is_ok_and(|m| e.matches(&m)))
+        {
+            i += 1;
+            continue;
+        }
+        let len = catalog_entry_len(entry);
         if !entries.is_empty() && used + len > CATALOG_PAGE_BUDGET {
             break;
         }
         used += len;
-        entries.push(all[i].clone());
+        entries.push(entry.clone());
         i += 1;
     }
     Message::Catalog {
         req_id,
-        revision: snap.revision,
+        revision: list.revision,
         next: (i < all.len()).then_some(i as u32),
         entries,
     }

@@ -697,3 +697,45 @@ async fn a_trickling_peers_chunks_go_elsewhere() {
         .expect("the trickler took part");
     assert_eq!(t.bytes, 0, "nothing counted from the trickler");
 }
+
+#[tokio::test]
+async fn a_catalog_of_many_pages_is_listed_whole_and_withdrawn_files_are_skipped() {
+    let node = Node::start(&[], ServerConfig::default()).await;
+    let folder = node.path("many");
+    std::fs::create_dir(&folder).unwrap();
+    let n = 7000;
+    for i in 0..n {
+        std::fs::write(
+            folder.join(format!("file-with-a-longish-name-{i:05}.txt")),
+            i.to_string(),
+        )
+        .unwrap();
+    }
+    node.lib
+        .share(&[folder.clone()], &ShareProgress::default())
+        .unwrap();
+    // One file changed on disk since sharing: withdrawn.
+    std::fs::write(
+        folder.join("file-with-a-longish-name-00007.txt"),
+        "changed!",
+    )
+    .unwrap();
+    let conn = peershare::PeerConn::connect(
+        node.addr,
+        peershare_proto::NodeId([5; 32]),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let catalog = conn.catalog().await.unwrap();
+    assert_eq!(catalog.len(), n - 1);
+    let names: std::collections::HashSet<_> = catalog.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names.len(), n - 1);
+    assert!(!names.contains("many/file-with-a-longish-name-00007.txt"));
+    // More than one page was needed.
+    let page_bytes: usize = catalog
+        .iter()
+        .map(peershare_proto::wire::catalog_entry_len)
+        .sum();
+    assert!(page_bytes > peershare_proto::wire::CATALOG_PAGE_BUDGET);
+}
