@@ -185,8 +185,10 @@ start_serve() {
     local name=$1 ns=$2 dir=$3 log="$T/serve-$1" pid deadline
     SERVE_LOG[$name]=$log
     SERVE_NAMES+=("$name")
+    # Paced uploads: the download from A and B lasts long enough for the
+    # peer that answers second to join (the first one to answer starts it).
     ip netns exec "$ns" "$BIN" --data-dir "$dir" -v serve --announce-interval 1 \
-        >"$log.out" 2>"$log.err" &
+        --max-upload-rate 40MB >"$log.out" 2>"$log.err" &
     pid=$!
     SERVE_PIDS+=("$pid")
     eval "PID_$name=$pid"

@@ -953,7 +953,9 @@ fn ls_lists_files_of_every_peer_and_merges_files_both_share() {
     let ob = sb.write("b/only-b.bin", &only_b);
     sb.share(&da, &[&ca, &oa], None);
     sb.share(&db, &[&cb, &ob], None);
-    let (sa, sb_) = (sb.serve(&da, &[]), sb.serve(&db, &[]));
+    // Paced, so the peer that answers second joins well before the end.
+    let paced = ["--max-upload-rate", "8MB"];
+    let (sa, sb_) = (sb.serve(&da, &paced), sb.serve(&db, &paced));
     let client = sb.data("client");
 
     let rows = sb.ls(&client, &[&sa, &sb_]);
@@ -1146,7 +1148,9 @@ fn get_from_two_peers_uses_both() {
     let fb = sb.write("b/film.bin", &content);
     let id = sb.share_one(&da, &fa);
     assert_eq!(sb.share_one(&db, &fb), id);
-    let (sa, sb_) = (sb.serve(&da, &[]), sb.serve(&db, &[]));
+    // Paced, so the peer that answers second joins well before the end.
+    let paced = ["--max-upload-rate", "8MB"];
+    let (sa, sb_) = (sb.serve(&da, &paced), sb.serve(&db, &paced));
 
     let out = sb.path("film.out");
     let res = sb.get(
@@ -1673,8 +1677,10 @@ fn without_peer_ls_and_get_use_the_peers_found_on_the_lan() {
     let cb = sb.write("b/common.bin", &common);
     sb.share(&a, &[&fa, &ca], None);
     sb.share(&b, &[&fb, &cb], None);
-    let sa = sb.serve(&a, &[]);
-    let sb_ = sb.serve(&b, &[]);
+    // Paced, so the peer that answers second joins well before the end.
+    let paced = ["--max-upload-rate", "8MB"];
+    let sa = sb.serve(&a, &paced);
+    let sb_ = sb.serve(&b, &paced);
 
     let out = sb.run_ls(&client, &[], &["--json"]);
     out.ok();

@@ -168,6 +168,11 @@ impl FromStr for Ticket {
     }
 }
 
+/// Longest local file name chosen from a shared name, bytes: the usual
+/// 255-byte limit less room for the `.peershare-state` suffix of the
+/// download's progress file beside it.
+pub const MAX_LOCAL_NAME_LEN: usize = 255 - ".peershare-state".len();
+
 /// Why a shared name cannot be used as a local file name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the shared name {name:?} is not a safe local file name ({why})")]
@@ -193,8 +198,8 @@ pub fn safe_file_name(shared: &str) -> Result<&str, UnsafeName> {
     if base.contains(['\\', '\0']) || base.chars().any(char::is_control) {
         return bad("contains a backslash or control character");
     }
-    if base.len() > 255 {
-        return bad("longer than 255 bytes");
+    if base.len() > MAX_LOCAL_NAME_LEN {
+        return bad("too long for a file name beside its .peershare-state file");
     }
     Ok(base)
 }
@@ -284,6 +289,8 @@ mod tests {
         ] {
             assert!(safe_file_name(bad).is_err(), "{bad:?} should be refused");
         }
-        assert!(safe_file_name(&"a".repeat(256)).is_err());
+        assert!(safe_file_name(&"a".repeat(MAX_LOCAL_NAME_LEN + 1)).is_err());
+        assert!(safe_file_name(&"a".repeat(MAX_LOCAL_NAME_LEN)).is_ok());
+        assert_eq!(MAX_LOCAL_NAME_LEN + ".peershare-state".len(), 255);
     }
 }

@@ -741,7 +741,13 @@ fn finish(
         // A hard link never replaces an existing file: if something
         // appeared under the final name meanwhile, it is left alone.
         match std::fs::hard_link(part, out) {
-            Ok(()) => std::fs::remove_file(part).map_err(disk(part))?,
+            // The file is complete under its final name: a part link that
+            // cannot be removed is a leftover to report, not a failure.
+            Ok(()) => {
+                if let Err(e) = std::fs::remove_file(part) {
+                    tracing::warn!("could not remove {}: {e}", part.display());
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(DownloadError::OutputExists(out.to_path_buf()));
             }

@@ -131,8 +131,13 @@ async fn unreachable_peer_is_reported() {
 #[tokio::test]
 async fn chunks_are_spread_over_several_peers() {
     let content = data(8 * 1024 * 1024, 3);
-    let a = Node::start(&[("f", &content)], ServerConfig::default()).await;
-    let b = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    // Paced, so the peer that answers second joins well before the end.
+    let paced = ServerConfig {
+        max_upload_rate: Some(8_000_000),
+        ..ServerConfig::default()
+    };
+    let a = Node::start(&[("f", &content)], paced.clone()).await;
+    let b = Node::start(&[("f", &content)], paced).await;
     let out = tempfile::tempdir().unwrap();
     let s = fetch(request(
         id_of(&content),
@@ -177,7 +182,13 @@ async fn share_after_server_start_is_served_without_restart() {
 #[tokio::test]
 async fn lying_peer_is_dropped_and_honest_peer_completes() {
     let content = data(4 * 1024 * 1024, 5);
-    let honest = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    // The download starts with whichever peer answers first and the other
+    // joins: a paced honest peer makes sure the liar gets its turn.
+    let paced = ServerConfig {
+        max_upload_rate: Some(4_000_000),
+        ..ServerConfig::default()
+    };
+    let honest = Node::start(&[("f", &content)], paced).await;
     let liar = Node::start(&[("f", &content)], ServerConfig::default()).await;
     tamper_keeping_mtime(&liar.path("f"), |bad| {
         bad.iter_mut().for_each(|b| *b ^= 0x5a)
@@ -712,7 +723,7 @@ async fn a_catalog_of_many_pages_is_listed_whole_and_withdrawn_files_are_skipped
         .unwrap();
     }
     node.lib
-        .share(&[folder.clone()], &ShareProgress::default())
+        .share(std::slice::from_ref(&folder), &ShareProgress::default())
         .unwrap();
     // One file changed on disk since sharing: withdrawn.
     std::fs::write(
