@@ -181,11 +181,12 @@ async fn share_after_server_start_is_served_without_restart() {
 
 #[tokio::test]
 async fn lying_peer_is_dropped_and_honest_peer_completes() {
-    let content = data(4 * 1024 * 1024, 5);
-    // The download starts with whichever peer answers first and the other
-    // joins: a paced honest peer makes sure the liar gets its turn.
+    // Larger than one peer's request window (64 chunks of 64 KiB), so the
+    // peer that answers second still finds chunks to ask for; the honest
+    // one is paced so the download lasts while the liar joins.
+    let content = data(12 * 1024 * 1024, 5);
     let paced = ServerConfig {
-        max_upload_rate: Some(4_000_000),
+        max_upload_rate: Some(8_000_000),
         ..ServerConfig::default()
     };
     let honest = Node::start(&[("f", &content)], paced).await;
@@ -337,40 +338,10 @@ async fn slow_peer_that_keeps_sending_is_not_mistaken_for_dead() {
 
 #[tokio::test]
 async fn stalled_peer_is_detected_and_reported() {
-    use peershare_proto::wire::{Hello, MAX_REQUEST_FRAME_LEN, Message, PROTOCOL_VERSION};
-    use tokio::io::AsyncWriteExt;
     // A peer that completes the handshake and serves the manifest, then
     // never answers a chunk request.
     let content = data(200_000, 11);
-    let manifest = peershare_proto::Manifest::from_bytes(&content);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stalled = tokio::spawn(async move {
-        let (s, _) = listener.accept().await.unwrap();
-        let (r, mut w) = s.into_split();
-        let mut reader = peershare::conn::FrameReader::new(r, MAX_REQUEST_FRAME_LEN);
-        let mut held = Vec::new();
-        while let Ok(Some(m)) = reader.read().await {
-            let answer = match m {
-                Message::Hello(_) => Message::Hello(Hello {
-                    version: PROTOCOL_VERSION,
-                    node_id: peershare_proto::NodeId([9; 32]),
-                    listen_port: 0,
-                    capabilities: 0,
-                }),
-                Message::GetManifest { req_id, .. } => Message::Manifest {
-                    req_id,
-                    bytes: manifest.encode().into(),
-                },
-                other => {
-                    held.push(other);
-                    continue;
-                }
-            };
-            w.write_all(&answer.to_frame().unwrap()).await.unwrap();
-        }
-        held.len()
-    });
+    let (addr, chunk_requests) = fake_peer(content.clone(), OnChunk::Ignore).await;
     let out = tempfile::tempdir().unwrap();
     let mut req = request(id_of(&content), vec![addr], &out.path().join("f"));
     req.config.client.request_timeout = std::time::Duration::from_millis(300);
@@ -383,7 +354,7 @@ async fn stalled_peer_is_detected_and_reported() {
     );
     assert!(!out.path().join("f").exists());
     assert!(
-        stalled.await.unwrap() > 0,
+        chunk_requests.load(Ordering::Relaxed) > 0,
         "chunk requests reached the stalled peer"
     );
 }
@@ -552,9 +523,22 @@ async fn a_slow_upload_limit_never_looks_like_a_stall() {
     assert_eq!(s.peers[0].dropped, None, "{:?}", s.peers[0]);
 }
 
+/// What a fake peer does with a chunk request.
+#[derive(Clone, Copy)]
+enum OnChunk {
+    /// Never answers.
+    Ignore,
+    /// Starts the answer, then sends a byte every 100 ms.
+    Trickle,
+}
+
 /// A fake peer: completes the handshake and serves the manifest of
-/// `content`; chunk requests get `on_chunk`'s treatment.
-async fn fake_peer(content: Vec<u8>, trickle: bool) -> std::net::SocketAddr {
+/// `content` on every connection; chunk requests get `on_chunk`. Returns
+/// its address and a count of the chunk requests it received.
+async fn fake_peer(
+    content: Vec<u8>,
+    on_chunk: OnChunk,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use peershare_proto::wire::{
         Hello, MAX_REQUEST_FRAME_LEN, Message, PROTOCOL_VERSION, chunk_header,
     };
@@ -562,9 +546,12 @@ async fn fake_peer(content: Vec<u8>, trickle: bool) -> std::net::SocketAddr {
     let manifest = peershare_proto::Manifest::from_bytes(&content);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let chunk_requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = chunk_requests.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let manifest = manifest.clone();
+            let counted = counted.clone();
             tokio::spawn(async move {
                 let (r, mut w) = s.into_split();
                 let mut reader = peershare::conn::FrameReader::new(r, MAX_REQUEST_FRAME_LEN);
@@ -580,21 +567,24 @@ async fn fake_peer(content: Vec<u8>, trickle: bool) -> std::net::SocketAddr {
                             req_id,
                             bytes: manifest.encode().into(),
                         },
-                        Message::GetChunk { req_id, index, .. } if trickle => {
-                            // The start of an answer, then a byte now and then.
-                            let len = manifest.chunk_len(index).unwrap();
-                            if w.write_all(&chunk_header(req_id, index, len))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                            loop {
-                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                                if w.write_all(&[0]).await.is_err() {
+                        Message::GetChunk { req_id, index, .. } => {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            if let OnChunk::Trickle = on_chunk {
+                                let len = manifest.chunk_len(index).unwrap();
+                                if w.write_all(&chunk_header(req_id, index, len))
+                                    .await
+                                    .is_err()
+                                {
                                     return;
                                 }
+                                loop {
+                                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                                    if w.write_all(&[0]).await.is_err() {
+                                        return;
+                                    }
+                                }
                             }
+                            continue;
                         }
                         _ => continue,
                     };
@@ -605,7 +595,7 @@ async fn fake_peer(content: Vec<u8>, trickle: bool) -> std::net::SocketAddr {
             });
         }
     });
-    addr
+    (addr, chunk_requests)
 }
 
 /// A peer that accepts connections and never says a word.
@@ -681,7 +671,7 @@ async fn a_trickling_peers_chunks_go_elsewhere() {
         },
     )
     .await;
-    let trickler = fake_peer(content.clone(), true).await;
+    let (trickler, _) = fake_peer(content.clone(), OnChunk::Trickle).await;
     let out = tempfile::tempdir().unwrap();
     let mut req = request(
         id_of(&content),
