@@ -216,22 +216,23 @@ pub const MAX_RECONNECTS: u32 = 3;
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Reconnects to `addr` after `delay` and checks it still has the file.
-async fn reconnect(
-    slot: usize,
-    addr: SocketAddr,
-    id: FileId,
-    node_id: NodeId,
-    config: ClientConfig,
-    delay: Duration,
-) -> (usize, Result<Arc<PeerConn>, PeerError>) {
-    tokio::time::sleep(delay).await;
-    let conn = match PeerConn::connect(addr, node_id, config).await {
-        Ok(c) => c,
-        Err(e) => return (slot, Err(e)),
-    };
-    match conn.manifest(id).await {
-        Ok(_) => (slot, Ok(Arc::new(conn))),
-        Err(e) => (slot, Err(e)),
+impl Slot {
+    /// The next reconnection of this (lost) peer: after its backoff, the
+    /// same first contact as any peer's ([`join_peer`]).
+    fn reconnect(
+        &mut self,
+        slot_no: usize,
+        req: &DownloadRequest,
+    ) -> impl Future<Output = (usize, Joined)> + Send + 'static {
+        let delay = RECONNECT_BACKOFF * 2u32.pow(self.reconnects);
+        self.reconnects += 1;
+        self.reconnecting = true;
+        let (addr, id, node_id) = (self.report.addr, req.id, req.node_id);
+        let config = req.config.client.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            (slot_no, join_peer(addr, id, node_id, config).await)
+        }
     }
 }
 
@@ -400,7 +401,7 @@ pub async fn download(
     let manifest = Arc::new(manifest);
     let mut written = done;
     let mut tasks: JoinSet<Event> = JoinSet::new();
-    let mut reconnecting: JoinSet<(usize, Result<Arc<PeerConn>, PeerError>)> = JoinSet::new();
+    let mut reconnecting: JoinSet<(usize, Joined)> = JoinSet::new();
     let mut bucket = req
         .config
         .max_download_rate
@@ -516,17 +517,7 @@ pub async fn download(
                         // on the lost connection reports it).
                         if first && !slot.reconnecting && slot.reconnects < MAX_RECONNECTS {
                             tracing::info!("{e}; reconnecting");
-                            slot.reconnecting = true;
-                            let delay = RECONNECT_BACKOFF * 2u32.pow(slot.reconnects);
-                            slot.reconnects += 1;
-                            reconnecting.spawn(reconnect(
-                                ev.slot,
-                                slot.report.addr,
-                                req.id,
-                                req.node_id,
-                                req.config.client.clone(),
-                                delay,
-                            ));
+                            reconnecting.spawn(slot.reconnect(ev.slot, &req));
                         } else if first {
                             tracing::warn!("{e}");
                         }
@@ -564,6 +555,11 @@ pub async fn download(
             Some(joined) = reconnecting.join_next(), if !reconnecting.is_empty() => {
                 let (slot_no, result) = joined.expect("reconnect task does not panic");
                 let slot = &mut slots[slot_no];
+                let result = match result {
+                    Joined::Ready(conn, _) => Ok(conn),
+                    Joined::NotFound => Err("it no longer shares the file".to_owned()),
+                    Joined::Unreachable(e) | Joined::Failed(e) => Err(e.to_string()),
+                };
                 match result {
                     Ok(conn) => {
                         tracing::info!(peer = %slot.report.addr, "reconnected");
@@ -573,23 +569,14 @@ pub async fn download(
                         slot.report.dropped = None;
                     }
                     Err(e) if slot.reconnects < MAX_RECONNECTS => {
-                        let delay = RECONNECT_BACKOFF * 2u32.pow(slot.reconnects);
-                        slot.reconnects += 1;
-                        slot.last_error = Some(e.to_string());
-                        reconnecting.spawn(reconnect(
-                            slot_no,
-                            slot.report.addr,
-                            req.id,
-                            req.node_id,
-                            req.config.client.clone(),
-                            delay,
-                        ));
+                        slot.last_error = Some(e);
+                        reconnecting.spawn(slot.reconnect(slot_no, &req));
                     }
                     Err(e) => {
                         tracing::warn!("{e}; giving up on this peer");
                         slot.reconnecting = false;
-                        slot.last_error = Some(e.to_string());
                         slot.report.dropped = Some(format!("disconnected, and {MAX_RECONNECTS} reconnections failed: {e}"));
+                        slot.last_error = Some(e);
                     }
                 }
                 let live = slots.iter().filter(|s| sched.dropped(s.key).is_none()).count();
