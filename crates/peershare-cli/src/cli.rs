@@ -187,7 +187,7 @@ pub enum Family {
     Ipv6,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct LookArgs {
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
@@ -296,6 +296,10 @@ pub struct GetArgs {
     /// Total download rate, e.g. 500KB, 10MB, 80Mbit [default: unlimited]
     #[arg(long, env = "PEERSHARE_MAX_DOWNLOAD_RATE", value_name = "RATE", value_parser = parse_rate)]
     pub max_download_rate: Option<u64>,
+
+    /// Keep the download to yourself: a `serve` on this data dir does not offer its chunks while it runs, and the finished file is not added to the library
+    #[arg(long, env = "PEERSHARE_NO_SHARE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_share: bool,
 
     #[command(flatten)]
     pub json: JsonArg,

@@ -26,6 +26,8 @@ use crate::{Failure, exit};
 
 /// Default TCP port, the prototype's.
 pub const DEFAULT_PORT: u16 = 9000;
+/// How often `get` asks the LAN again for peers that could join.
+const REDISCOVER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     let data_dir = resolve_data_dir(cli.data_dir)?;
@@ -433,6 +435,8 @@ struct LsRow {
     peers: Vec<SocketAddr>,
     /// How many of the asked peers share it.
     peer_count: usize,
+    /// Those of `peers` that hold only part of it (they are downloading it).
+    partial_peers: Vec<SocketAddr>,
 }
 
 async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
@@ -470,16 +474,19 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
     answered.sort_by_key(|(addr, _)| order.iter().position(|o| o == addr));
     for (addr, entries) in answered.iter() {
         for e in entries {
-            rows.entry(e.id)
-                .and_modify(|r| r.peers.push(*addr))
-                .or_insert_with(|| LsRow {
-                    id: e.id.to_string(),
-                    name: e.name.clone(),
-                    size: e.size,
-                    peer: *addr,
-                    peers: vec![*addr],
-                    peer_count: 0,
-                });
+            let row = rows.entry(e.id).or_insert_with(|| LsRow {
+                id: e.id.to_string(),
+                name: e.name.clone(),
+                size: e.size,
+                peer: *addr,
+                peers: Vec::new(),
+                peer_count: 0,
+                partial_peers: Vec::new(),
+            });
+            row.peers.push(*addr);
+            if e.is_partial() {
+                row.partial_peers.push(*addr);
+            }
         }
     }
     for e in &errors {
@@ -511,7 +518,17 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
     } else {
         let mut text = String::new();
         for r in &rows {
-            let peers: Vec<String> = r.peers.iter().map(|p| p.to_string()).collect();
+            let peers: Vec<String> = r
+                .peers
+                .iter()
+                .map(|p| {
+                    if r.partial_peers.contains(p) {
+                        format!("{p} (partial)")
+                    } else {
+                        p.to_string()
+                    }
+                })
+                .collect();
             let count = match r.peer_count {
                 1 => String::new(),
                 n => format!("{n} peers: "),
@@ -555,8 +572,9 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     let lib = open_library(dir)?;
     let node_id = lib.node_id().map_err(store_failure)?;
     // Without --peer (or with --discover), sources on the LAN join the
-    // ticket's and the given ones.
-    if a.discover || (a.peers.is_empty() && !a.no_discovery) {
+    // ticket's and the given ones, now and while the download runs.
+    let use_lan = a.discover || (a.peers.is_empty() && !a.no_discovery);
+    if use_lan {
         let found = tokio::select! {
             found = lan::look(dir, node_id, &a.look) => found?,
             _ = &mut cancel => return Err(Failure::new(exit::INTERRUPTED, "interrupted")),
@@ -588,6 +606,21 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
         Some(p) => Output::File(p),
         None => Output::Dir(PathBuf::from(".")),
     };
+    let (more_peers, lan_watch) = if use_lan {
+        let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+        let (dir, look) = (dir.to_path_buf(), a.look.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REDISCOVER_INTERVAL).await;
+                if let Ok(found) = lan::look(&dir, node_id, &look).await {
+                    tx.send_replace(found.iter().map(|f| f.addr).collect());
+                }
+            }
+        });
+        (Some(rx), Some(task))
+    } else {
+        (None, None)
+    };
     let req = DownloadRequest {
         id,
         name,
@@ -599,10 +632,15 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
             max_download_rate: a.max_download_rate,
             ..DownloadConfig::default()
         },
+        more_peers,
+        publish: (!a.no_share).then(|| lib.clone()),
     };
     let counters = Arc::new(Progress::default());
     let display = progress::downloading(counters.clone(), quiet);
     let result = peershare::download(req, counters, cancel.as_mut()).await;
+    if let Some(t) = lan_watch {
+        t.abort();
+    }
     display.finish().await;
     let summary = result.map_err(|e| {
         let code = match &e {
@@ -631,8 +669,13 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
         } else {
             String::new()
         };
+        let shared = if summary.shared {
+            "; now shared by this node"
+        } else {
+            ""
+        };
         out(&format!(
-            "saved {} ({}, verified) in {:.1} s at {}/s from {} peer{}{resumed}\n",
+            "saved {} ({}, verified) in {:.1} s at {}/s from {} peer{}{resumed}{shared}\n",
             summary.path.display(),
             progress::bytes(summary.size),
             summary.seconds,
@@ -644,6 +687,17 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
                 "s"
             },
         ));
+        if summary.peers.len() > 1 {
+            for p in &summary.peers {
+                eprintln!(
+                    "peershare:   {}{}: {} in {} chunks",
+                    p.addr,
+                    if p.partial { " (partial)" } else { "" },
+                    progress::bytes(p.bytes),
+                    p.chunks
+                );
+            }
+        }
         for p in summary.peers.iter().filter(|p| p.dropped.is_some()) {
             eprintln!(
                 "peershare: dropped {}: {}",

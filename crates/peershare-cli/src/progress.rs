@@ -1,12 +1,15 @@
-//! Progress on stderr: a bar with bytes, rate and ETA on a terminal, a
-//! plain line a second otherwise, nothing with `--quiet`.
+//! Progress on stderr: a bar with bytes, rate and ETA on a terminal (for
+//! `get`, a second line with each peer's rate), a plain line a second
+//! otherwise, nothing with `--quiet`.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use peershare::{Progress, ShareProgress};
 use tokio::sync::oneshot;
 
@@ -72,20 +75,36 @@ pub fn downloading(c: Arc<Progress>, quiet: bool) -> Display {
         return Display::none();
     }
     if std::io::stderr().is_terminal() {
-        let pb = bar("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}");
-        let pb_done = pb.clone();
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let pb = multi.add(bar(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        ));
+        let line = multi.add(ProgressBar::new_spinner());
+        line.set_style(ProgressStyle::with_template("  {msg}").expect("valid template"));
+        let (pb_done, line_done) = (pb.clone(), line.clone());
+        let mut rates = PeerRates::default();
+        let mut shown = Instant::now();
         spawn(
             move |_| {
                 pb.set_length(c.total.load(Ordering::Relaxed));
                 pb.set_position(c.verified.load(Ordering::Relaxed));
                 let peers = c.peers.load(Ordering::Relaxed);
                 pb.set_message(format!("{peers} peer{}", if peers == 1 { "" } else { "s" }));
+                // Per-peer rates change slowly: once a second.
+                if shown.elapsed() >= Duration::from_secs(1) {
+                    shown = Instant::now();
+                    line.set_message(rates.line(&c));
+                }
             },
-            move || pb_done.finish_and_clear(),
+            move || {
+                pb_done.finish_and_clear();
+                line_done.finish_and_clear();
+            },
             Duration::from_millis(100),
         )
     } else {
         let mut last = (Instant::now(), 0u64);
+        let mut rates = PeerRates::default();
         spawn(
             move |_| {
                 let total = c.total.load(Ordering::Relaxed);
@@ -97,18 +116,49 @@ pub fn downloading(c: Arc<Progress>, quiet: bool) -> Display {
                 last = (now, received);
                 if total > 0 {
                     eprintln!(
-                        "downloading: {} / {} ({:.0}%), {}/s, {} peers",
+                        "downloading: {} / {} ({:.0}%), {}/s, {} peers{}",
                         bytes(done),
                         bytes(total),
                         done as f64 * 100.0 / total as f64,
                         bytes(rate as u64),
-                        c.peers.load(Ordering::Relaxed)
+                        c.peers.load(Ordering::Relaxed),
+                        match rates.line(&c) {
+                            l if l.is_empty() => String::new(),
+                            l => format!(": {l}"),
+                        }
                     );
                 }
             },
             || {},
             Duration::from_secs(1),
         )
+    }
+}
+
+/// Each peer's rate since the previous look, from its verified bytes.
+#[derive(Default)]
+struct PeerRates {
+    last: HashMap<SocketAddr, (Instant, u64)>,
+}
+
+impl PeerRates {
+    /// "ADDR RATE/s, ADDR (partial) RATE/s, ..." for the live peers.
+    fn line(&mut self, c: &Progress) -> String {
+        let now = Instant::now();
+        let peers = c.per_peer.lock().map(|p| p.clone()).unwrap_or_default();
+        let mut parts = Vec::new();
+        for p in peers.iter().filter(|p| p.live) {
+            let (then, before) = self.last.insert(p.addr, (now, p.bytes)).unwrap_or((now, 0));
+            let secs = now.duration_since(then).as_secs_f64();
+            let rate = if secs > 0.0 {
+                p.bytes.saturating_sub(before) as f64 / secs
+            } else {
+                0.0
+            };
+            let partial = if p.partial { " (partial)" } else { "" };
+            parts.push(format!("{}{partial} {}/s", p.addr, bytes(rate as u64)));
+        }
+        parts.join(", ")
     }
 }
 

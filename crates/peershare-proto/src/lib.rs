@@ -3,6 +3,7 @@
 //! property- and fuzz-testable.
 //!
 //! ```text
+//!  bitmap    sets of chunk indices (resume state, which chunks a peer has)
 //!  id        FileId / NodeId, SHA-256 helper
 //!  manifest  file size + chunk size + chunk hashes; FileId = SHA-256(encoding)
 //!  wire      protocol v1 messages and the length-prefixed frame codec
@@ -16,6 +17,7 @@
 //! from sockets into [`wire::decode_frame`], and completions and timer ticks
 //! into [`schedule::Scheduler`].
 
+pub mod bitmap;
 pub mod discovery;
 pub mod id;
 pub mod manifest;

@@ -19,8 +19,9 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::bitmap::Bitmap;
 use crate::id::{FileId, ID_LEN, NodeId};
-use crate::manifest::{MAX_CHUNK_SIZE, MAX_MANIFEST_LEN};
+use crate::manifest::{MAX_CHUNK_COUNT, MAX_CHUNK_SIZE, MAX_MANIFEST_LEN};
 
 /// Four bytes that open every handshake.
 pub const MAGIC: [u8; 4] = *b"PSHR";
@@ -45,8 +46,7 @@ pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
 /// A catalog page holds entries up to about this many bytes.
 pub const CATALOG_PAGE_BUDGET: usize = 256 * 1024;
 
-/// Message kinds (the byte after the length prefix). Gaps are reserved for
-/// later messages (have bitmaps, announcements, cancel).
+/// Message kinds (the byte after the length prefix).
 pub mod kind {
     pub const HELLO: u8 = 0x01;
     pub const ERROR: u8 = 0x02;
@@ -54,8 +54,29 @@ pub mod kind {
     pub const CATALOG: u8 = 0x11;
     pub const GET_MANIFEST: u8 = 0x12;
     pub const MANIFEST: u8 = 0x13;
+    pub const GET_HAVE: u8 = 0x14;
+    pub const HAVE: u8 = 0x15;
     pub const GET_CHUNK: u8 = 0x16;
     pub const CHUNK: u8 = 0x17;
+    pub const CANCEL: u8 = 0x18;
+}
+
+/// Bits of [`Hello::capabilities`]. A node sends a message introduced by a
+/// capability only to a peer whose `Hello` has that bit set.
+pub mod capability {
+    /// Understands `GetHave`, `Have` and `Cancel`: can say which chunks of
+    /// a file it holds while it is still downloading it, announce new ones,
+    /// and drop a request the client no longer needs.
+    pub const SWARM: u64 = 1 << 0;
+    /// Every capability this build has.
+    pub const ALL: u64 = SWARM;
+}
+
+/// Bits of [`CatalogEntry::flags`]; unknown bits are ignored.
+pub mod entry_flags {
+    /// The sender is still downloading this file and holds only some of its
+    /// chunks (ask it with `GetHave` which).
+    pub const PARTIAL: u8 = 1 << 0;
 }
 
 /// Error codes carried by [`Message::Error`].
@@ -101,8 +122,15 @@ pub struct Hello {
     pub node_id: NodeId,
     /// TCP port this node accepts connections on (0: none).
     pub listen_port: u16,
-    /// Feature bits; none are defined in v1, unknown bits are ignored.
+    /// Feature bits ([`capability`]); unknown bits are ignored.
     pub capabilities: u64,
+}
+
+impl Hello {
+    /// The peer understands the swarm messages (`GetHave`, `Have`, `Cancel`).
+    pub fn swarm(&self) -> bool {
+        self.capabilities & capability::SWARM != 0
+    }
 }
 
 /// One file in a catalog.
@@ -110,7 +138,29 @@ pub struct Hello {
 pub struct CatalogEntry {
     pub id: FileId,
     pub size: u64,
+    /// [`entry_flags`] bits.
+    pub flags: u8,
     pub name: String,
+}
+
+impl CatalogEntry {
+    /// The sender holds only part of the file (it is downloading it).
+    pub fn is_partial(&self) -> bool {
+        self.flags & entry_flags::PARTIAL != 0
+    }
+}
+
+/// Which chunks of a file a peer holds. Senders say `All` for a whole
+/// file; a receiver treats a full bitmap the same. The bitmap's length can
+/// only be checked against the manifest, by the receiver (the scheduler
+/// drops a peer whose length differs: `DropReason::BadHave`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holding {
+    /// All of them: it shares the whole file.
+    All,
+    /// These: it is downloading the file. The map's length is the file's
+    /// chunk count.
+    Some(Bitmap),
 }
 
 /// Every message of protocol v1.
@@ -154,6 +204,28 @@ pub enum Message {
         index: u32,
         data: Bytes,
     },
+    /// Which chunks of `id` do you hold? With `subscribe` and a partial
+    /// file, the server sends a further `Have` (same `req_id`) whenever that
+    /// set grows, and ends the subscription with a last `Have` of `All`
+    /// when the file is complete, an `Error` (`Unavailable`) if its download
+    /// stops, when the client sends `Cancel` for this `req_id`, or when the
+    /// connection ends. A first answer of `All` or an `Error` starts no
+    /// subscription.
+    GetHave {
+        req_id: u32,
+        id: FileId,
+        subscribe: bool,
+    },
+    Have {
+        req_id: u32,
+        holding: Holding,
+    },
+    /// The client no longer wants the answer to request `req_id` (a chunk
+    /// another peer delivered first, or a `Have` subscription). Never
+    /// answered.
+    Cancel {
+        req_id: u32,
+    },
 }
 
 impl Message {
@@ -167,7 +239,10 @@ impl Message {
             | Message::GetManifest { req_id, .. }
             | Message::Manifest { req_id, .. }
             | Message::GetChunk { req_id, .. }
-            | Message::Chunk { req_id, .. } => *req_id,
+            | Message::Chunk { req_id, .. }
+            | Message::GetHave { req_id, .. }
+            | Message::Have { req_id, .. }
+            | Message::Cancel { req_id } => *req_id,
         }
     }
 }
@@ -199,6 +274,8 @@ pub enum DecodeError {
     },
     #[error("bad boolean or option tag {0}")]
     BadTag(u8),
+    #[error("have bitmap has bits set past its chunk count")]
+    BadBitmap,
 }
 
 /// Reads the length prefix at the front of `buf` and checks it against
@@ -292,7 +369,7 @@ pub fn decode_body(mut frame: Bytes) -> Result<Message, DecodeError> {
             // Each entry takes at least ID + size + name length bytes, so a
             // count larger than the frame allows is rejected before any
             // allocation sized by it.
-            let min_entry = ID_LEN + 8 + 2;
+            let min_entry = ID_LEN + 8 + 1 + 2;
             if count > r.buf.remaining() / min_entry {
                 return Err(DecodeError::BadLength { kind });
             }
@@ -301,6 +378,7 @@ pub fn decode_body(mut frame: Bytes) -> Result<Message, DecodeError> {
                 entries.push(CatalogEntry {
                     id: FileId(r.array()?),
                     size: r.u64()?,
+                    flags: r.u8()?,
                     name: r.string("file name", MAX_NAME_LEN)?,
                 });
             }
@@ -349,6 +427,35 @@ pub fn decode_body(mut frame: Bytes) -> Result<Message, DecodeError> {
                 data,
             }
         }
+        kind::GET_HAVE => Message::GetHave {
+            req_id: r.u32()?,
+            id: FileId(r.array()?),
+            subscribe: r.bool()?,
+        },
+        kind::HAVE => {
+            let req_id = r.u32()?;
+            let holding = match r.u8()? {
+                0 => Holding::All,
+                1 => {
+                    let count = r.u32()?;
+                    if count as u64 > MAX_CHUNK_COUNT {
+                        return Err(DecodeError::FieldTooLong {
+                            what: "have bitmap",
+                            len: count as usize,
+                            max: MAX_CHUNK_COUNT as usize,
+                        });
+                    }
+                    // Checked before any allocation: the bytes must be in
+                    // the frame already.
+                    r.need(Bitmap::byte_len(count))?;
+                    let bytes = r.buf.split_to(Bitmap::byte_len(count));
+                    Holding::Some(Bitmap::from_bytes(count, &bytes).ok_or(DecodeError::BadBitmap)?)
+                }
+                t => return Err(DecodeError::BadTag(t)),
+            };
+            Message::Have { req_id, holding }
+        }
+        kind::CANCEL => Message::Cancel { req_id: r.u32()? },
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if r.buf.has_remaining() {
@@ -373,6 +480,13 @@ impl Reader {
     fn u8(&mut self) -> Result<u8, DecodeError> {
         self.need(1)?;
         Ok(self.buf.get_u8())
+    }
+    fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            t => Err(DecodeError::BadTag(t)),
+        }
     }
     fn u16(&mut self) -> Result<u16, DecodeError> {
         self.need(2)?;
@@ -436,7 +550,7 @@ fn put_string(
 
 /// Bytes a catalog entry takes on the wire.
 pub fn catalog_entry_len(e: &CatalogEntry) -> usize {
-    ID_LEN + 8 + 2 + e.name.len()
+    ID_LEN + 8 + 1 + 2 + e.name.len()
 }
 
 /// The prefix and header of a `Chunk` frame whose payload of `data_len`
@@ -464,97 +578,139 @@ impl Message {
     pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
         let start = out.len();
         out.put_u32(0); // patched below
-        match self {
-            Message::Hello(h) => {
-                out.put_u8(kind::HELLO);
-                out.put_slice(&MAGIC);
-                out.put_u16(h.version);
-                out.put_slice(h.node_id.as_bytes());
-                out.put_u16(h.listen_port);
-                out.put_u64(h.capabilities);
-            }
-            Message::Error {
-                req_id,
-                code,
-                message,
-            } => {
-                out.put_u8(kind::ERROR);
-                out.put_u32(*req_id);
-                out.put_u16(*code as u16);
-                // Truncate on a character boundary rather than fail: an
-                // error report should always get through.
-                let mut end = message.len().min(MAX_ERROR_MESSAGE_LEN);
-                while !message.is_char_boundary(end) {
-                    end -= 1;
+        // Any field over its limit leaves `out` as it was.
+        let body = (|| -> Result<(), EncodeError> {
+            match self {
+                Message::Hello(h) => {
+                    out.put_u8(kind::HELLO);
+                    out.put_slice(&MAGIC);
+                    out.put_u16(h.version);
+                    out.put_slice(h.node_id.as_bytes());
+                    out.put_u16(h.listen_port);
+                    out.put_u64(h.capabilities);
                 }
-                put_string(out, "error message", &message[..end], MAX_ERROR_MESSAGE_LEN)?;
-            }
-            Message::GetCatalog { req_id, cursor } => {
-                out.put_u8(kind::GET_CATALOG);
-                out.put_u32(*req_id);
-                out.put_u32(*cursor);
-            }
-            Message::Catalog {
-                req_id,
-                revision,
-                next,
-                entries,
-            } => {
-                out.put_u8(kind::CATALOG);
-                out.put_u32(*req_id);
-                out.put_u64(*revision);
-                match next {
-                    None => out.put_u8(0),
-                    Some(c) => {
-                        out.put_u8(1);
-                        out.put_u32(*c);
+                Message::Error {
+                    req_id,
+                    code,
+                    message,
+                } => {
+                    out.put_u8(kind::ERROR);
+                    out.put_u32(*req_id);
+                    out.put_u16(*code as u16);
+                    // Truncate on a character boundary rather than fail: an
+                    // error report should always get through.
+                    let mut end = message.len().min(MAX_ERROR_MESSAGE_LEN);
+                    while !message.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    put_string(out, "error message", &message[..end], MAX_ERROR_MESSAGE_LEN)?;
+                }
+                Message::GetCatalog { req_id, cursor } => {
+                    out.put_u8(kind::GET_CATALOG);
+                    out.put_u32(*req_id);
+                    out.put_u32(*cursor);
+                }
+                Message::Catalog {
+                    req_id,
+                    revision,
+                    next,
+                    entries,
+                } => {
+                    out.put_u8(kind::CATALOG);
+                    out.put_u32(*req_id);
+                    out.put_u64(*revision);
+                    match next {
+                        None => out.put_u8(0),
+                        Some(c) => {
+                            out.put_u8(1);
+                            out.put_u32(*c);
+                        }
+                    }
+                    out.put_u32(entries.len() as u32);
+                    for e in entries {
+                        out.put_slice(e.id.as_bytes());
+                        out.put_u64(e.size);
+                        out.put_u8(e.flags);
+                        put_string(out, "file name", &e.name, MAX_NAME_LEN)?;
                     }
                 }
-                out.put_u32(entries.len() as u32);
-                for e in entries {
-                    out.put_slice(e.id.as_bytes());
-                    out.put_u64(e.size);
-                    put_string(out, "file name", &e.name, MAX_NAME_LEN)?;
+                Message::GetManifest { req_id, id } => {
+                    out.put_u8(kind::GET_MANIFEST);
+                    out.put_u32(*req_id);
+                    out.put_slice(id.as_bytes());
+                }
+                Message::Manifest { req_id, bytes } => {
+                    if bytes.len() > MAX_MANIFEST_LEN {
+                        return Err(EncodeError {
+                            what: "manifest",
+                            len: bytes.len(),
+                            max: MAX_MANIFEST_LEN,
+                        });
+                    }
+                    out.put_u8(kind::MANIFEST);
+                    out.put_u32(*req_id);
+                    out.put_slice(bytes);
+                }
+                Message::GetChunk { req_id, id, index } => {
+                    out.put_u8(kind::GET_CHUNK);
+                    out.put_u32(*req_id);
+                    out.put_slice(id.as_bytes());
+                    out.put_u32(*index);
+                }
+                Message::Chunk {
+                    req_id,
+                    index,
+                    data,
+                } => {
+                    if data.len() > MAX_CHUNK_SIZE as usize {
+                        return Err(EncodeError {
+                            what: "chunk",
+                            len: data.len(),
+                            max: MAX_CHUNK_SIZE as usize,
+                        });
+                    }
+                    out.put_slice(&chunk_header(*req_id, *index, data.len() as u32)[LEN_PREFIX..]);
+                    out.put_slice(data);
+                }
+                Message::GetHave {
+                    req_id,
+                    id,
+                    subscribe,
+                } => {
+                    out.put_u8(kind::GET_HAVE);
+                    out.put_u32(*req_id);
+                    out.put_slice(id.as_bytes());
+                    out.put_u8(u8::from(*subscribe));
+                }
+                Message::Have { req_id, holding } => {
+                    out.put_u8(kind::HAVE);
+                    out.put_u32(*req_id);
+                    match holding {
+                        Holding::All => out.put_u8(0),
+                        Holding::Some(b) => {
+                            if b.len() as u64 > MAX_CHUNK_COUNT {
+                                return Err(EncodeError {
+                                    what: "have bitmap",
+                                    len: b.len() as usize,
+                                    max: MAX_CHUNK_COUNT as usize,
+                                });
+                            }
+                            out.put_u8(1);
+                            out.put_u32(b.len());
+                            out.put_slice(b.as_bytes());
+                        }
+                    }
+                }
+                Message::Cancel { req_id } => {
+                    out.put_u8(kind::CANCEL);
+                    out.put_u32(*req_id);
                 }
             }
-            Message::GetManifest { req_id, id } => {
-                out.put_u8(kind::GET_MANIFEST);
-                out.put_u32(*req_id);
-                out.put_slice(id.as_bytes());
-            }
-            Message::Manifest { req_id, bytes } => {
-                if bytes.len() > MAX_MANIFEST_LEN {
-                    return Err(EncodeError {
-                        what: "manifest",
-                        len: bytes.len(),
-                        max: MAX_MANIFEST_LEN,
-                    });
-                }
-                out.put_u8(kind::MANIFEST);
-                out.put_u32(*req_id);
-                out.put_slice(bytes);
-            }
-            Message::GetChunk { req_id, id, index } => {
-                out.put_u8(kind::GET_CHUNK);
-                out.put_u32(*req_id);
-                out.put_slice(id.as_bytes());
-                out.put_u32(*index);
-            }
-            Message::Chunk {
-                req_id,
-                index,
-                data,
-            } => {
-                if data.len() > MAX_CHUNK_SIZE as usize {
-                    return Err(EncodeError {
-                        what: "chunk",
-                        len: data.len(),
-                        max: MAX_CHUNK_SIZE as usize,
-                    });
-                }
-                out.put_slice(&chunk_header(*req_id, *index, data.len() as u32)[LEN_PREFIX..]);
-                out.put_slice(data);
-            }
+            Ok(())
+        })();
+        if let Err(e) = body {
+            out.truncate(start);
+            return Err(e);
         }
         let len = out.len() - start - LEN_PREFIX;
         if len > MAX_FRAME_LEN as usize {
@@ -659,11 +815,30 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_field_leaves_the_buffer_as_it_was() {
+        let mut out = BytesMut::from(&b"earlier frames"[..]);
+        let msg = Message::Catalog {
+            req_id: 1,
+            revision: 0,
+            next: None,
+            entries: vec![CatalogEntry {
+                id: FileId([0; 32]),
+                size: 0,
+                flags: 0,
+                name: "n".repeat(MAX_NAME_LEN + 1),
+            }],
+        };
+        assert!(msg.encode(&mut out).is_err());
+        assert_eq!(&out[..], b"earlier frames");
+    }
+
+    #[test]
     fn encoder_refuses_frames_over_the_limit() {
         let entries = (0..9000u32)
             .map(|i| CatalogEntry {
                 id: FileId([0; 32]),
                 size: i as u64,
+                flags: 0,
                 name: "n".repeat(MAX_NAME_LEN),
             })
             .collect();

@@ -2,6 +2,12 @@
 //! IDs; a reader task matches answers to waiting callers by ID, so answers
 //! may come in any order. When the connection ends, every waiting caller
 //! gets the reason.
+//!
+//! A request whose caller gives up (its future is dropped: an endgame loser)
+//! is cancelled on the wire too, when the peer understands `Cancel`, so the
+//! peer does not spend its upload on an answer nobody wants. A `Have`
+//! subscription delivers the peer's latest set through a `watch` channel
+//! until the connection ends.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,11 +18,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use peershare_proto::manifest::Manifest;
 use peershare_proto::wire::{
-    CatalogEntry, DecodeError, Hello, MAX_FRAME_LEN, Message, PROTOCOL_VERSION,
+    CatalogEntry, DecodeError, Hello, Holding, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, capability,
 };
 use peershare_proto::{FileId, NodeId};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::conn::{FrameReader, FrameWriter, ReadError};
 use crate::error::PeerError;
@@ -53,8 +59,13 @@ const OUTBOX: usize = 256;
 
 type Waiters = HashMap<u32, oneshot::Sender<Result<Message, PeerError>>>;
 
+/// A peer's latest `Have` for a subscribed file; `None` until one arrives.
+pub type HaveWatch = watch::Receiver<Option<Holding>>;
+
 struct Shared {
     waiters: Waiters,
+    /// `Have` subscriptions by request ID.
+    subs: HashMap<u32, watch::Sender<Option<Holding>>>,
     /// Set once the connection has ended; new requests fail with it.
     closed: Option<String>,
 }
@@ -109,7 +120,7 @@ impl PeerConn {
             version: PROTOCOL_VERSION,
             node_id: local,
             listen_port: 0,
-            capabilities: 0,
+            capabilities: capability::ALL,
         });
         writer
             .send(&hello)
@@ -144,6 +155,7 @@ impl PeerConn {
         };
         let shared = Arc::new(Mutex::new(Shared {
             waiters: HashMap::new(),
+            subs: HashMap::new(),
             closed: None,
         }));
         let (outbox, rx) = mpsc::channel(OUTBOX);
@@ -177,6 +189,16 @@ impl PeerConn {
     /// Sends one request and waits for its answer. An `Error` answer comes
     /// back as [`PeerError::Remote`].
     pub async fn request(&self, make: impl FnOnce(u32) -> Message) -> Result<Message, PeerError> {
+        self.request_inner(make, None).await
+    }
+
+    /// [`PeerConn::request`]; with `more`, further `Have` answers to the
+    /// same request go there.
+    async fn request_inner(
+        &self,
+        make: impl FnOnce(u32) -> Message,
+        more: Option<watch::Sender<Option<Holding>>>,
+    ) -> Result<Message, PeerError> {
         let addr = self.addr;
         let mut req_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if req_id == 0 {
@@ -196,11 +218,16 @@ impl PeerConn {
                 return Err(PeerError::Closed { addr });
             }
             s.waiters.insert(req_id, tx);
+            if let Some(more) = more {
+                s.subs.insert(req_id, more);
+            }
         }
-        // If this future is dropped (cancelled), the waiter must not linger.
+        // If this future is dropped (cancelled), the waiter must not linger,
+        // and the peer may drop its answer.
         let _cleanup = RemoveWaiter {
             shared: &self.shared,
             req_id,
+            cancel: self.remote.swarm().then_some(&self.outbox),
         };
         self.outbox
             .send(frame)
@@ -266,6 +293,36 @@ impl PeerConn {
         }
     }
 
+    /// Which chunks of `id` the peer holds. With `subscribe`, also a
+    /// channel showing its latest set as it grows (while the connection
+    /// lasts). A peer without the swarm capability only ever shares whole
+    /// files: `Holding::All`, without asking.
+    pub async fn have(
+        &self,
+        id: FileId,
+        subscribe: bool,
+    ) -> Result<(Holding, Option<HaveWatch>), PeerError> {
+        if !self.remote.swarm() {
+            return Ok((Holding::All, None));
+        }
+        let (tx, rx) = watch::channel(None);
+        let more = subscribe.then_some(tx);
+        let msg = self
+            .request_inner(
+                |req_id| Message::GetHave {
+                    req_id,
+                    id,
+                    subscribe,
+                },
+                more,
+            )
+            .await?;
+        match msg {
+            Message::Have { holding, .. } => Ok((holding, subscribe.then_some(rx))),
+            _ => Err(PeerError::Unexpected { addr: self.addr }),
+        }
+    }
+
     /// Chunk `index` of `id`, unverified: the caller checks it against the
     /// manifest.
     pub async fn chunk(&self, id: FileId, index: u32) -> Result<Bytes, PeerError> {
@@ -287,17 +344,35 @@ fn close(shared: &Mutex<Shared>, reason: String, make: impl Fn() -> PeerError) {
     for (_, w) in s.waiters.drain() {
         let _ = w.send(Err(make()));
     }
+    s.subs.clear();
 }
 
 struct RemoveWaiter<'a> {
     shared: &'a Mutex<Shared>,
     req_id: u32,
+    /// Where to send a `Cancel` if the answer is still awaited (the peer
+    /// understands it).
+    cancel: Option<&'a mpsc::Sender<BytesMut>>,
 }
 
 impl Drop for RemoveWaiter<'_> {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.shared.lock() {
-            s.waiters.remove(&self.req_id);
+        let Ok(mut s) = self.shared.lock() else {
+            return;
+        };
+        let unanswered = s.waiters.remove(&self.req_id).is_some();
+        if unanswered && s.closed.is_none() {
+            s.subs.remove(&self.req_id);
+            if let Some(outbox) = self.cancel
+                && let Ok(frame) = (Message::Cancel {
+                    req_id: self.req_id,
+                })
+                .to_frame()
+            {
+                // Best effort: a full outbox means the answer just arrives
+                // and is dropped here.
+                let _ = outbox.try_send(frame);
+            }
         }
     }
 }
@@ -362,15 +437,23 @@ async fn read_loop(
                 return;
             }
             Ok(Some(msg)) => {
-                let waiter = shared
-                    .lock()
-                    .expect("client lock")
-                    .waiters
-                    .remove(&msg.req_id());
-                // An answer nobody waits for (timed out) is dropped.
-                if let Some(w) = waiter {
+                let mut s = shared.lock().expect("client lock");
+                let id = msg.req_id();
+                if let Some(w) = s.waiters.remove(&id) {
                     let _ = w.send(Ok(msg));
+                } else if let Some(sub) = s.subs.get(&id) {
+                    // A later answer to a subscription: the latest set wins
+                    // (sets only grow). An error or a dropped receiver ends it.
+                    match msg {
+                        Message::Have { holding, .. } if !sub.is_closed() => {
+                            sub.send_replace(Some(holding));
+                        }
+                        _ => {
+                            s.subs.remove(&id);
+                        }
+                    }
                 }
+                // Anything else nobody waits for (cancelled) is dropped.
             }
             Ok(None) | Err(ReadError::Truncated) => {
                 close(&shared, "closed".into(), || PeerError::Closed { addr });

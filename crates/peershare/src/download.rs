@@ -11,8 +11,19 @@
 //!  all chunks done: fsync ─► link part to the final name (never replacing) ─► fsync dir
 //! ```
 //!
+//! Every peer that has the file takes part at once: its `Have` (which
+//! chunks it holds; a downloader holds some) and its have-announcements feed
+//! the scheduler, which picks the rarest chunks first, sizes each peer's
+//! window by its measured throughput, and in endgame asks a second peer for
+//! the last chunks: the first verified copy wins and the other request is
+//! cancelled (its fetch task aborted, a `Cancel` sent). Peers given later
+//! (`DownloadRequest::more_peers`, e.g. from discovery) join the running
+//! download. With `DownloadRequest::publish`, the download is recorded in
+//! the library while it runs, so a server on that data directory offers its
+//! verified chunks, and the finished file is shared.
+//!
 //! Memory is bounded by the number of requests in flight (a window per peer
-//! of about `window_bytes`), whatever the file size. A chunk counts only
+//! of at most `window_bytes`), whatever the file size. A chunk counts only
 //! once its hash matched; a chunk in the state file is on disk (see
 //! [`crate::partial`]); a file under the final name is always complete and
 //! verified.
@@ -32,13 +43,16 @@ use peershare_proto::manifest::Manifest;
 use peershare_proto::rate::TokenBucket;
 use peershare_proto::schedule::{DropReason, Failure, PeerKey, Scheduler, SchedulerConfig, Status};
 use peershare_proto::ticket::safe_file_name;
+use peershare_proto::wire::Holding;
 use peershare_proto::{FileId, NodeId};
 use serde::Serialize;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinSet};
 
-use crate::client::{ClientConfig, PeerConn};
+use crate::client::{ClientConfig, HaveWatch, PeerConn};
 use crate::error::{DownloadError, PeerError};
 use crate::partial::{Bitmap, load_state, part_paths, store_state};
+use crate::store::{Download, Library};
 
 /// Where to save.
 #[derive(Debug, Clone)]
@@ -54,9 +68,13 @@ pub enum Output {
 pub struct DownloadConfig {
     pub client: ClientConfig,
     pub scheduler: SchedulerConfig,
-    /// Bytes requested but not yet received, per peer. The scheduler's
-    /// window is this divided by the chunk size, within 2..=64 requests.
+    /// Most bytes requested but not yet received, per peer: the scheduler's
+    /// largest window is this divided by the chunk size, within 2..=64
+    /// requests (the window itself follows the peer's throughput).
     pub window_bytes: u64,
+    /// How long a download may wait while its live peers hold none of the
+    /// missing chunks (they are downloading too) before it gives up.
+    pub starved_timeout: Duration,
     /// Longest time between durable progress records.
     pub checkpoint_interval: Duration,
     /// Most bytes verified but not yet recorded durably.
@@ -71,6 +89,7 @@ impl Default for DownloadConfig {
             client: ClientConfig::default(),
             scheduler: SchedulerConfig::default(),
             window_bytes: 16 * 1024 * 1024,
+            starved_timeout: Duration::from_secs(120),
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_bytes: 256 * 1024 * 1024,
             max_download_rate: None,
@@ -91,6 +110,13 @@ pub struct DownloadRequest {
     pub force: bool,
     pub node_id: NodeId,
     pub config: DownloadConfig,
+    /// Addresses learned while the download runs (e.g. by discovery): any
+    /// not yet tried joins the download.
+    pub more_peers: Option<watch::Receiver<Vec<SocketAddr>>>,
+    /// Record the download in this library while it runs (a server on the
+    /// same data directory then offers its verified chunks) and share the
+    /// finished file there.
+    pub publish: Option<Library>,
 }
 
 /// Live counters a UI can poll.
@@ -104,6 +130,19 @@ pub struct Progress {
     pub received: AtomicU64,
     /// Peers currently taking part.
     pub peers: AtomicU64,
+    /// Per peer: verified bytes delivered so far in this run.
+    pub per_peer: std::sync::Mutex<Vec<PeerProgress>>,
+}
+
+/// One peer's share of a running download, for per-peer rates.
+#[derive(Debug, Clone)]
+pub struct PeerProgress {
+    pub addr: SocketAddr,
+    pub bytes: u64,
+    /// Still taking part.
+    pub live: bool,
+    /// Held only part of the file when it joined (a downloader itself).
+    pub partial: bool,
 }
 
 /// What one peer contributed.
@@ -116,6 +155,8 @@ pub struct PeerReport {
     pub chunks: u32,
     /// Chunks from it that failed verification.
     pub corrupt: u32,
+    /// It held only part of the file when it joined (it was downloading it).
+    pub partial: bool,
     /// Why it stopped taking part, if it did.
     pub dropped: Option<String>,
 }
@@ -135,6 +176,10 @@ pub struct DownloadSummary {
     pub bytes_resumed: u64,
     pub seconds: f64,
     pub peers: Vec<PeerReport>,
+    /// Endgame requests: chunks asked of a second peer near the end.
+    pub duplicate_requests: u64,
+    /// Whether the finished file is now shared by this node.
+    pub shared: bool,
 }
 
 enum Outcome {
@@ -167,7 +212,7 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(conn: Arc<PeerConn>, key: PeerKey) -> Self {
+    fn new(conn: Arc<PeerConn>, key: PeerKey, holding: &Holding) -> Self {
         Slot {
             report: PeerReport {
                 addr: conn.addr(),
@@ -175,6 +220,7 @@ impl Slot {
                 bytes: 0,
                 chunks: 0,
                 corrupt: 0,
+                partial: matches!(holding, Holding::Some(_)),
                 dropped: None,
             },
             conn,
@@ -188,8 +234,9 @@ impl Slot {
 
 /// How a peer's first contact ended.
 enum Joined {
-    /// Connected, and has the file: its manifest, checked against the ID.
-    Ready(Arc<PeerConn>, Manifest),
+    /// Connected, and has (some of) the file: its manifest, checked against
+    /// the ID, which chunks it holds, and its announcements if partial.
+    Ready(Arc<PeerConn>, Manifest, Holding, Option<HaveWatch>),
     /// Connected, but does not share the file.
     NotFound,
     /// Could not connect.
@@ -203,10 +250,37 @@ async fn join_peer(addr: SocketAddr, id: FileId, node_id: NodeId, config: Client
         Ok(c) => c,
         Err(e) => return Joined::Unreachable(e),
     };
-    match conn.manifest(id).await {
-        Ok(m) => Joined::Ready(Arc::new(conn), m),
+    if conn.remote().node_id == node_id {
+        // Our own server (found by discovery): it holds nothing we lack.
+        return Joined::NotFound;
+    }
+    let manifest = match conn.manifest(id).await {
+        Ok(m) => m,
+        Err(e) if e.is_not_found() => return Joined::NotFound,
+        Err(e) => return Joined::Failed(e),
+    };
+    match conn.have(id, true).await {
+        Ok((holding, have)) => Joined::Ready(Arc::new(conn), manifest, holding, have),
         Err(e) if e.is_not_found() => Joined::NotFound,
         Err(e) => Joined::Failed(e),
+    }
+}
+
+/// Forwards a partial peer's `Have` updates to the driver, tagged with its
+/// slot and key, until its connection ends.
+async fn forward_haves(
+    mut have: HaveWatch,
+    slot: usize,
+    key: PeerKey,
+    to: mpsc::Sender<(usize, PeerKey, Holding)>,
+) {
+    while have.changed().await.is_ok() {
+        let latest = have.borrow_and_update().clone();
+        if let Some(h) = latest
+            && to.send((slot, key, h)).await.is_err()
+        {
+            return;
+        }
     }
 }
 
@@ -265,7 +339,7 @@ pub async fn download(
             req.config.client.clone(),
         ));
     }
-    let mut conns: Vec<Arc<PeerConn>> = Vec::new();
+    let mut conns: Vec<(Arc<PeerConn>, Holding, Option<HaveWatch>)> = Vec::new();
     let mut manifest = None;
     let mut unreachable = Vec::new();
     let mut failures: Vec<String> = Vec::new();
@@ -277,8 +351,8 @@ pub async fn download(
         };
         let Some(joined) = next else { break };
         match joined.expect("join task does not panic") {
-            Joined::Ready(c, m) => {
-                conns.push(c);
+            Joined::Ready(c, m, holding, have) => {
+                conns.push((c, holding, have));
                 manifest = Some(m);
             }
             Joined::NotFound => not_found += 1,
@@ -316,9 +390,12 @@ pub async fn download(
         Output::Dir(d) => {
             let name = match &req.name {
                 Some(n) => n.clone(),
-                None => lookup_name(&conns, req.id)
-                    .await
-                    .unwrap_or_else(|| req.id.to_string()),
+                None => lookup_name(
+                    &conns.iter().map(|c| c.0.clone()).collect::<Vec<_>>(),
+                    req.id,
+                )
+                .await
+                .unwrap_or_else(|| req.id.to_string()),
             };
             let base = safe_file_name(&name)?.to_owned();
             (name, d.join(base))
@@ -382,21 +459,54 @@ pub async fn download(
     if resumed_bytes > 0 {
         tracing::info!("resuming: {resumed_bytes} bytes already verified");
     }
+    if let Some(lib) = req.publish.clone() {
+        // Offer the verified chunks to others while this runs. A failure
+        // here costs only that, not the download.
+        let record = Download {
+            id: req.id.to_string(),
+            name: name.clone(),
+            size,
+            part: std::path::absolute(&part_path).unwrap_or_else(|_| part_path.clone()),
+            state: std::path::absolute(&state_path).unwrap_or_else(|_| state_path.clone()),
+        };
+        let (out, m) = (out.clone(), manifest.clone());
+        let published =
+            tokio::task::spawn_blocking(move || lib.begin_download(&out, &m, record)).await;
+        if let Ok(Err(e)) = published {
+            tracing::warn!("cannot offer this download's chunks to others: {e}");
+        }
+    }
 
-    let window = (req.config.window_bytes / manifest.chunk_size() as u64).clamp(2, 64) as u32;
+    let max_window = (req.config.window_bytes / manifest.chunk_size() as u64).clamp(2, 64) as u32;
     let mut sched = Scheduler::new(
         SchedulerConfig {
-            window,
+            max_window,
             ..req.config.scheduler.clone()
         },
-        n,
+        size,
+        manifest.chunk_size(),
         |i| done.get(i),
     );
-    let mut slots: Vec<Slot> = conns
-        .iter()
-        .map(|c| Slot::new(c.clone(), sched.add_peer()))
-        .collect();
+    let (have_tx, mut have_rx) = mpsc::channel::<(usize, PeerKey, Holding)>(64);
+    let mut watchers: JoinSet<()> = JoinSet::new();
+    let mut slots: Vec<Slot> = Vec::new();
+    for (conn, holding, have) in conns {
+        add_slot(
+            &mut slots,
+            &mut sched,
+            &mut watchers,
+            &have_tx,
+            conn,
+            holding,
+            have,
+            start.elapsed(),
+        );
+    }
     progress.peers.store(slots.len() as u64, Ordering::Relaxed);
+    let mut more_peers = req.more_peers.clone();
+    let mut starved_since: Option<Duration> = None;
+    let mut in_flight: std::collections::HashMap<(PeerKey, u32), AbortHandle> =
+        std::collections::HashMap::new();
 
     let manifest = Arc::new(manifest);
     let mut written = done;
@@ -423,7 +533,7 @@ pub async fn download(
                     let len = manifest.chunk_len(index).unwrap_or(0) as u64;
                     paced_until = now + b.take(len, now);
                 }
-                tasks.spawn(fetch(
+                let task = tasks.spawn(fetch(
                     (slot_no, slot.key),
                     index,
                     req.id,
@@ -432,10 +542,26 @@ pub async fn download(
                     file.clone(),
                     progress.clone(),
                 ));
+                in_flight.insert((slot.key, index), task);
             }
         }
-        match sched.status() {
+        let status = sched.status();
+        if status != Status::Starved {
+            starved_since = None;
+        }
+        match status {
             Status::Complete => break None,
+            Status::Starved => {
+                // Live peers are downloading too and hold nothing we lack
+                // yet: wait for their announcements, within reason.
+                let since = *starved_since.get_or_insert(now);
+                if now - since >= req.config.starved_timeout {
+                    break Some(DownloadError::AllSourcesFailed(vec![format!(
+                        "the peers still taking part hold only parts of the file, and none gained a missing chunk for {} s",
+                        req.config.starved_timeout.as_secs()
+                    )]));
+                }
+            }
             // Not stuck while a lost peer may come back.
             Status::Stuck if !reconnecting.is_empty() || !joining.is_empty() => {}
             Status::Stuck => {
@@ -476,24 +602,38 @@ pub async fn download(
         let wake = [
             sched.poll_timeout(now),
             (paced_until > now).then_some(paced_until),
+            starved_since.map(|t| t + req.config.starved_timeout),
         ]
         .into_iter()
         .flatten()
         .min();
         tokio::select! {
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                let ev = joined.expect("fetch task does not panic");
+                let ev = match joined {
+                    Ok(ev) => ev,
+                    // An endgame loser, aborted: already accounted for.
+                    Err(e) if e.is_cancelled() => continue,
+                    Err(e) => panic!("fetch task panicked: {e}"),
+                };
+                in_flight.remove(&(ev.key, ev.index));
                 let now = start.elapsed();
                 let slot = &mut slots[ev.slot];
                 match ev.outcome {
                     Outcome::Verified => {
-                        if sched.handle_verified(ev.key, ev.index) {
+                        if let Some(losers) = sched.handle_verified(ev.key, ev.index, now) {
                             let len = manifest.chunk_len(ev.index).unwrap_or(0) as u64;
                             written.set(ev.index);
                             unsynced += len;
                             progress.verified.fetch_add(len, Ordering::Relaxed);
                             slot.report.bytes += len;
                             slot.report.chunks += 1;
+                            // Their requests for this chunk are moot: the
+                            // client sends `Cancel` as each is dropped.
+                            for loser in losers {
+                                if let Some(task) = in_flight.remove(&(loser, ev.index)) {
+                                    task.abort();
+                                }
+                            }
                         }
                     }
                     Outcome::Corrupt => {
@@ -535,10 +675,32 @@ pub async fn download(
                         }
                         DropReason::TooManyErrors => last.unwrap_or_else(|| "too many failed requests".into()),
                         DropReason::Disconnected => last.unwrap_or_else(|| "disconnected".into()),
+                        DropReason::BadHave => "announced chunks of a file of another size".into(),
                     });
                 }
-                let live = slots.iter().filter(|s| sched.dropped(s.key).is_none()).count();
-                progress.peers.store(live as u64, Ordering::Relaxed);
+                publish_progress(&progress, &slots, &sched);
+            }
+            Some((slot_no, key, holding)) = have_rx.recv() => {
+                // A partial peer verified more chunks. Keys of replaced
+                // connections are dropped in the scheduler: ignored there.
+                if slots[slot_no].key == key && !sched.handle_holding(key, holding) {
+                    tracing::warn!(peer = %slots[slot_no].report.addr, "announced chunks of another file size; dropped");
+                    slots[slot_no].report.dropped = Some("announced chunks of a file of another size".into());
+                }
+            }
+            Ok(()) = async { more_peers.as_mut().expect("guarded").changed().await }, if more_peers.is_some() => {
+                let fresh: Vec<SocketAddr> = more_peers
+                    .as_mut()
+                    .expect("guarded")
+                    .borrow_and_update()
+                    .iter()
+                    .copied()
+                    .filter(|a| seen.insert(*a))
+                    .collect();
+                for addr in fresh {
+                    tracing::info!(peer = %addr, "new peer; asking it to join");
+                    joining.spawn(join_peer(addr, req.id, req.node_id, req.config.client.clone()));
+                }
             }
             r = async { checkpoint.as_mut().expect("guarded").await }, if checkpoint.is_some() => {
                 checkpoint = None;
@@ -556,17 +718,20 @@ pub async fn download(
                 let (slot_no, result) = joined.expect("reconnect task does not panic");
                 let slot = &mut slots[slot_no];
                 let result = match result {
-                    Joined::Ready(conn, _) => Ok(conn),
+                    Joined::Ready(conn, _, holding, have) => Ok((conn, holding, have)),
                     Joined::NotFound => Err("it no longer shares the file".to_owned()),
                     Joined::Unreachable(e) | Joined::Failed(e) => Err(e.to_string()),
                 };
                 match result {
-                    Ok(conn) => {
+                    Ok((conn, holding, have)) => {
                         tracing::info!(peer = %slot.report.addr, "reconnected");
                         slot.conn = conn;
-                        slot.key = sched.add_peer();
+                        slot.key = sched.add_peer(holding, start.elapsed());
                         slot.reconnecting = false;
                         slot.report.dropped = None;
+                        if let Some(h) = have {
+                            watchers.spawn(forward_haves(h, slot_no, slot.key, have_tx.clone()));
+                        }
                     }
                     Err(e) if slot.reconnects < MAX_RECONNECTS => {
                         slot.last_error = Some(e);
@@ -579,15 +744,16 @@ pub async fn download(
                         slot.last_error = Some(e);
                     }
                 }
-                let live = slots.iter().filter(|s| sched.dropped(s.key).is_none()).count();
-                progress.peers.store(live as u64, Ordering::Relaxed);
+                publish_progress(&progress, &slots, &sched);
             }
             Some(joined) = joining.join_next(), if !joining.is_empty() => {
                 match joined.expect("join task does not panic") {
-                    Joined::Ready(c, _) => {
-                        tracing::info!(peer = %c.addr(), "joined the download");
-                        slots.push(Slot::new(c, sched.add_peer()));
-                        progress.peers.fetch_add(1, Ordering::Relaxed);
+                    Joined::Ready(c, m, holding, have) => {
+                        if m.id() == req.id {
+                            tracing::info!(peer = %c.addr(), "joined the download");
+                            add_slot(&mut slots, &mut sched, &mut watchers, &have_tx, c, holding, have, start.elapsed());
+                            publish_progress(&progress, &slots, &sched);
+                        }
                     }
                     Joined::NotFound => {}
                     Joined::Unreachable(e) | Joined::Failed(e) => {
@@ -604,6 +770,7 @@ pub async fn download(
     tasks.abort_all();
     reconnecting.abort_all();
     joining.abort_all();
+    watchers.abort_all();
     while tasks.join_next().await.is_some() {}
     if let Some(c) = checkpoint.take() {
         c.await.expect("checkpoint task does not panic")?;
@@ -634,6 +801,15 @@ pub async fn download(
     })
     .await
     .expect("finish does not panic")?;
+    let mut shared = false;
+    if let Some(lib) = req.publish.clone() {
+        let out = out.clone();
+        match tokio::task::spawn_blocking(move || lib.end_download(&out, true)).await {
+            Ok(Ok(entry)) => shared = entry.is_some(),
+            Ok(Err(e)) => tracing::warn!("the file is complete but could not be shared: {e}"),
+            Err(e) => tracing::warn!("the file is complete but could not be shared: {e}"),
+        }
+    }
     let received = progress.received.load(Ordering::Relaxed);
     Ok(DownloadSummary {
         id: req.id.to_string(),
@@ -645,7 +821,47 @@ pub async fn download(
         bytes_resumed: resumed_bytes,
         seconds: start.elapsed().as_secs_f64(),
         peers: slots.into_iter().map(|s| s.report).collect(),
+        duplicate_requests: sched.duplicate_requests(),
+        shared,
     })
+}
+
+/// A peer that has (some of) the file joins: a scheduler key, a slot, and
+/// a task forwarding its announcements if it is partial.
+#[allow(clippy::too_many_arguments)]
+fn add_slot(
+    slots: &mut Vec<Slot>,
+    sched: &mut Scheduler,
+    watchers: &mut JoinSet<()>,
+    have_tx: &mpsc::Sender<(usize, PeerKey, Holding)>,
+    conn: Arc<PeerConn>,
+    holding: Holding,
+    have: Option<HaveWatch>,
+    now: Duration,
+) {
+    let report_holding = holding.clone();
+    let key = sched.add_peer(holding, now);
+    if let Some(h) = have {
+        watchers.spawn(forward_haves(h, slots.len(), key, have_tx.clone()));
+    }
+    slots.push(Slot::new(conn, key, &report_holding));
+}
+
+/// Live peer count and per-peer bytes, for the display.
+fn publish_progress(progress: &Progress, slots: &[Slot], sched: &Scheduler) {
+    let live = slots
+        .iter()
+        .filter(|s| sched.dropped(s.key).is_none())
+        .count();
+    progress.peers.store(live as u64, Ordering::Relaxed);
+    let mut per = progress.per_peer.lock().expect("progress lock");
+    per.clear();
+    per.extend(slots.iter().map(|s| PeerProgress {
+        addr: s.report.addr,
+        bytes: s.report.bytes,
+        live: sched.dropped(s.key).is_none(),
+        partial: s.report.partial,
+    }));
 }
 
 async fn fetch(

@@ -28,6 +28,7 @@ pub mod discovery;
 pub mod download;
 pub mod error;
 pub mod partial;
+pub mod partials;
 pub mod server;
 pub mod store;
 

@@ -43,48 +43,17 @@ pub fn part_paths(output: &Path) -> (PathBuf, PathBuf) {
     (part.into(), state.into())
 }
 
-/// A fixed-size set of chunk indices.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bitmap {
-    len: u32,
-    bytes: Vec<u8>,
-}
-
-impl Bitmap {
-    pub fn new(len: u32) -> Self {
-        Self {
-            len,
-            bytes: vec![0; (len as usize).div_ceil(8)],
-        }
-    }
-    pub fn len(&self) -> u32 {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    pub fn get(&self, i: u32) -> bool {
-        i < self.len && self.bytes[(i / 8) as usize] & (1 << (i % 8)) != 0
-    }
-    pub fn set(&mut self, i: u32) {
-        if i < self.len {
-            self.bytes[(i / 8) as usize] |= 1 << (i % 8);
-        }
-    }
-    pub fn count(&self) -> u32 {
-        self.bytes.iter().map(|b| b.count_ones()).sum()
-    }
-}
+pub use peershare_proto::bitmap::Bitmap;
 
 /// Encodes a state record.
 pub fn encode_state(id: &FileId, size: u64, done: &Bitmap) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + 1 + ID_LEN + 8 + 4 + done.bytes.len() + ID_LEN);
+    let mut out = Vec::with_capacity(8 + 1 + ID_LEN + 8 + 4 + done.as_bytes().len() + ID_LEN);
     out.extend_from_slice(STATE_MAGIC);
     out.push(STATE_VERSION);
     out.extend_from_slice(id.as_bytes());
     out.extend_from_slice(&size.to_be_bytes());
-    out.extend_from_slice(&done.len.to_be_bytes());
-    out.extend_from_slice(&done.bytes);
+    out.extend_from_slice(&done.len().to_be_bytes());
+    out.extend_from_slice(done.as_bytes());
     let sum = sha256(&out);
     out.extend_from_slice(&sum);
     out
@@ -108,18 +77,11 @@ pub fn decode_state(bytes: &[u8], id: &FileId, size: u64, chunk_count: u32) -> O
     let s = u64::from_be_bytes(body[9 + ID_LEN..17 + ID_LEN].try_into().ok()?);
     let n = u32::from_be_bytes(body[17 + ID_LEN..header].try_into().ok()?);
     let bits = &body[header..];
-    if s != size || n != chunk_count || bits.len() != (n as usize).div_ceil(8) {
+    if s != size || n != chunk_count {
         return None;
     }
-    let mut done = Bitmap::new(n);
-    done.bytes.copy_from_slice(bits);
     // Bits past the end must be clear for the record to be canonical.
-    for i in n..(bits.len() as u32 * 8) {
-        if bits[(i / 8) as usize] & (1 << (i % 8)) != 0 {
-            return None;
-        }
-    }
-    Some(done)
+    Bitmap::from_bytes(n, bits)
 }
 
 /// Reads the state file at `path` if it belongs to this download.

@@ -11,6 +11,13 @@
 //! anything malformed gets an error frame and is closed; nothing else is
 //! affected. Shutdown stops accepting, ends every connection and waits for
 //! their tasks, so nothing outlives [`Server::run`].
+//!
+//! Besides whole shared files, the server offers the verified chunks of this
+//! node's downloads in progress ([`crate::partials`]): they are listed as
+//! partial in the catalog, `GetHave` says which chunks are held (and, when
+//! subscribed, says it again whenever more are, at most
+//! `MAX_HAVE_SUBSCRIPTIONS` per connection, checked every
+//! `HAVE_POLL_INTERVAL`), and `Cancel` drops an answer not yet sent.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -23,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use peershare_proto::rate::TokenBucket;
 use peershare_proto::wire::{
-    CATALOG_PAGE_BUDGET, CatalogEntry, DecodeError, ErrorCode, Hello, MAX_REQUEST_FRAME_LEN,
-    Message, PROTOCOL_VERSION, catalog_entry_len,
+    CATALOG_PAGE_BUDGET, CatalogEntry, DecodeError, ErrorCode, Hello, Holding,
+    MAX_REQUEST_FRAME_LEN, Message, PROTOCOL_VERSION, capability, catalog_entry_len, entry_flags,
 };
 use peershare_proto::{FileId, NodeId};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,7 +40,14 @@ use tokio::task::JoinSet;
 
 use crate::conn::{FrameReader, FrameWriter, ReadError};
 use crate::error::ServeError;
-use crate::store::{Entry, Library};
+use crate::partials::Partials;
+use crate::store::{Download, Entry, Library};
+
+/// `Have` subscriptions one connection may hold at once; more are refused
+/// with `Busy`.
+pub const MAX_HAVE_SUBSCRIPTIONS: usize = 16;
+/// How often a subscription checks its download for new chunks.
+pub const HAVE_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Server limits and options; plain data with sane defaults.
 #[derive(Debug, Clone)]
@@ -75,6 +89,11 @@ pub struct ServerStats {
     pub malformed: AtomicU64,
     pub chunks_served: AtomicU64,
     pub bytes_served: AtomicU64,
+    /// Chunks served from downloads in progress (counted in `chunks_served`
+    /// too).
+    pub partial_chunks_served: AtomicU64,
+    /// Prepared chunk answers dropped because the client cancelled them.
+    pub cancelled: AtomicU64,
 }
 
 /// A server ready to run on an already-bound listener.
@@ -91,6 +110,7 @@ struct Ctx {
     upload: Option<Mutex<TokenBucket>>,
     epoch: Instant,
     catalog: Mutex<Option<CachedCatalog>>,
+    partials: Partials,
 }
 
 impl Server {
@@ -111,6 +131,7 @@ impl Server {
                 upload,
                 epoch,
                 catalog: Mutex::new(None),
+                partials: Partials::default(),
             }),
         }
     }
@@ -213,6 +234,8 @@ enum Pending {
     Job(tokio::task::JoinHandle<Message>),
     /// Send this, then close the connection.
     Fatal(Message),
+    /// No answer (a `Cancel`).
+    Nothing,
 }
 
 async fn serve_connection(
@@ -268,7 +291,7 @@ async fn serve_connection(
         version: PROTOCOL_VERSION,
         node_id: ctx.node_id,
         listen_port: ctx.listen_port,
-        capabilities: 0,
+        capabilities: capability::ALL,
     });
     if !matches!(
         tokio::time::timeout(idle, writer.send(&hello)).await,
@@ -278,7 +301,10 @@ async fn serve_connection(
     }
 
     let (tx, mut rx) = mpsc::channel::<Pending>(ctx.config.prepared_responses.max(1));
-    let conn: Arc<ConnState> = Arc::default();
+    let (push_tx, mut push_rx) = mpsc::channel::<Message>(MAX_HAVE_SUBSCRIPTIONS);
+    let conn = Arc::new(ConnState::new(push_tx));
+    // Subscriptions end with the connection, however it ends.
+    let _end_subscriptions = EndSubscriptions(conn.clone());
     let read_conn = conn.clone();
     // Owns `tx`: when it ends, the write side drains what is queued and stops.
     let read_side = async move {
@@ -301,6 +327,9 @@ async fn serve_connection(
                 Ok(Ok(Some(m))) => m,
             };
             let pending = respond(ctx, &read_conn, msg);
+            if matches!(pending, Pending::Nothing) {
+                continue;
+            }
             let fatal = matches!(pending, Pending::Fatal(_));
             if tx.send(pending).await.is_err() || fatal {
                 return;
@@ -308,7 +337,15 @@ async fn serve_connection(
         }
     };
     let write_side = async {
-        while let Some(p) = rx.recv().await {
+        loop {
+            let p = tokio::select! {
+                biased;
+                p = rx.recv() => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+                Some(update) = push_rx.recv() => Pending::Ready(update),
+            };
             let (msg, fatal) = match p {
                 Pending::Ready(m) => (m, false),
                 Pending::Job(job) => match job.await {
@@ -316,12 +353,23 @@ async fn serve_connection(
                     Err(_) => return,
                 },
                 Pending::Fatal(m) => (m, true),
+                Pending::Nothing => continue,
                 Pending::Chunk(job) => match job.await {
                     Ok(Ok(ChunkReply {
                         req_id,
                         index,
                         data,
                     })) => {
+                        // Under an upload limit, wait for the first slice's
+                        // turn before committing to the frame: a request
+                        // cancelled meanwhile costs no upload at all.
+                        let first = ctx.first_slice(data.len());
+                        ctx.throttle(first as u64).await;
+                        if conn.take_cancelled(req_id) {
+                            ctx.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                            conn.give_back(data);
+                            continue;
+                        }
                         if !send_chunk_paced(ctx, &mut writer, req_id, index, &data, idle).await {
                             return;
                         }
@@ -332,7 +380,10 @@ async fn serve_connection(
                         conn.give_back(data);
                         continue;
                     }
-                    Ok(Err(m)) => (m, false),
+                    Ok(Err(m)) => {
+                        conn.take_cancelled(m.req_id());
+                        (m, false)
+                    }
                     Err(_) => return,
                 },
             };
@@ -368,7 +419,9 @@ const MAX_PACING_SLICE: usize = 64 * 1024;
 const MIN_PACING_SLICE: usize = 1024;
 
 /// Writes one chunk frame, paced by the upload limit slice by slice, each
-/// write within `idle`. False when the connection should end.
+/// write within `idle`; the first slice's share of the limit is already
+/// taken by the caller ([`Ctx::first_slice`]). False when the connection
+/// should end.
 async fn send_chunk_paced<W: tokio::io::AsyncWrite + Unpin>(
     ctx: &Ctx,
     writer: &mut FrameWriter<W>,
@@ -388,10 +441,10 @@ async fn send_chunk_paced<W: tokio::io::AsyncWrite + Unpin>(
     ) {
         return false;
     }
-    let rate = ctx.config.max_upload_rate.unwrap_or(u64::MAX);
-    let slice_len = ((rate / 8) as usize).clamp(MIN_PACING_SLICE, MAX_PACING_SLICE);
-    for slice in data.chunks(slice_len) {
-        ctx.throttle(slice.len() as u64).await;
+    for (i, slice) in data.chunks(ctx.first_slice(usize::MAX).max(1)).enumerate() {
+        if i > 0 {
+            ctx.throttle(slice.len() as u64).await;
+        }
         if !matches!(
             tokio::time::timeout(idle, writer.send_raw(slice)).await,
             Ok(Ok(()))
@@ -403,6 +456,17 @@ async fn send_chunk_paced<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 impl Ctx {
+    /// Bytes of the first pacing slice of a `len`-byte chunk (0 without an
+    /// upload limit).
+    fn first_slice(&self, len: usize) -> usize {
+        match self.config.max_upload_rate {
+            None => 0,
+            Some(rate) => ((rate / 8) as usize)
+                .clamp(MIN_PACING_SLICE, MAX_PACING_SLICE)
+                .min(len),
+        }
+    }
+
     async fn throttle(&self, bytes: u64) {
         let Some(bucket) = &self.upload else { return };
         let wait = bucket
@@ -441,13 +505,79 @@ type OpenFiles = HashMap<FileId, (Arc<File>, Entry)>;
 const SPARE_BUFFERS: usize = 8;
 
 /// What one connection's request handlers share.
-#[derive(Default)]
 struct ConnState {
     files: Mutex<OpenFiles>,
     spare: Mutex<Vec<Vec<u8>>>,
+    /// Chunk and `GetHave` requests read and not yet answered, and whether
+    /// each was cancelled meanwhile. Bounded by the answers a connection
+    /// may have prepared.
+    open_requests: Mutex<HashMap<u32, bool>>,
+    /// `Have` subscriptions by request ID.
+    subscriptions: Mutex<HashMap<u32, tokio::task::AbortHandle>>,
+    /// Where subscriptions send their updates (to the write side).
+    push: mpsc::Sender<Message>,
+}
+
+/// Aborts a connection's subscriptions when dropped.
+struct EndSubscriptions(Arc<ConnState>);
+
+impl Drop for EndSubscriptions {
+    fn drop(&mut self) {
+        for (_, task) in self
+            .0
+            .subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .drain()
+        {
+            task.abort();
+        }
+    }
 }
 
 impl ConnState {
+    fn new(push: mpsc::Sender<Message>) -> Self {
+        Self {
+            files: Mutex::default(),
+            spare: Mutex::default(),
+            open_requests: Mutex::default(),
+            subscriptions: Mutex::default(),
+            push,
+        }
+    }
+
+    /// Forgets chunk request `req_id` as it is answered; true if the client
+    /// cancelled it (the answer is to be dropped).
+    fn take_cancelled(&self, req_id: u32) -> bool {
+        self.open_requests
+            .lock()
+            .expect("requests lock")
+            .remove(&req_id)
+            .unwrap_or(false)
+    }
+
+    /// The client cancelled `req_id`: a subscription ends; a chunk answer
+    /// not yet sent is dropped. Unknown IDs are ignored (already answered).
+    fn cancel(&self, req_id: u32) {
+        if let Some(task) = self
+            .subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .remove(&req_id)
+        {
+            task.abort();
+            return;
+        }
+        if let Some(c) = self
+            .open_requests
+            .lock()
+            .expect("requests lock")
+            .get_mut(&req_id)
+        {
+            *c = true;
+        }
+    }
+
     /// A buffer of exactly `len` bytes; its contents are to be overwritten.
     fn take_buffer(&self, len: usize) -> Vec<u8> {
         let mut buf = self
@@ -482,8 +612,11 @@ fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pending {
             }))
         }
         Message::GetManifest { req_id, id } => {
+            let offered = |id: &FileId| {
+                shared_entry(ctx, id).is_some() || partial_download(ctx, id).is_some()
+            };
             Pending::Ready(match ctx.library.manifest_bytes(&id) {
-                Ok(Some(bytes)) if shared_entry(ctx, &id).is_some() => Message::Manifest {
+                Ok(Some(bytes)) if offered(&id) => Message::Manifest {
                     req_id,
                     bytes: bytes.into(),
                 },
@@ -496,17 +629,43 @@ fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pending {
             })
         }
         Message::GetChunk { req_id, id, index } => {
+            conn.open_requests
+                .lock()
+                .expect("requests lock")
+                .insert(req_id, false);
             let ctx = ctx.clone();
             let conn = conn.clone();
             Pending::Chunk(tokio::task::spawn_blocking(move || {
                 read_chunk(&ctx, &conn, req_id, id, index)
             }))
         }
+        Message::GetHave {
+            req_id,
+            id,
+            subscribe,
+        } => {
+            conn.open_requests
+                .lock()
+                .expect("requests lock")
+                .insert(req_id, false);
+            let ctx = ctx.clone();
+            let conn = conn.clone();
+            Pending::Job(tokio::task::spawn_blocking(move || {
+                // A `Cancel` read before this runs means: no subscription.
+                let cancelled = conn.take_cancelled(req_id);
+                have(&ctx, &conn, req_id, id, subscribe && !cancelled)
+            }))
+        }
+        Message::Cancel { req_id } => {
+            conn.cancel(req_id);
+            Pending::Nothing
+        }
         Message::Hello(_)
         | Message::Error { .. }
         | Message::Catalog { .. }
         | Message::Manifest { .. }
-        | Message::Chunk { .. } => Pending::Fatal(error(
+        | Message::Chunk { .. }
+        | Message::Have { .. } => Pending::Fatal(error(
             0,
             ErrorCode::BadRequest,
             "unexpected message from a client",
@@ -523,6 +682,140 @@ fn shared_entry(ctx: &Ctx, id: &FileId) -> Option<Entry> {
         .cloned()
 }
 
+/// This node's download of `id` in progress, if any, when no whole copy is
+/// shared (a whole copy is always preferred).
+fn partial_download(ctx: &Ctx, id: &FileId) -> Option<Download> {
+    let snap = ctx.library.snapshot().ok()?;
+    let hex = id.to_string();
+    snap.downloads
+        .values()
+        .find(|d| d.id == hex && d.part.exists())
+        .cloned()
+}
+
+/// The answer to `GetHave`: every chunk of a shared file, the verified
+/// chunks of a download in progress (and, with `subscribe`, a task that
+/// sends them again whenever they grow), or `NotFound`.
+fn have(
+    ctx: &Arc<Ctx>,
+    conn: &Arc<ConnState>,
+    req_id: u32,
+    id: FileId,
+    subscribe: bool,
+) -> Message {
+    if shared_entry(ctx, &id).is_some() {
+        return Message::Have {
+            req_id,
+            holding: Holding::All,
+        };
+    }
+    let Some(view) = ctx.partials.view(&ctx.library, &id) else {
+        return error(
+            req_id,
+            ErrorCode::NotFound,
+            format!("file {id} is not shared here"),
+        );
+    };
+    if view.have.is_full() {
+        return Message::Have {
+            req_id,
+            holding: Holding::All,
+        };
+    }
+    if subscribe {
+        let mut subs = conn.subscriptions.lock().expect("subscriptions lock");
+        if subs.len() >= MAX_HAVE_SUBSCRIPTIONS && !subs.contains_key(&req_id) {
+            return error(
+                req_id,
+                ErrorCode::Busy,
+                format!("at most {MAX_HAVE_SUBSCRIPTIONS} have subscriptions per connection"),
+            );
+        }
+        let task = tokio::runtime::Handle::current().spawn(subscription(
+            ctx.clone(),
+            conn.clone(),
+            req_id,
+            id,
+            view.have.count(),
+        ));
+        if let Some(old) = subs.insert(req_id, task.abort_handle()) {
+            old.abort();
+        }
+    }
+    Message::Have {
+        req_id,
+        holding: Holding::Some((*view.have).clone()),
+    }
+}
+
+/// Sends `Have` for download `id` whenever it holds more than `known`
+/// chunks, until it is whole (a last `Have` of all), gone (an `Error`), or
+/// the client cancels or disconnects (the task is aborted).
+async fn subscription(
+    ctx: Arc<Ctx>,
+    conn: Arc<ConnState>,
+    req_id: u32,
+    id: FileId,
+    mut known: u32,
+) {
+    let mut tick = tokio::time::interval(HAVE_POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let c = ctx.clone();
+        let now = tokio::task::spawn_blocking(move || {
+            if shared_entry(&c, &id).is_some() {
+                return Some(Holding::All);
+            }
+            let view = c.partials.view(&c.library, &id)?;
+            Some(if view.have.is_full() {
+                Holding::All
+            } else {
+                Holding::Some((*view.have).clone())
+            })
+        })
+        .await
+        .ok()
+        .flatten();
+        let (msg, last) = match now {
+            None => (
+                error(
+                    req_id,
+                    ErrorCode::Unavailable,
+                    format!("the download of {id} stopped here"),
+                ),
+                true,
+            ),
+            Some(Holding::All) => (
+                Message::Have {
+                    req_id,
+                    holding: Holding::All,
+                },
+                true,
+            ),
+            Some(Holding::Some(b)) if b.count() > known => {
+                known = b.count();
+                (
+                    Message::Have {
+                        req_id,
+                        holding: Holding::Some(b),
+                    },
+                    false,
+                )
+            }
+            Some(Holding::Some(_)) => continue,
+        };
+        if conn.push.send(msg).await.is_err() || last {
+            break;
+        }
+    }
+    conn.subscriptions
+        .lock()
+        .expect("subscriptions lock")
+        .remove(&req_id);
+}
+
 /// The library's files as a catalog lists them: sorted by name, one item
 /// per file ID, with every library entry holding that content. Cached per
 /// library revision; whether a file is unchanged on disk is checked only
@@ -535,24 +828,40 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
     {
         return Ok(c.clone());
     }
-    let mut by_id: HashMap<FileId, (CatalogEntry, Vec<Entry>)> = HashMap::new();
+    let mut by_id: HashMap<FileId, (CatalogEntry, Source)> = HashMap::new();
     for e in snap.files.values() {
         if e.name.len() > peershare_proto::wire::MAX_NAME_LEN {
             continue;
         }
         let Some(id) = e.file_id() else { continue };
-        by_id
-            .entry(id)
-            .or_insert_with(|| {
-                let entry = CatalogEntry {
-                    id,
-                    size: e.size,
-                    name: e.name.clone(),
-                };
-                (entry, Vec::new())
-            })
-            .1
-            .push(e.clone());
+        let item = by_id.entry(id).or_insert_with(|| {
+            let entry = CatalogEntry {
+                id,
+                size: e.size,
+                flags: 0,
+                name: e.name.clone(),
+            };
+            (entry, Source::Files(Vec::new()))
+        });
+        if let (_, Source::Files(paths)) = item {
+            paths.push(e.clone());
+        }
+    }
+    // Downloads in progress, unless a whole copy is shared.
+    for d in snap.downloads.values() {
+        if d.name.len() > peershare_proto::wire::MAX_NAME_LEN {
+            continue;
+        }
+        let Some(id) = d.file_id() else { continue };
+        by_id.entry(id).or_insert_with(|| {
+            let entry = CatalogEntry {
+                id,
+                size: d.size,
+                flags: entry_flags::PARTIAL,
+                name: d.name.clone(),
+            };
+            (entry, Source::Partial(d.clone()))
+        });
     }
     let mut items: Vec<_> = by_id.into_values().collect();
     items.sort_by(|a, b| a.0.name.cmp(&b.0.name).then(a.0.id.cmp(&b.0.id)));
@@ -567,7 +876,28 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
 #[derive(Clone)]
 struct CachedCatalog {
     revision: u64,
-    items: Arc<Vec<(CatalogEntry, Vec<Entry>)>>,
+    items: Arc<Vec<(CatalogEntry, Source)>>,
+}
+
+/// Where a catalog item's bytes are.
+#[derive(Clone)]
+enum Source {
+    /// Shared files with this content (any unchanged one will do).
+    Files(Vec<Entry>),
+    /// This node's download in progress.
+    Partial(Download),
+}
+
+impl Source {
+    /// Servable now: some file unchanged since hashed, or the part file there.
+    fn is_live(&self) -> bool {
+        match self {
+            Source::Files(paths) => paths
+                .iter()
+                .any(|e| std::fs::metadata(&e.path).is_ok_and(|m| e.matches(&m))),
+            Source::Partial(d) => d.part.exists(),
+        }
+    }
 }
 
 fn catalog(ctx: &Ctx, req_id: u32, cursor: u32) -> Message {
@@ -580,12 +910,9 @@ fn catalog(ctx: &Ctx, req_id: u32, cursor: u32) -> Message {
     let mut used = 0;
     let mut i = cursor as usize;
     while i < all.len() {
-        let (entry, paths) = &all[i];
+        let (entry, source) = &all[i];
         // Withdrawn (changed on disk) unless some copy is still as hashed.
-        if !paths
-            .iter()
-            .any(|e| std::fs::metadata(&e.path).is_ok_and(|m| e.matches(&m)))
-        {
+        if !source.is_live() {
             i += 1;
             continue;
         }
@@ -618,11 +945,7 @@ fn read_chunk(
         Some(c) => c,
         None => {
             let Some(entry) = shared_entry(ctx, &id) else {
-                return Err(error(
-                    req_id,
-                    ErrorCode::NotFound,
-                    format!("file {id} is not shared here"),
-                ));
+                return read_partial_chunk(ctx, conn, req_id, id, index);
             };
             let file = File::open(&entry.path).map_err(|e| internal(req_id, e))?;
             let mut open = files.lock().expect("open files lock");
@@ -665,13 +988,63 @@ fn read_chunk(
     })
 }
 
+/// A chunk of this node's download of `id` in progress, if it is verified.
+fn read_partial_chunk(
+    ctx: &Ctx,
+    conn: &ConnState,
+    req_id: u32,
+    id: FileId,
+    index: u32,
+) -> Result<ChunkReply, Message> {
+    let Some(view) = ctx.partials.view(&ctx.library, &id) else {
+        return Err(error(
+            req_id,
+            ErrorCode::NotFound,
+            format!("file {id} is not shared here"),
+        ));
+    };
+    if index >= view.have.len() {
+        return Err(error(
+            req_id,
+            ErrorCode::OutOfRange,
+            format!("file {id} has no chunk {index}"),
+        ));
+    }
+    if !view.have.get(index) {
+        return Err(error(
+            req_id,
+            ErrorCode::Unavailable,
+            format!("this node is still downloading {id} and does not hold chunk {index} yet"),
+        ));
+    }
+    let start = index as u64 * view.chunk_size as u64;
+    let len = (view.chunk_size as u64).min(view.size - start) as usize;
+    let mut data = conn.take_buffer(len);
+    if let Err(e) = view.part.read_exact_at(&mut data, start) {
+        conn.give_back(data);
+        return Err(error(
+            req_id,
+            ErrorCode::Unavailable,
+            format!("the download of {id} cannot be read here: {e}"),
+        ));
+    }
+    ctx.stats
+        .partial_chunks_served
+        .fetch_add(1, Ordering::Relaxed);
+    Ok(ChunkReply {
+        req_id,
+        index,
+        data,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn spare_buffers_are_bounded_and_sized_exactly() {
-        let conn = ConnState::default();
+        let conn = ConnState::new(mpsc::channel(1).0);
         let bufs: Vec<Vec<u8>> = (0..SPARE_BUFFERS + 5)
             .map(|_| conn.take_buffer(1000))
             .collect();

@@ -13,6 +13,13 @@
 //! before the entry naming it is published. An entry records the size and
 //! mtime of the file when it was hashed; a file whose metadata differ now
 //! is *withdrawn* (not listed, not served) until shared again.
+//!
+//! `library.json` also lists this node's downloads in progress
+//! ([`Download`]): a server on the same data directory offers their
+//! verified chunks to others (partial source), reading which ones from the
+//! download's state file, so a downloader serves while it downloads even
+//! when `get` and `serve` are separate processes. A finished download
+//! becomes an ordinary shared entry.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -72,6 +79,29 @@ pub struct Snapshot {
     pub revision: u64,
     /// Keyed by absolute path: sharing one path twice is idempotent.
     pub files: BTreeMap<PathBuf, Entry>,
+    /// Downloads in progress, keyed by the absolute path of their output.
+    #[serde(default)]
+    pub downloads: BTreeMap<PathBuf, Download>,
+}
+
+/// A download in progress, as a partial source of its file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Download {
+    /// Hex file ID.
+    pub id: String,
+    /// Name shown to peers.
+    pub name: String,
+    pub size: u64,
+    /// The part file the chunks are written to.
+    pub part: PathBuf,
+    /// Its state file: which chunks are verified and on disk.
+    pub state: PathBuf,
+}
+
+impl Download {
+    pub fn file_id(&self) -> Option<FileId> {
+        self.id.parse().ok()
+    }
 }
 
 impl Snapshot {
@@ -332,6 +362,62 @@ impl Library {
     fn manifest_path_exists(&self, e: &Entry) -> bool {
         e.file_id()
             .is_some_and(|id| self.manifest_path(&id).exists())
+    }
+
+    /// Records a download in progress (replacing any earlier record for the
+    /// same output), with its manifest, so a server on this data directory
+    /// can offer its verified chunks.
+    pub fn begin_download(
+        &self,
+        output: &Path,
+        manifest: &Manifest,
+        download: Download,
+    ) -> Result<(), StoreError> {
+        let mpath = self.manifest_path(&manifest.id());
+        if !mpath.exists() {
+            write_atomic(&mpath, &manifest.encode())?;
+        }
+        let key = absolute(output);
+        let current = self.snapshot()?;
+        if current.downloads.get(&key) == Some(&download) {
+            return Ok(());
+        }
+        self.edit(|snap| {
+            snap.downloads.insert(key, download);
+        })
+    }
+
+    /// Forgets the download to `output`; with `share`, the finished file
+    /// there becomes a shared entry (its manifest is already stored, so
+    /// nothing is hashed again). The file's metadata are taken now: it must
+    /// be the verified download, unchanged.
+    pub fn end_download(&self, output: &Path, share: bool) -> Result<Option<Entry>, StoreError> {
+        let key = absolute(output);
+        let snap = self.snapshot()?;
+        let Some(d) = snap.downloads.get(&key).cloned() else {
+            return Ok(None);
+        };
+        let entry = if share {
+            let path = fs::canonicalize(output).map_err(StoreError::io(output))?;
+            let meta = fs::metadata(&path).map_err(StoreError::io(&path))?;
+            Some(Entry {
+                id: d.id.clone(),
+                name: d.name.clone(),
+                path,
+                size: meta.len(),
+                mtime_ns: mtime_ns(&meta),
+            })
+        } else {
+            None
+        };
+        let published = entry.clone();
+        self.edit(move |snap| {
+            snap.downloads.remove(&key);
+            if let Some(e) = published {
+                snap.files.insert(e.path.clone(), e);
+            }
+        })?;
+        Ok(entry)
     }
 
     /// Removes entries named by file ID (hex) or by path (a file, or a

@@ -289,6 +289,7 @@ async fn an_endless_catalog_is_cut_at_the_limit() {
                             CatalogEntry {
                                 id: FileId(id),
                                 size: 1,
+                                flags: 0,
                                 name: String::new(),
                             }
                         })

@@ -109,6 +109,8 @@ pub fn request(id: FileId, peers: Vec<SocketAddr>, out: &Path) -> DownloadReques
         force: false,
         node_id: NodeId([7; 32]),
         config: DownloadConfig::default(),
+        more_peers: None,
+        publish: None,
     }
 }
 

@@ -1,0 +1,117 @@
+//! What a server can offer of this node's downloads in progress: for each
+//! one recorded in the library ([`crate::store::Download`]), the chunks its
+//! state file says are verified and on disk, read from its part file.
+//!
+//! The state file is the only witness used: it names a chunk only after the
+//! downloader verified it and synced the part file (see
+//! [`crate::partial`]), so a chunk served from here is verified data, never
+//! a half-written one. The view of a download is re-read whenever its state
+//! file changes (a stat per call), so newly verified chunks become servable
+//! within one checkpoint of the downloader.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
+
+use peershare_proto::FileId;
+use peershare_proto::bitmap::Bitmap;
+use peershare_proto::manifest::{chunk_count, chunk_size_for};
+
+use crate::partial::load_state;
+use crate::store::Library;
+
+/// Downloads whose view is cached at once, at most; beyond it the cache
+/// starts over (a node has a handful of downloads in progress).
+pub const MAX_CACHED: usize = 64;
+
+/// The servable part of one download in progress.
+#[derive(Clone)]
+pub struct View {
+    pub part: Arc<File>,
+    pub have: Arc<Bitmap>,
+    pub size: u64,
+    pub chunk_size: u32,
+}
+
+/// State file identity: inode, mtime (ns), length.
+type Stamp = (u64, i64, u64);
+
+#[derive(Default)]
+pub struct Partials {
+    cache: Mutex<HashMap<FileId, (Stamp, View)>>,
+}
+
+impl Partials {
+    /// The current view of this node's download of `id`, if one is in
+    /// progress and its part file is there.
+    pub fn view(&self, library: &Library, id: &FileId) -> Option<View> {
+        let snap = library.snapshot().ok()?;
+        let hex = id.to_string();
+        let d = snap.downloads.values().find(|d| d.id == hex)?;
+        let stamp = match std::fs::metadata(&d.state) {
+            Ok(m) => (m.ino(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.len()),
+            // No state file yet: nothing verified is on disk yet.
+            Err(_) => (0, 0, 0),
+        };
+        let mut cache = self.cache.lock().expect("partials lock");
+        if let Some((s, v)) = cache.get(id)
+            && *s == stamp
+            && v.size == d.size
+        {
+            return Some(v.clone());
+        }
+        let chunk_size = chunk_size_for(d.size);
+        let n = chunk_count(d.size, chunk_size) as u32;
+        let have = load_state(&d.state, id, d.size, n).unwrap_or_else(|| Bitmap::new(n));
+        let part = File::open(&d.part).ok()?;
+        let view = View {
+            part: Arc::new(part),
+            have: Arc::new(have),
+            size: d.size,
+            chunk_size,
+        };
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        cache.insert(*id, (stamp, view.clone()));
+        Some(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partial::part_paths;
+    use crate::store::Download;
+    use peershare_proto::Manifest;
+
+    #[test]
+    fn cached_views_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Library::open(dir.path().join("data")).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..MAX_CACHED + 8 {
+            let content = format!("download number {i}");
+            let m = Manifest::from_bytes(content.as_bytes());
+            let out = dir.path().join(format!("f{i}"));
+            let (part, state) = part_paths(&out);
+            std::fs::write(&part, &content).unwrap();
+            let d = Download {
+                id: m.id().to_string(),
+                name: format!("f{i}"),
+                size: content.len() as u64,
+                part,
+                state,
+            };
+            lib.begin_download(&out, &m, d).unwrap();
+            ids.push(m.id());
+        }
+        let partials = Partials::default();
+        for id in &ids {
+            let v = partials.view(&lib, id).expect("a view of each download");
+            assert_eq!(v.have.count(), 0, "no state file: nothing verified");
+            assert!(partials.cache.lock().unwrap().len() <= MAX_CACHED);
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The swarm parts of the engine with whole nodes in one process on
+//! 127.0.0.1: partial sources (a download in progress offering its verified
+//! chunks, `Have` and its updates), `Cancel`, peers joining a running
+//! download, and endgame taking the tail away from a slow peer.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use peershare::download::Progress;
+use peershare::partial::{Bitmap, part_paths, store_state};
+use peershare::store::Download;
+use peershare::{ClientConfig, PeerConn, PeerError, ServerConfig};
+use peershare_proto::wire::{ErrorCode, Holding};
+use peershare_proto::{Manifest, NodeId};
+
+const CHUNK: usize = 64 * 1024;
+
+/// A node "downloading" `content`: its part file holds all the bytes, but
+/// its state file vouches only for the chunks in `held`.
+async fn partial_node(content: &[u8], held: &[u32]) -> (Node, Manifest, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = peershare::Library::open(dir.path().join("data")).unwrap();
+    let manifest = Manifest::from_bytes(content);
+    let out = dir.path().join("in-progress.bin");
+    let (part, state) = part_paths(&out);
+    std::fs::write(&part, content).unwrap();
+    let mut have = Bitmap::new(manifest.chunk_count());
+    held.iter().for_each(|&i| {
+        have.set(i);
+    });
+    store_state(&state, &manifest.id(), content.len() as u64, &have).unwrap();
+    lib.begin_download(
+        &out,
+        &manifest,
+        Download {
+            id: manifest.id().to_string(),
+            name: "in-progress.bin".into(),
+            size: content.len() as u64,
+            part,
+            state,
+        },
+    )
+    .unwrap();
+    let node = Node::serve(dir, lib, ServerConfig::default()).await;
+    (node, manifest, out)
+}
+
+async fn connect(node: &Node) -> PeerConn {
+    PeerConn::connect(node.addr, NodeId([9; 32]), ClientConfig::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn partial_source_lists_says_and_serves_only_its_verified_chunks() {
+    let content = data(4 * CHUNK, 1);
+    let (node, manifest, _out) = partial_node(&content, &[0, 2]).await;
+    let id = manifest.id();
+    let conn = connect(&node).await;
+    assert!(conn.remote().swarm());
+
+    let catalog = conn.catalog().await.unwrap();
+    assert_eq!(catalog.len(), 1);
+    assert!(catalog[0].is_partial());
+    assert_eq!(catalog[0].name, "in-progress.bin");
+    assert_eq!(conn.manifest(id).await.unwrap(), manifest);
+
+    let (holding, _) = conn.have(id, false).await.unwrap();
+    let Holding::Some(bits) = holding else {
+        panic!("a partial source says it holds everything")
+    };
+    assert_eq!(bits.iter().collect::<Vec<_>>(), vec![0, 2]);
+
+    let c0 = conn.chunk(id, 0).await.unwrap();
+    assert_eq!(&c0[..], &content[..CHUNK]);
+    let c2 = conn.chunk(id, 2).await.unwrap();
+    assert_eq!(&c2[..], &content[2 * CHUNK..3 * CHUNK]);
+    match conn.chunk(id, 1).await {
+        Err(PeerError::Remote {
+            code: ErrorCode::Unavailable,
+            ..
+        }) => {}
+        other => panic!("an unverified chunk was not refused: {other:?}"),
+    }
+    assert_eq!(node.stats.partial_chunks_served.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn have_subscription_reports_new_chunks_then_the_whole_file() {
+    let content = data(4 * CHUNK, 2);
+    let (node, manifest, out) = partial_node(&content, &[1]).await;
+    let id = manifest.id();
+    let conn = connect(&node).await;
+    let (first, watch) = conn.have(id, true).await.unwrap();
+    let mut watch = watch.expect("a subscription");
+    assert!(matches!(first, Holding::Some(ref b) if b.count() == 1));
+
+    // The downloader verifies two more chunks (its next checkpoint).
+    let mut have = Bitmap::new(4);
+    for i in [1, 2, 3] {
+        have.set(i);
+    }
+    let (part, state) = part_paths(&out);
+    store_state(&state, &id, content.len() as u64, &have).unwrap();
+    let update = tokio::time::timeout(Duration::from_secs(10), watch.changed())
+        .await
+        .expect("an update within 10 s");
+    update.unwrap();
+    let latest = watch.borrow_and_update().clone();
+    assert!(
+        matches!(latest, Some(Holding::Some(ref b)) if b.iter().collect::<Vec<_>>() == vec![1, 2, 3]),
+        "{latest:?}"
+    );
+
+    // It finishes: the file under its final name, shared.
+    std::fs::rename(&part, &out).unwrap();
+    std::fs::remove_file(&state).unwrap();
+    assert!(node.lib.end_download(&out, true).unwrap().is_some());
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            watch.changed().await.expect("subscription still open");
+            if matches!(*watch.borrow_and_update(), Some(Holding::All)) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("a final Have(All) within 10 s");
+    // And it is now an ordinary shared file.
+    let catalog = conn.catalog().await.unwrap();
+    assert!(!catalog[0].is_partial());
+    assert_eq!(conn.have(id, false).await.unwrap().0, Holding::All);
+}
+
+#[tokio::test]
+async fn cancelled_chunk_requests_cost_the_server_no_upload() {
+    // 64 kB/s: the first 64 KiB chunk goes at once (the burst), the second
+    // takes about a second, during which the client gives up on the third.
+    let content = data(4 * CHUNK, 3);
+    let node = Node::start(
+        &[("f.bin", &content)],
+        ServerConfig {
+            max_upload_rate: Some(64_000),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let id = id_of(&content);
+    let conn = Arc::new(connect(&node).await);
+    let ask = |i: u32| {
+        let c = conn.clone();
+        tokio::spawn(async move { c.chunk(id, i).await })
+    };
+    let (c0, c1, c2) = (ask(0), ask(1), ask(2));
+    assert_eq!(&c0.await.unwrap().unwrap()[..], &content[..CHUNK]);
+    c2.abort();
+    assert!(c2.await.unwrap_err().is_cancelled());
+    assert_eq!(&c1.await.unwrap().unwrap()[..], &content[CHUNK..2 * CHUNK]);
+    // Chunk 3 is answered after where chunk 2's answer would have been.
+    let c3 = conn.chunk(id, 3).await.unwrap();
+    assert_eq!(&c3[..], &content[3 * CHUNK..]);
+    assert_eq!(node.stats.cancelled.load(Ordering::Relaxed), 1);
+    assert_eq!(node.stats.chunks_served.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn peers_learned_later_join_a_running_download() {
+    let content = data(64 * CHUNK, 4);
+    let id = id_of(&content);
+    let slow = Node::start(
+        &[("f.bin", &content)],
+        ServerConfig {
+            max_upload_rate: Some(500_000),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let fast = Node::start(&[("f.bin", &content)], ServerConfig::default()).await;
+    let out = slow.path("got.bin");
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    let mut req = request(id, vec![slow.addr], &out);
+    req.more_peers = Some(rx);
+    let progress = Arc::new(Progress::default());
+    let dl = tokio::spawn(fetch_with(req, progress.clone()));
+    wait_for("first verified bytes", 30, || {
+        progress.verified.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    // Discovery hears of the fast node (and the slow one again).
+    tx.send_replace(vec![slow.addr, fast.addr]);
+    let summary = dl.await.unwrap().unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    assert_eq!(summary.peers.len(), 2, "a peer joined twice: {summary:?}");
+    let from = |a| summary.peers.iter().find(|p| p.addr == a).unwrap().bytes;
+    assert!(from(slow.addr) > 0 && from(fast.addr) > 0, "{summary:?}");
+}
+
+#[tokio::test]
+async fn own_server_is_never_a_source() {
+    let content = data(3 * CHUNK, 5);
+    let id = id_of(&content);
+    let me = Node::start(&[("f.bin", &content)], ServerConfig::default()).await;
+    let other = Node::start(&[("f.bin", &content)], ServerConfig::default()).await;
+    let out = me.path("got.bin");
+    let mut req = request(id, vec![me.addr, other.addr], &out);
+    req.node_id = me.lib.node_id().unwrap();
+    let summary = fetch(req).await.unwrap();
+    assert_eq!(summary.peers.len(), 1, "{summary:?}");
+    assert_eq!(summary.peers[0].addr, other.addr);
+}
+
+#[tokio::test]
+async fn endgame_takes_the_tail_from_a_slow_peer() {
+    // 16 chunks; the slow peer sends one chunk a second after the first.
+    let content = data(16 * CHUNK, 6);
+    let id = id_of(&content);
+    let slow = Node::start(
+        &[("f.bin", &content)],
+        ServerConfig {
+            max_upload_rate: Some(64_000),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let fast = Node::start(&[("f.bin", &content)], ServerConfig::default()).await;
+    let out = fast.path("got.bin");
+    let summary = fetch(request(id, vec![slow.addr, fast.addr], &out))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    assert!(summary.duplicate_requests >= 1, "{summary:?}");
+    let slow_report = summary.peers.iter().find(|p| p.addr == slow.addr).unwrap();
+    // The slow peer was asked for several chunks at once (its first
+    // window) but delivered fewer: the fast one finished them.
+    let served = slow.stats.chunks_served.load(Ordering::Relaxed);
+    assert!(
+        (slow_report.chunks as u64) < 4 && served < 4,
+        "the slow peer held the tail: {summary:?}"
+    );
+    // (Its copies still queued are cancelled as the download ends; the
+    // connection closing with it may overtake the `Cancel`, so the server
+    // side of cancelling is tested on its own above.)
+}
+
+#[tokio::test]
+async fn have_subscriptions_per_connection_are_capped() {
+    let content = data(4 * CHUNK, 7);
+    let (node, manifest, _out) = partial_node(&content, &[0]).await;
+    let conn = connect(&node).await;
+    let mut kept = Vec::new();
+    for _ in 0..peershare::server::MAX_HAVE_SUBSCRIPTIONS {
+        kept.push(conn.have(manifest.id(), true).await.unwrap().1);
+    }
+    match conn.have(manifest.id(), true).await {
+        Err(PeerError::Remote {
+            code: ErrorCode::Busy,
+            ..
+        }) => {}
+        other => panic!("subscription over the cap: {other:?}"),
+    }
+    // A plain question is still answered.
+    assert!(matches!(
+        conn.have(manifest.id(), false).await.unwrap().0,
+        Holding::Some(_)
+    ));
+}
+
+#[tokio::test]
+async fn download_from_peers_that_hold_only_parts_gives_up_when_starved() {
+    let content = data(4 * CHUNK, 8);
+    let (node, manifest, _out) = partial_node(&content, &[0, 1]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("got.bin");
+    let mut req = request(manifest.id(), vec![node.addr], &out);
+    req.config.starved_timeout = Duration::from_secs(1);
+    let progress = Arc::new(Progress::default());
+    match fetch_with(req, progress.clone()).await {
+        Err(peershare::DownloadError::AllSourcesFailed(why)) => {
+            assert!(why[0].contains("hold only parts"), "{why:?}")
+        }
+        other => panic!("expected a starved download to fail: {other:?}"),
+    }
+    // What it could get, it got, and kept for a resume.
+    assert_eq!(progress.verified.load(Ordering::Relaxed), 2 * CHUNK as u64);
+    let (_, state) = part_paths(&out);
+    assert!(state.exists());
+}
