@@ -2,9 +2,10 @@
 //!
 //! ```text
 //!   store     the library in the data dir: what is shared, manifests, node ID
-//!   server    answers catalog / manifest / chunk requests from the library
+//!   server    answers catalog / manifest / chunk / have requests from the library
+//!   partials  the verified chunks of this node's downloads in progress, for the server
 //!   client    one multiplexed connection to a peer (requests by ID)
-//!   download  drives a Scheduler over many peers; verifies, writes, resumes
+//!   download  drives the swarm Scheduler over many peers; verifies, writes, resumes
 //!   partial   the durable record of a download's verified chunks
 //!   conn      frames over any async byte stream
 //!   discovery UDP announcements, queries and replies on the LAN
