@@ -20,8 +20,11 @@
 //! 4. Endgame: when no chunk held by a live peer is left unrequested, a peer
 //!    with room in its window duplicates a chunk in flight elsewhere (the
 //!    one with fewest copies, oldest first), at most `endgame_copies` copies
-//!    per chunk. The first verified copy wins; the others are returned to
-//!    the caller to cancel.
+//!    per chunk; a peer with nothing in flight at all may add a copy past
+//!    that cap, so chunks whose copies all sit at slow peers are still
+//!    taken by whoever is idle (in practice: fast). The first verified copy
+//!    wins; the others are returned to the caller to cancel. An
+//!    `endgame_copies` below 2 turns endgame off.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -47,7 +50,9 @@ pub struct SchedulerConfig {
     pub window_horizon: Duration,
     /// Length of one throughput sample.
     pub rate_sample: Duration,
-    /// Most peers one chunk is in flight to at once (endgame only).
+    /// Most peers one chunk is in flight to at once (endgame only), except
+    /// that a peer with nothing in flight may always add a copy; below 2,
+    /// no endgame.
     pub endgame_copies: u32,
     /// Failed chunks after which a peer is dropped from this download.
     pub max_peer_failures: u32,
@@ -165,8 +170,8 @@ pub enum Status {
 ///    `fresh` counts `Fresh` ones, all of them at or past `fresh_cursor`;
 /// 2. a `Waiting` chunk is in `waiting` exactly once, and nothing else is;
 /// 3. an `InFlight` chunk has a `flights` entry and nothing else does; its
-///    peers are distinct, hold the chunk, number at least one and at most
-///    `max(1, endgame_copies)`;
+///    peers are distinct, hold the chunk, and number at least one (more
+///    only with `endgame_copies` of 2 or more);
 /// 4. a peer's `in_flight` is the number of flights it is in; a dropped
 ///    peer is in none, and no peer is in more than `max_window`;
 /// 5. `seeders` counts live peers holding every chunk and `avail[i]` the
@@ -413,14 +418,17 @@ impl Scheduler {
     }
 
     fn pick_endgame(&self, peer: PeerKey) -> Option<u32> {
-        if self.flights.is_empty() || !self.in_endgame() {
+        let copies = self.config.endgame_copies as usize;
+        if copies < 2 || self.flights.is_empty() || !self.in_endgame() {
             return None;
         }
         let p = &self.peers[peer];
-        let copies = self.config.endgame_copies.max(1) as usize;
+        // An idle peer is not held to the cap: when every copy of a chunk
+        // sits at a slow peer, whoever has nothing to do takes it too.
+        let cap = if p.in_flight == 0 { usize::MAX } else { copies };
         self.flights
             .iter()
-            .filter(|(i, f)| f.peers.len() < copies && !f.peers.contains(&peer) && p.holds(**i))
+            .filter(|(i, f)| f.peers.len() < cap && !f.peers.contains(&peer) && p.holds(**i))
             .min_by_key(|(i, f)| (f.peers.len(), f.since, **i))
             .map(|(i, _)| *i)
     }
@@ -685,11 +693,10 @@ impl Scheduler {
             let flight = self.flights.get(&(i as u32));
             assert_eq!(flight.is_some(), *c == Chunk::InFlight, "chunk {i} flight");
             if let Some(f) = flight {
-                let copies = self.config.endgame_copies.max(1) as usize;
-                assert!(
-                    !f.peers.is_empty() && f.peers.len() <= copies,
-                    "chunk {i} copies"
-                );
+                assert!(!f.peers.is_empty(), "chunk {i} has no copy");
+                if self.config.endgame_copies < 2 {
+                    assert_eq!(f.peers.len(), 1, "chunk {i} copied without endgame");
+                }
                 let mut distinct = f.peers.clone();
                 distinct.sort_unstable();
                 distinct.dedup();
@@ -1031,21 +1038,69 @@ mod tests {
     }
 
     #[test]
-    fn endgame_copies_are_capped() {
+    fn endgame_copies_are_capped_for_busy_peers() {
         let mut s = sched(
             SchedulerConfig {
                 endgame_copies: 2,
+                ..cfg(4)
+            },
+            2,
+        );
+        let a = seeder(&mut s);
+        let b = seeder(&mut s);
+        let c = seeder(&mut s);
+        assert_eq!(s.poll_request(a, T0), Some(0));
+        assert_eq!(s.poll_request(b, T0), Some(1));
+        assert_eq!(s.poll_request(b, T0), Some(0), "endgame copy");
+        assert_eq!(s.poll_request(b, T0), None, "never twice from one peer");
+        assert_eq!(s.poll_request(a, T0), Some(1), "endgame copy");
+        // c is idle: it may add a third copy (the oldest chunk first), and
+        // then, busy, no more.
+        assert_eq!(s.poll_request(c, T0), Some(0));
+        assert_eq!(s.poll_request(c, T0), None, "busy peers keep the cap");
+        assert_eq!(s.duplicate_requests(), 3);
+        s.check_invariants();
+    }
+
+    #[test]
+    fn idle_fast_peer_takes_chunks_whose_copies_sit_at_slow_peers() {
+        // The simulation's case: 6 chunks; two slow peers polled first take
+        // every chunk and both copies of chunks 0 and 1.
+        let mut s = sched(cfg(4), 6);
+        let (slow_a, slow_b) = (seeder(&mut s), seeder(&mut s));
+        let fast = seeder(&mut s);
+        let a: Vec<u32> = std::iter::from_fn(|| s.poll_request(slow_a, T0)).collect();
+        let b: Vec<u32> = std::iter::from_fn(|| s.poll_request(slow_b, T0)).collect();
+        assert_eq!((a, b), (vec![0, 1, 2, 3], vec![4, 5, 0, 1]));
+        let f: Vec<u32> = std::iter::from_fn(|| s.poll_request(fast, T0)).collect();
+        assert_eq!(f, vec![2, 3, 4, 5]);
+        for i in f {
+            assert!(s.handle_verified(fast, i, ms(1)).is_some());
+        }
+        // Idle now: past the cap, it takes the oldest of 0 and 1, then,
+        // once that is done, the other.
+        assert_eq!(s.poll_request(fast, ms(1)), Some(0));
+        assert_eq!(s.poll_request(fast, ms(1)), None);
+        assert_eq!(s.handle_verified(fast, 0, ms(2)).map(|l| l.len()), Some(2));
+        assert_eq!(s.poll_request(fast, ms(2)), Some(1));
+        assert_eq!(s.handle_verified(fast, 1, ms(3)).map(|l| l.len()), Some(2));
+        assert_eq!(s.status(), Status::Complete);
+        s.check_invariants();
+    }
+
+    #[test]
+    fn endgame_off_below_two_copies() {
+        let mut s = sched(
+            SchedulerConfig {
+                endgame_copies: 1,
                 ..cfg(4)
             },
             1,
         );
         let a = seeder(&mut s);
         let b = seeder(&mut s);
-        let c = seeder(&mut s);
         assert_eq!(s.poll_request(a, T0), Some(0));
-        assert_eq!(s.poll_request(b, T0), Some(0));
-        assert_eq!(s.poll_request(c, T0), None, "two copies already");
-        assert_eq!(s.poll_request(b, T0), None, "never twice from one peer");
+        assert_eq!(s.poll_request(b, T0), None, "idle, but no endgame");
         s.check_invariants();
     }
 
