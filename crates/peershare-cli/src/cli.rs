@@ -48,7 +48,7 @@ pub enum Command {
         unless it changed. A file that changes after sharing is no longer served until shared again.")]
     Share(ShareArgs),
 
-    /// Remove files from the library (the files themselves are never touched)
+    /// Remove files from the library, or stop offering a download in progress (the files themselves are never touched)
     #[command(after_help = "Examples:\n  \
         peershare unshare ~/Videos/talk.mkv\n  \
         peershare unshare ~/Documents/papers       # everything shared from that folder\n  \

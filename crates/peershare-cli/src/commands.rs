@@ -187,15 +187,26 @@ fn unshare(dir: &Path, a: UnshareArgs) -> Result<(), Failure> {
     let lib = open_library(dir)?;
     let removed = lib.unshare(&a.targets).map_err(store_failure)?;
     if a.json.json {
-        let v: Vec<_> = removed
+        let files = removed
+            .files
             .iter()
-            .map(|e| serde_json::json!({"id": e.id, "name": e.name, "path": e.path}))
-            .collect();
-        out_json(&v);
+            .map(|e| serde_json::json!({"id": e.id, "name": e.name, "path": e.path}));
+        let downloads = removed.downloads.iter().map(|(out, d)| {
+            serde_json::json!({"id": d.id, "name": d.name, "path": out, "in_progress": true})
+        });
+        out_json(&files.chain(downloads).collect::<Vec<_>>());
     } else {
         let mut text = String::new();
-        for e in &removed {
+        for e in &removed.files {
             text.push_str(&format!("unshared {}  {}\n", e.id, e.name));
+        }
+        for (out, d) in &removed.downloads {
+            text.push_str(&format!(
+                "no longer offering {}  {} (download in progress to {})\n",
+                d.id,
+                d.name,
+                out.display()
+            ));
         }
         out(&text);
     }
@@ -633,7 +644,8 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
             ..DownloadConfig::default()
         },
         more_peers,
-        publish: (!a.no_share).then(|| lib.clone()),
+        library: Some(lib.clone()),
+        share: !a.no_share,
     };
     let counters = Arc::new(Progress::default());
     let display = progress::downloading(counters.clone(), quiet);

@@ -183,7 +183,7 @@ pub struct Scheduler {
     file_size: u64,
     chunks: Vec<Chunk>,
     attempts: Vec<u8>,
-    avail: Vec<u16>,
+    avail: Vec<u32>,
     seeders: u32,
     /// Live peers with a bitmap (not holding every chunk).
     partial_peers: u32,
@@ -273,8 +273,19 @@ impl Scheduler {
         });
         // Starts as a partial peer holding nothing, then learns its set.
         self.partial_peers += 1;
-        if !self.handle_holding(key, holding) {
-            self.drop_peer(key, DropReason::BadHave, now);
+        self.handle_holding(key, holding, now);
+        key
+    }
+
+    /// A peer comes back (a reconnection) with what it holds now: a new key
+    /// that inherits `previous`'s failures, so trust spans the whole
+    /// download however often a peer reconnects.
+    pub fn rejoin(&mut self, previous: PeerKey, holding: Holding, now: Duration) -> PeerKey {
+        let key = self.add_peer(holding, now);
+        if let Some(old) = self.peers.get(previous).cloned() {
+            let p = &mut self.peers[key];
+            p.failures = old.failures;
+            p.corrupt = old.corrupt;
         }
         key
     }
@@ -303,9 +314,10 @@ impl Scheduler {
     }
 
     /// `peer` holds (at least) `holding`: its set only ever grows. Returns
-    /// false, changing nothing, for an unknown or dropped peer or a bitmap
-    /// whose length is not this file's chunk count.
-    pub fn handle_holding(&mut self, peer: PeerKey, holding: Holding) -> bool {
+    /// false, changing nothing, for an unknown or dropped peer; false, and
+    /// the peer dropped ([`DropReason::BadHave`]), for a bitmap whose length
+    /// is not this file's chunk count.
+    pub fn handle_holding(&mut self, peer: PeerKey, holding: Holding, now: Duration) -> bool {
         if !self.peers.get(peer).is_some_and(Peer::live) {
             return false;
         }
@@ -316,6 +328,7 @@ impl Scheduler {
             }
             Holding::Some(b) => {
                 if b.len() != self.chunk_count() {
+                    self.drop_peer(peer, DropReason::BadHave, now);
                     return false;
                 }
                 for i in b.iter() {
@@ -338,7 +351,7 @@ impl Scheduler {
     }
 
     fn availability(&self, i: u32) -> u32 {
-        self.seeders + self.avail[i as usize] as u32
+        self.seeders + self.avail[i as usize]
     }
 
     /// Live peers, the dropped excluded.
@@ -710,7 +723,7 @@ impl Scheduler {
             }
         }
         let mut seeders = 0;
-        let mut avail = vec![0u16; self.chunks.len()];
+        let mut avail = vec![0u32; self.chunks.len()];
         for (k, p) in self.peers.iter().enumerate() {
             let n = self
                 .flights
@@ -839,9 +852,41 @@ mod tests {
         s.check_invariants();
         assert_eq!((s.seeders, s.partial_peers), (1, 0));
         // Holding messages only add: a later smaller set changes nothing.
-        assert!(s.handle_holding(p, Holding::Some(Bitmap::new(2))));
+        assert!(s.handle_holding(p, Holding::Some(Bitmap::new(2)), T0));
         assert_eq!(s.poll_request(p, T0), Some(0));
         assert_eq!(s.poll_request(p, T0), Some(1));
+        s.check_invariants();
+    }
+
+    #[test]
+    fn later_bitmap_of_the_wrong_length_drops_the_peer_and_hands_its_chunks_over() {
+        let mut s = sched(cfg(8), 4);
+        let p = partial(&mut s, 4, &[0, 1]);
+        let q = seeder(&mut s);
+        assert_eq!(s.poll_request(p, T0), Some(0));
+        assert!(!s.handle_holding(p, Holding::Some(Bitmap::new(3)), ms(5)));
+        assert_eq!(s.dropped(p), Some(DropReason::BadHave));
+        assert_eq!(s.poll_request(q, ms(5)), Some(0), "its chunk, at once");
+        s.check_invariants();
+    }
+
+    #[test]
+    fn rejoining_peer_keeps_its_failures() {
+        let mut s = sched(cfg(8), 8);
+        let a = seeder(&mut s);
+        let b = seeder(&mut s);
+        for i in 0..2 {
+            assert_eq!(s.poll_request(a, T0), Some(i));
+            s.handle_failed(a, i, Failure::Corrupt, T0);
+        }
+        s.handle_peer_lost(a, T0);
+        let a2 = s.rejoin(a, Holding::All, T0);
+        assert_eq!(s.dropped(a2), None);
+        // One more failure is its third in this download.
+        let c = s.poll_request(a2, T0).unwrap();
+        s.handle_failed(a2, c, Failure::Corrupt, T0);
+        assert_eq!(s.dropped(a2), Some(DropReason::CorruptData));
+        assert!(s.poll_request(b, T0).is_some());
         s.check_invariants();
     }
 

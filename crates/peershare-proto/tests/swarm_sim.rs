@@ -862,8 +862,11 @@ impl<'a> Sim<'a> {
                 // Announced one chunk at a time, or (every third chunk) as
                 // the whole set, or as the whole file once it is complete.
                 let took = match &self.holds[p] {
-                    Some(b) if b.is_full() => self.sched.handle_holding(k, Holding::All),
-                    Some(b) if i % 3 == 0 => self.sched.handle_holding(k, Holding::Some(b.clone())),
+                    Some(b) if b.is_full() => self.sched.handle_holding(k, Holding::All, self.now),
+                    Some(b) if i % 3 == 0 => {
+                        self.sched
+                            .handle_holding(k, Holding::Some(b.clone()), self.now)
+                    }
                     _ => self.sched.handle_have(k, i),
                 };
                 ensure!(self, took == live, "announcement of {p} taken: {took}");

@@ -18,8 +18,8 @@
 //! the last chunks: the first verified copy wins and the other request is
 //! cancelled (its fetch task aborted, a `Cancel` sent). Peers given later
 //! (`DownloadRequest::more_peers`, e.g. from discovery) join the running
-//! download. With `DownloadRequest::publish`, the download is recorded in
-//! the library while it runs, so a server on that data directory offers its
+//! download. With `DownloadRequest::library` and `share`, the download is
+//! recorded in the library while it runs, so a server on that data directory offers its
 //! verified chunks, and the finished file is shared.
 //!
 //! Memory is bounded by the number of requests in flight (a window per peer
@@ -113,10 +113,12 @@ pub struct DownloadRequest {
     /// Addresses learned while the download runs (e.g. by discovery): any
     /// not yet tried joins the download.
     pub more_peers: Option<watch::Receiver<Vec<SocketAddr>>>,
-    /// Record the download in this library while it runs (a server on the
-    /// same data directory then offers its verified chunks) and share the
-    /// finished file there.
-    pub publish: Option<Library>,
+    /// This node's library. With `share`, the download is recorded there
+    /// while it runs (a server on the same data directory then offers its
+    /// verified chunks) and the finished file is shared there; without,
+    /// any record of an earlier run to the same output is withdrawn.
+    pub library: Option<Library>,
+    pub share: bool,
 }
 
 /// Live counters a UI can poll.
@@ -239,6 +241,8 @@ enum Joined {
     Ready(Arc<PeerConn>, Manifest, Holding, Option<HaveWatch>),
     /// Connected, but does not share the file.
     NotFound,
+    /// It is this node (found by discovery): never a source.
+    Myself,
     /// Could not connect.
     Unreachable(PeerError),
     /// Connected, then failed (bad manifest, protocol error, silence).
@@ -252,7 +256,7 @@ async fn join_peer(addr: SocketAddr, id: FileId, node_id: NodeId, config: Client
     };
     if conn.remote().node_id == node_id {
         // Our own server (found by discovery): it holds nothing we lack.
-        return Joined::NotFound;
+        return Joined::Myself;
     }
     let manifest = match conn.manifest(id).await {
         Ok(m) => m,
@@ -266,22 +270,87 @@ async fn join_peer(addr: SocketAddr, id: FileId, node_id: NodeId, config: Client
     }
 }
 
-/// Forwards a partial peer's `Have` updates to the driver, tagged with its
-/// slot and key, until its connection ends.
+/// [`join_peer`] for `addr`, tagged with it.
+fn join_at(
+    addr: SocketAddr,
+    req: &DownloadRequest,
+) -> impl Future<Output = (SocketAddr, Joined)> + Send + 'static {
+    let (id, node_id, config) = (req.id, req.node_id, req.config.client.clone());
+    async move { (addr, join_peer(addr, id, node_id, config).await) }
+}
+
+/// A partial peer's announcement for the driver: its slot and key, and its
+/// latest set, or `None` once its announcements ended (its connection
+/// closed, or its own download stopped).
+type HaveUpdate = (usize, PeerKey, Option<Holding>);
+
+/// Forwards a partial peer's `Have` updates to the driver until its
+/// connection ends, and then says so: a peer the driver asks nothing of
+/// would otherwise be lost without anyone noticing.
 async fn forward_haves(
     mut have: HaveWatch,
     slot: usize,
     key: PeerKey,
-    to: mpsc::Sender<(usize, PeerKey, Holding)>,
+    to: mpsc::Sender<HaveUpdate>,
 ) {
     while have.changed().await.is_ok() {
         let latest = have.borrow_and_update().clone();
         if let Some(h) = latest
-            && to.send((slot, key, h)).await.is_err()
+            && to.send((slot, key, Some(h))).await.is_err()
         {
             return;
         }
     }
+    let _ = to.send((slot, key, None)).await;
+}
+
+/// A peer's connection (or its announcements) ended: its chunks go to the
+/// others, and it is reconnected, once per loss, while it has
+/// reconnections left.
+#[allow(clippy::too_many_arguments)]
+fn lose_peer(
+    slot: &mut Slot,
+    slot_no: usize,
+    key: PeerKey,
+    why: String,
+    sched: &mut Scheduler,
+    reconnecting: &mut JoinSet<(usize, Joined)>,
+    req: &DownloadRequest,
+    now: Duration,
+) {
+    // A late failure of a replaced connection says nothing about the
+    // current one.
+    let first = key == slot.key && sched.dropped(key).is_none();
+    sched.handle_peer_lost(key, now);
+    if first && !slot.reconnecting && slot.reconnects < MAX_RECONNECTS {
+        tracing::info!("{why}; reconnecting");
+        reconnecting.spawn(slot.reconnect(slot_no, req));
+    } else if first {
+        tracing::warn!("{why}");
+    }
+    if first {
+        slot.last_error = Some(why);
+    }
+}
+
+/// Records, once, why a peer was dropped.
+fn note_drop(slot: &mut Slot, sched: &Scheduler) {
+    if slot.report.dropped.is_some() {
+        return;
+    }
+    let Some(reason) = sched.dropped(slot.key) else {
+        return;
+    };
+    let last = slot.last_error.clone();
+    slot.report.dropped = Some(match reason {
+        DropReason::CorruptData => format!(
+            "sent {} chunks that failed verification (corrupt data)",
+            slot.report.corrupt
+        ),
+        DropReason::TooManyErrors => last.unwrap_or_else(|| "too many failed requests".into()),
+        DropReason::Disconnected => last.unwrap_or_else(|| "disconnected".into()),
+        DropReason::BadHave => "announced chunks of a file of another size".into(),
+    });
 }
 
 /// Times a lost peer is reconnected during one download, at most.
@@ -330,14 +399,16 @@ pub async fn download(
     // against the ID). The first that has the file starts the download;
     // the others join it as they answer, so a slow or silent peer delays
     // nothing.
-    let mut joining: JoinSet<Joined> = JoinSet::new();
-    for addr in addrs {
-        joining.spawn(join_peer(
-            addr,
-            req.id,
-            req.node_id,
-            req.config.client.clone(),
-        ));
+    let mut joining: JoinSet<(SocketAddr, Joined)> = JoinSet::new();
+    // Addresses being asked, and those that are (or were) sources or are
+    // this node: never asked again. Others that answered no are asked
+    // again whenever `more_peers` reports them (a node whose own download
+    // had not started yet may have the file a moment later).
+    let mut trying: std::collections::HashSet<SocketAddr> = addrs.iter().copied().collect();
+    let mut settled: std::collections::HashSet<SocketAddr> = std::collections::HashSet::new();
+    let mut failed_once: std::collections::HashSet<SocketAddr> = std::collections::HashSet::new();
+    for addr in addrs.iter().copied() {
+        joining.spawn(join_at(addr, &req));
     }
     let mut conns: Vec<(Arc<PeerConn>, Holding, Option<HaveWatch>)> = Vec::new();
     let mut manifest = None;
@@ -350,17 +421,28 @@ pub async fn download(
             _ = &mut cancel => return Err(DownloadError::Cancelled),
         };
         let Some(joined) = next else { break };
-        match joined.expect("join task does not panic") {
+        let (addr, joined) = joined.expect("join task does not panic");
+        trying.remove(&addr);
+        match joined {
             Joined::Ready(c, m, holding, have) => {
+                settled.insert(addr);
                 conns.push((c, holding, have));
                 manifest = Some(m);
+            }
+            Joined::Myself => {
+                settled.insert(addr);
+                not_found += 1;
             }
             Joined::NotFound => not_found += 1,
             Joined::Unreachable(e) => {
                 tracing::info!("{e}");
+                failed_once.insert(addr);
                 unreachable.push(e);
             }
-            Joined::Failed(e) => failures.push(e.to_string()),
+            Joined::Failed(e) => {
+                failed_once.insert(addr);
+                failures.push(e.to_string());
+            }
         }
     }
     let Some(manifest) = manifest else {
@@ -459,7 +541,15 @@ pub async fn download(
     if resumed_bytes > 0 {
         tracing::info!("resuming: {resumed_bytes} bytes already verified");
     }
-    if let Some(lib) = req.publish.clone() {
+    if let (Some(lib), false) = (req.library.clone(), req.share) {
+        // Keep it to ourselves: withdraw any record an earlier run left.
+        let out = out.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || lib.end_download(&out, false)).await
+        {
+            tracing::warn!("cannot withdraw an earlier offer of this download: {e}");
+        }
+    }
+    if let (Some(lib), true) = (req.library.clone(), req.share) {
         // Offer the verified chunks to others while this runs. A failure
         // here costs only that, not the download.
         let record = Download {
@@ -487,7 +577,7 @@ pub async fn download(
         manifest.chunk_size(),
         |i| done.get(i),
     );
-    let (have_tx, mut have_rx) = mpsc::channel::<(usize, PeerKey, Holding)>(64);
+    let (have_tx, mut have_rx) = mpsc::channel::<HaveUpdate>(64);
     let mut watchers: JoinSet<()> = JoinSet::new();
     let mut slots: Vec<Slot> = Vec::new();
     for (conn, holding, have) in conns {
@@ -646,60 +736,48 @@ pub async fn download(
                         sched.handle_failed(ev.key, ev.index, Failure::Refused, now);
                         slot.last_error = Some(e.to_string());
                     }
-                    Outcome::Peer(e) => {
-                        // A late failure of a replaced connection says
-                        // nothing about the current one.
-                        let current = ev.key == slot.key;
-                        let first = current && sched.dropped(slot.key).is_none();
-                        sched.handle_peer_lost(ev.key, now);
-                        slot.last_error = Some(e.to_string());
-                        // One reconnection per loss (every request in flight
-                        // on the lost connection reports it).
-                        if first && !slot.reconnecting && slot.reconnects < MAX_RECONNECTS {
-                            tracing::info!("{e}; reconnecting");
-                            reconnecting.spawn(slot.reconnect(ev.slot, &req));
-                        } else if first {
-                            tracing::warn!("{e}");
-                        }
-                    }
+                    // Every request in flight on the lost connection reports
+                    // it; `lose_peer` acts once.
+                    Outcome::Peer(e) => lose_peer(slot, ev.slot, ev.key, e.to_string(), &mut sched, &mut reconnecting, &req, now),
                     Outcome::Disk(e) => break Some(no_space_or(e, &out, size, &part_path)),
                 }
-                // Say why, once, when the peer is dropped.
-                if slot.report.dropped.is_none()
-                    && let Some(reason) = sched.dropped(slot.key)
-                {
-                    let last = slot.last_error.clone();
-                    slot.report.dropped = Some(match reason {
-                        DropReason::CorruptData => {
-                            format!("sent {} chunks that failed verification (corrupt data)", slot.report.corrupt)
-                        }
-                        DropReason::TooManyErrors => last.unwrap_or_else(|| "too many failed requests".into()),
-                        DropReason::Disconnected => last.unwrap_or_else(|| "disconnected".into()),
-                        DropReason::BadHave => "announced chunks of a file of another size".into(),
-                    });
-                }
+                note_drop(slot, &sched);
                 publish_progress(&progress, &slots, &sched);
             }
-            Some((slot_no, key, holding)) = have_rx.recv() => {
-                // A partial peer verified more chunks. Keys of replaced
-                // connections are dropped in the scheduler: ignored there.
-                if slots[slot_no].key == key && !sched.handle_holding(key, holding) {
-                    tracing::warn!(peer = %slots[slot_no].report.addr, "announced chunks of another file size; dropped");
-                    slots[slot_no].report.dropped = Some("announced chunks of a file of another size".into());
+            Some((slot_no, key, update)) = have_rx.recv() => {
+                let now = start.elapsed();
+                let slot = &mut slots[slot_no];
+                // Keys of replaced connections are dropped in the scheduler:
+                // their late news changes nothing there.
+                match update {
+                    // A partial peer verified more chunks.
+                    // (A bitmap of another length drops it: `note_drop`
+                    // says so below.)
+                    Some(holding) => {
+                        sched.handle_holding(key, holding, now);
+                    }
+                    None => {
+                        let why = format!("{}: its announcements stopped (connection closed)", slot.report.addr);
+                        lose_peer(slot, slot_no, key, why, &mut sched, &mut reconnecting, &req, now);
+                    }
                 }
+                note_drop(slot, &sched);
+                publish_progress(&progress, &slots, &sched);
             }
             Ok(()) = async { more_peers.as_mut().expect("guarded").changed().await }, if more_peers.is_some() => {
-                let fresh: Vec<SocketAddr> = more_peers
+                let reported: Vec<SocketAddr> = more_peers
                     .as_mut()
                     .expect("guarded")
                     .borrow_and_update()
-                    .iter()
-                    .copied()
-                    .filter(|a| seen.insert(*a))
-                    .collect();
-                for addr in fresh {
-                    tracing::info!(peer = %addr, "new peer; asking it to join");
-                    joining.spawn(join_peer(addr, req.id, req.node_id, req.config.client.clone()));
+                    .clone();
+                // The peers given at the start too: one that said no may
+                // have the file by now.
+                for addr in reported.into_iter().chain(req.peers.iter().copied()) {
+                    if settled.contains(&addr) || !trying.insert(addr) {
+                        continue;
+                    }
+                    tracing::debug!(peer = %addr, "asking it to join");
+                    joining.spawn(join_at(addr, &req));
                 }
             }
             r = async { checkpoint.as_mut().expect("guarded").await }, if checkpoint.is_some() => {
@@ -719,14 +797,14 @@ pub async fn download(
                 let slot = &mut slots[slot_no];
                 let result = match result {
                     Joined::Ready(conn, _, holding, have) => Ok((conn, holding, have)),
-                    Joined::NotFound => Err("it no longer shares the file".to_owned()),
+                    Joined::NotFound | Joined::Myself => Err("it no longer shares the file".to_owned()),
                     Joined::Unreachable(e) | Joined::Failed(e) => Err(e.to_string()),
                 };
                 match result {
                     Ok((conn, holding, have)) => {
                         tracing::info!(peer = %slot.report.addr, "reconnected");
                         slot.conn = conn;
-                        slot.key = sched.add_peer(holding, start.elapsed());
+                        slot.key = sched.rejoin(slot.key, holding, start.elapsed());
                         slot.reconnecting = false;
                         slot.report.dropped = None;
                         if let Some(h) = have {
@@ -747,18 +825,27 @@ pub async fn download(
                 publish_progress(&progress, &slots, &sched);
             }
             Some(joined) = joining.join_next(), if !joining.is_empty() => {
-                match joined.expect("join task does not panic") {
+                let (addr, joined) = joined.expect("join task does not panic");
+                trying.remove(&addr);
+                match joined {
                     Joined::Ready(c, m, holding, have) => {
+                        settled.insert(addr);
                         if m.id() == req.id {
                             tracing::info!(peer = %c.addr(), "joined the download");
                             add_slot(&mut slots, &mut sched, &mut watchers, &have_tx, c, holding, have, start.elapsed());
                             publish_progress(&progress, &slots, &sched);
                         }
                     }
+                    Joined::Myself => {
+                        settled.insert(addr);
+                    }
                     Joined::NotFound => {}
                     Joined::Unreachable(e) | Joined::Failed(e) => {
                         tracing::info!("{e}");
-                        failures.push(e.to_string());
+                        // Reported once per address, however often retried.
+                        if failed_once.insert(addr) {
+                            failures.push(e.to_string());
+                        }
                     }
                 }
             }
@@ -793,23 +880,37 @@ pub async fn download(
         return Err(err);
     }
 
-    // Complete: make it durable, then give it its final name.
+    // Complete: make it durable, then give it its final name, and share
+    // it (before the part and state files go, so a server never sees it
+    // neither partial nor whole).
     let force = req.force;
     let final_out = out.clone();
-    tokio::task::spawn_blocking(move || {
-        finish(&file.file, &part_path, &state_path, &final_out, force)
+    let library = req.library.clone().filter(|_| req.share);
+    let shared = tokio::task::spawn_blocking(move || {
+        // Endgame losers' writes may still be queued: none lands after this.
+        file.close();
+        let mut shared = false;
+        finish(
+            &file.file,
+            &part_path,
+            &state_path,
+            &final_out,
+            force,
+            || {
+                if let Some(lib) = library {
+                    match lib.end_download(&final_out, true) {
+                        Ok(entry) => shared = entry.is_some(),
+                        Err(e) => {
+                            tracing::warn!("the file is complete but could not be shared: {e}")
+                        }
+                    }
+                }
+            },
+        )?;
+        Ok::<bool, DownloadError>(shared)
     })
     .await
     .expect("finish does not panic")?;
-    let mut shared = false;
-    if let Some(lib) = req.publish.clone() {
-        let out = out.clone();
-        match tokio::task::spawn_blocking(move || lib.end_download(&out, true)).await {
-            Ok(Ok(entry)) => shared = entry.is_some(),
-            Ok(Err(e)) => tracing::warn!("the file is complete but could not be shared: {e}"),
-            Err(e) => tracing::warn!("the file is complete but could not be shared: {e}"),
-        }
-    }
     let received = progress.received.load(Ordering::Relaxed);
     Ok(DownloadSummary {
         id: req.id.to_string(),
@@ -833,7 +934,7 @@ fn add_slot(
     slots: &mut Vec<Slot>,
     sched: &mut Scheduler,
     watchers: &mut JoinSet<()>,
-    have_tx: &mpsc::Sender<(usize, PeerKey, Holding)>,
+    have_tx: &mpsc::Sender<HaveUpdate>,
     conn: Arc<PeerConn>,
     holding: Holding,
     have: Option<HaveWatch>,
@@ -926,12 +1027,16 @@ fn spawn_checkpoint(
     })
 }
 
+/// Syncs the part file, gives it its final name (never replacing a file
+/// unless `force`), calls `linked` while the part and state files are still
+/// there, then removes them.
 fn finish(
     file: &File,
     part: &Path,
     state: &Path,
     out: &Path,
     force: bool,
+    linked: impl FnOnce(),
 ) -> Result<(), DownloadError> {
     let disk = |path: &Path| {
         let path = path.to_path_buf();
@@ -939,7 +1044,10 @@ fn finish(
     };
     file.sync_all().map_err(disk(part))?;
     if force {
+        // (A rename leaves no moment with both names: a server on this
+        // data dir may answer "not here" until `linked` has run.)
         std::fs::rename(part, out).map_err(disk(out))?;
+        linked();
     } else {
         // A hard link never replaces an existing file: if something
         // appeared under the final name meanwhile, it is left alone.
@@ -947,6 +1055,7 @@ fn finish(
             // The file is complete under its final name: a part link that
             // cannot be removed is a leftover to report, not a failure.
             Ok(()) => {
+                linked();
                 if let Err(e) = std::fs::remove_file(part) {
                     tracing::warn!("could not remove {}: {e}", part.display());
                 }
@@ -960,6 +1069,7 @@ fn finish(
                     return Err(DownloadError::OutputExists(out.to_path_buf()));
                 }
                 std::fs::rename(part, out).map_err(disk(out))?;
+                linked();
             }
         }
     }
@@ -1031,6 +1141,10 @@ struct PartFile {
     file: File,
     direct: Option<File>,
     buffered_lock: std::sync::Mutex<()>,
+    /// Writers hold it shared; `close` takes it exclusively and sets it, so
+    /// that no write (an aborted endgame loser's, still queued on the
+    /// blocking pool) lands after the file is finished.
+    closed: std::sync::RwLock<bool>,
 }
 
 impl PartFile {
@@ -1045,10 +1159,20 @@ impl PartFile {
             file,
             direct,
             buffered_lock: std::sync::Mutex::new(()),
+            closed: std::sync::RwLock::new(false),
         }
     }
 
+    /// Waits for writes under way, then refuses any later one.
+    fn close(&self) {
+        *self.closed.write().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        let closed = self.closed.read().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return Err(io::Error::other("the download is finished"));
+        }
         let aligned =
             offset.is_multiple_of(DIRECT_ALIGN as u64) && data.len().is_multiple_of(DIRECT_ALIGN);
         if let (Some(direct), true) = (&self.direct, aligned && !data.is_empty()) {
@@ -1103,6 +1227,18 @@ async fn lookup_name(conns: &[Arc<PeerConn>], id: FileId) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_part_file_takes_no_more_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.part");
+        let file = File::create(&path).unwrap();
+        let part = PartFile::new(file, &path);
+        part.write_at(b"before", 0).unwrap();
+        part.close();
+        assert!(part.write_at(b"after!", 0).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"before");
+    }
 
     #[test]
     fn part_file_writes_aligned_and_unaligned_chunks_exactly() {

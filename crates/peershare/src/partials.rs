@@ -7,16 +7,23 @@
 //! [`crate::partial`]), so a chunk served from here is verified data, never
 //! a half-written one. The view of a download is re-read whenever its state
 //! file changes (a stat per call), so newly verified chunks become servable
-//! within one checkpoint of the downloader.
+//! within one checkpoint of the downloader. Each chunk is checked against
+//! the manifest again as it is read, before it is served: a part file
+//! truncated by a restarted download, or a write racing the read, is then
+//! refused here rather than blamed on this node by the receiver.
+//!
+//! Cached views hold the part file open; a view whose download record is
+//! gone (finished, withdrawn) is dropped when the library changes, so a
+//! deleted part file's space is given back.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
-use peershare_proto::FileId;
 use peershare_proto::bitmap::Bitmap;
 use peershare_proto::manifest::{chunk_count, chunk_size_for};
+use peershare_proto::{FileId, Manifest};
 
 use crate::partial::load_state;
 use crate::store::Library;
@@ -30,6 +37,7 @@ pub const MAX_CACHED: usize = 64;
 pub struct View {
     pub part: Arc<File>,
     pub have: Arc<Bitmap>,
+    pub manifest: Arc<Manifest>,
     pub size: u64,
     pub chunk_size: u32,
 }
@@ -39,23 +47,62 @@ type Stamp = (u64, i64, u64);
 
 #[derive(Default)]
 pub struct Partials {
-    cache: Mutex<HashMap<FileId, (Stamp, View)>>,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    views: HashMap<FileId, (Stamp, View)>,
+    /// Library revision the views were last pruned at.
+    revision: u64,
+}
+
+impl Cache {
+    /// Records come and go with the library: forgets the views (and closes
+    /// the files) of those that went, once per library revision.
+    fn prune(&mut self, snap: &crate::store::Snapshot) {
+        if self.revision == snap.revision {
+            return;
+        }
+        let live: std::collections::HashSet<&str> =
+            snap.downloads.values().map(|d| d.id.as_str()).collect();
+        self.views
+            .retain(|id, _| live.contains(id.to_string().as_str()));
+        self.revision = snap.revision;
+    }
 }
 
 impl Partials {
+    /// Drops the views of downloads no longer recorded. The server calls
+    /// it now and then, so a part file deleted while nobody asks is not
+    /// held open.
+    pub fn prune(&self, library: &Library) {
+        if let Ok(snap) = library.snapshot() {
+            self.cache.lock().expect("partials lock").prune(&snap);
+        }
+    }
+
     /// The current view of this node's download of `id`, if one is in
     /// progress and its part file is there.
     pub fn view(&self, library: &Library, id: &FileId) -> Option<View> {
         let snap = library.snapshot().ok()?;
+        let mut cache = self.cache.lock().expect("partials lock");
+        cache.prune(&snap);
         let hex = id.to_string();
-        let d = snap.downloads.values().find(|d| d.id == hex)?;
+        let Some(d) = snap
+            .downloads
+            .values()
+            .find(|d| d.id == hex && d.part.exists())
+        else {
+            cache.views.remove(id);
+            return None;
+        };
         let stamp = match std::fs::metadata(&d.state) {
             Ok(m) => (m.ino(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.len()),
             // No state file yet: nothing verified is on disk yet.
             Err(_) => (0, 0, 0),
         };
-        let mut cache = self.cache.lock().expect("partials lock");
-        if let Some((s, v)) = cache.get(id)
+        if let Some((s, v)) = cache.views.get(id)
             && *s == stamp
             && v.size == d.size
         {
@@ -64,17 +111,25 @@ impl Partials {
         let chunk_size = chunk_size_for(d.size);
         let n = chunk_count(d.size, chunk_size) as u32;
         let have = load_state(&d.state, id, d.size, n).unwrap_or_else(|| Bitmap::new(n));
-        let part = File::open(&d.part).ok()?;
+        let manifest = match cache.views.get(id) {
+            Some((_, v)) => v.manifest.clone(),
+            None => Arc::new(library.manifest(id).ok()??),
+        };
+        let Ok(part) = File::open(&d.part) else {
+            cache.views.remove(id);
+            return None;
+        };
         let view = View {
             part: Arc::new(part),
             have: Arc::new(have),
+            manifest,
             size: d.size,
             chunk_size,
         };
-        if cache.len() >= MAX_CACHED {
-            cache.clear();
+        if cache.views.len() >= MAX_CACHED {
+            cache.views.clear();
         }
-        cache.insert(*id, (stamp, view.clone()));
+        cache.views.insert(*id, (stamp, view.clone()));
         Some(view)
     }
 }
@@ -111,7 +166,7 @@ mod tests {
         for id in &ids {
             let v = partials.view(&lib, id).expect("a view of each download");
             assert_eq!(v.have.count(), 0, "no state file: nothing verified");
-            assert!(partials.cache.lock().unwrap().len() <= MAX_CACHED);
+            assert!(partials.cache.lock().unwrap().views.len() <= MAX_CACHED);
         }
     }
 }

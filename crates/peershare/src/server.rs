@@ -48,6 +48,9 @@ use crate::store::{Download, Entry, Library};
 pub const MAX_HAVE_SUBSCRIPTIONS: usize = 16;
 /// How often a subscription checks its download for new chunks.
 pub const HAVE_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the server closes the part files of downloads no longer
+/// recorded (finished or withdrawn).
+pub const PARTIALS_PRUNE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Server limits and options; plain data with sane defaults.
 #[derive(Debug, Clone)]
@@ -58,8 +61,9 @@ pub struct ServerConfig {
     pub prepared_responses: usize,
     /// Time a new connection has to send its handshake.
     pub handshake_timeout: Duration,
-    /// Time a connection may stay silent between requests, and the longest
-    /// one write to it may take.
+    /// Time a connection may stay silent between requests (unless it holds
+    /// `Have` subscriptions: then it waits for us), and the longest one
+    /// write to it may take.
     pub idle_timeout: Duration,
     /// Total upload rate over all connections, bytes/s.
     pub max_upload_rate: Option<u64>,
@@ -152,9 +156,17 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
+        let mut housekeeping = tokio::time::interval(PARTIALS_PRUNE_INTERVAL);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
                 _ = &mut shutdown => break Ok(()),
+                _ = housekeeping.tick() => {
+                    let ctx = ctx.clone();
+                    tasks.spawn(async move {
+                        let _ = tokio::task::spawn_blocking(move || ctx.partials.prune(&ctx.library)).await;
+                    });
+                }
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 accepted = listener.accept() => {
                     let (stream, addr) = match accepted {
@@ -310,6 +322,10 @@ async fn serve_connection(
     let read_side = async move {
         loop {
             let msg = match tokio::time::timeout(idle, reader.read()).await {
+                // A client that subscribed to announcements may have
+                // nothing to ask for a long time: it is waiting for us.
+                // (`read` keeps what it buffered: calling again is safe.)
+                Err(_) if read_conn.has_subscriptions() => continue,
                 Err(_) | Ok(Ok(None)) => return,
                 Ok(Err(ReadError::Decode(e))) => {
                     ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -513,9 +529,16 @@ struct ConnState {
     /// may have prepared.
     open_requests: Mutex<HashMap<u32, bool>>,
     /// `Have` subscriptions by request ID.
-    subscriptions: Mutex<HashMap<u32, tokio::task::AbortHandle>>,
+    subscriptions: Mutex<Subscriptions>,
     /// Where subscriptions send their updates (to the write side).
     push: mpsc::Sender<Message>,
+}
+
+#[derive(Default)]
+struct Subscriptions {
+    tasks: HashMap<u32, tokio::task::AbortHandle>,
+    /// The connection ended: no new subscription may start.
+    closed: bool,
 }
 
 /// Aborts a connection's subscriptions when dropped.
@@ -523,13 +546,9 @@ struct EndSubscriptions(Arc<ConnState>);
 
 impl Drop for EndSubscriptions {
     fn drop(&mut self) {
-        for (_, task) in self
-            .0
-            .subscriptions
-            .lock()
-            .expect("subscriptions lock")
-            .drain()
-        {
+        let mut subs = self.0.subscriptions.lock().expect("subscriptions lock");
+        subs.closed = true;
+        for (_, task) in subs.tasks.drain() {
             task.abort();
         }
     }
@@ -556,15 +575,21 @@ impl ConnState {
             .unwrap_or(false)
     }
 
-    /// The client cancelled `req_id`: a subscription ends; a chunk answer
-    /// not yet sent is dropped. Unknown IDs are ignored (already answered).
-    fn cancel(&self, req_id: u32) {
-        if let Some(task) = self
+    fn has_subscriptions(&self) -> bool {
+        !self
             .subscriptions
             .lock()
             .expect("subscriptions lock")
-            .remove(&req_id)
-        {
+            .tasks
+            .is_empty()
+    }
+
+    /// The client cancelled `req_id`: a subscription ends; a chunk answer
+    /// not yet sent is dropped. Unknown IDs are ignored (already answered).
+    fn cancel(&self, req_id: u32) {
+        // Lock order: subscriptions, then open requests (as in `have`).
+        let mut subs = self.subscriptions.lock().expect("subscriptions lock");
+        if let Some(task) = subs.tasks.remove(&req_id) {
             task.abort();
             return;
         }
@@ -651,9 +676,7 @@ fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pending {
             let ctx = ctx.clone();
             let conn = conn.clone();
             Pending::Job(tokio::task::spawn_blocking(move || {
-                // A `Cancel` read before this runs means: no subscription.
-                let cancelled = conn.take_cancelled(req_id);
-                have(&ctx, &conn, req_id, id, subscribe && !cancelled)
+                have(&ctx, &conn, req_id, id, subscribe)
             }))
         }
         Message::Cancel { req_id } => {
@@ -703,49 +726,58 @@ fn have(
     id: FileId,
     subscribe: bool,
 ) -> Message {
-    if shared_entry(ctx, &id).is_some() {
-        return Message::Have {
-            req_id,
-            holding: Holding::All,
-        };
-    }
-    let Some(view) = ctx.partials.view(&ctx.library, &id) else {
+    let all = Message::Have {
+        req_id,
+        holding: Holding::All,
+    };
+    let (answer, known) = if shared_entry(ctx, &id).is_some() {
+        (all, None)
+    } else {
+        match ctx.partials.view(&ctx.library, &id) {
+            None => (
+                error(
+                    req_id,
+                    ErrorCode::NotFound,
+                    format!("file {id} is not shared here"),
+                ),
+                None,
+            ),
+            Some(view) if view.have.is_full() => (all, None),
+            Some(view) => (
+                Message::Have {
+                    req_id,
+                    holding: Holding::Some((*view.have).clone()),
+                },
+                Some(view.have.count()),
+            ),
+        }
+    };
+    // Lock order: subscriptions, then open requests (as in `cancel`): a
+    // `Cancel` either marked this request already, or finds the
+    // subscription once it is in place.
+    let mut subs = conn.subscriptions.lock().expect("subscriptions lock");
+    let cancelled = conn.take_cancelled(req_id);
+    let (true, false, false, Some(known)) = (subscribe, cancelled, subs.closed, known) else {
+        return answer;
+    };
+    if subs.tasks.len() >= MAX_HAVE_SUBSCRIPTIONS && !subs.tasks.contains_key(&req_id) {
         return error(
             req_id,
-            ErrorCode::NotFound,
-            format!("file {id} is not shared here"),
+            ErrorCode::Busy,
+            format!("at most {MAX_HAVE_SUBSCRIPTIONS} have subscriptions per connection"),
         );
-    };
-    if view.have.is_full() {
-        return Message::Have {
-            req_id,
-            holding: Holding::All,
-        };
     }
-    if subscribe {
-        let mut subs = conn.subscriptions.lock().expect("subscriptions lock");
-        if subs.len() >= MAX_HAVE_SUBSCRIPTIONS && !subs.contains_key(&req_id) {
-            return error(
-                req_id,
-                ErrorCode::Busy,
-                format!("at most {MAX_HAVE_SUBSCRIPTIONS} have subscriptions per connection"),
-            );
-        }
-        let task = tokio::runtime::Handle::current().spawn(subscription(
-            ctx.clone(),
-            conn.clone(),
-            req_id,
-            id,
-            view.have.count(),
-        ));
-        if let Some(old) = subs.insert(req_id, task.abort_handle()) {
-            old.abort();
-        }
-    }
-    Message::Have {
+    let task = tokio::runtime::Handle::current().spawn(subscription(
+        ctx.clone(),
+        conn.clone(),
         req_id,
-        holding: Holding::Some((*view.have).clone()),
+        id,
+        known,
+    ));
+    if let Some(old) = subs.tasks.insert(req_id, task.abort_handle()) {
+        old.abort();
     }
+    answer
 }
 
 /// Sends `Have` for download `id` whenever it holds more than `known`
@@ -813,6 +845,7 @@ async fn subscription(
     conn.subscriptions
         .lock()
         .expect("subscriptions lock")
+        .tasks
         .remove(&req_id);
 }
 
@@ -1026,6 +1059,16 @@ fn read_partial_chunk(
             req_id,
             ErrorCode::Unavailable,
             format!("the download of {id} cannot be read here: {e}"),
+        ));
+    }
+    // Checked again as read: the part file may have changed under us (a
+    // download started over), and we vouch only for verified bytes.
+    if !view.manifest.verify_chunk(index, &data) {
+        conn.give_back(data);
+        return Err(error(
+            req_id,
+            ErrorCode::Unavailable,
+            format!("chunk {index} of the download of {id} is not verified here"),
         ));
     }
     ctx.stats

@@ -421,10 +421,11 @@ impl Library {
     }
 
     /// Removes entries named by file ID (hex) or by path (a file, or a
-    /// folder: everything under it). Never touches the files. Returns the
-    /// removed entries; a target that matches nothing is an error and
-    /// nothing is removed.
-    pub fn unshare(&self, targets: &[String]) -> Result<Vec<Entry>, StoreError> {
+    /// folder: everything under it), and withdraws the records of downloads
+    /// in progress named by file ID or by output path (a server stops
+    /// offering their chunks). Never touches the files. A target that
+    /// matches nothing is an error and nothing is removed.
+    pub fn unshare(&self, targets: &[String]) -> Result<Unshared, StoreError> {
         let snap = self.snapshot()?;
         let mut selectors = Vec::new();
         for t in targets {
@@ -435,17 +436,29 @@ impl Library {
                 let abs = fs::canonicalize(p).unwrap_or_else(|_| absolute(p));
                 Selector::Path(abs)
             };
-            if !snap.files.values().any(|e| sel.matches(e)) {
+            let hit = snap.files.values().any(|e| sel.matches(&e.id, &e.path))
+                || snap
+                    .downloads
+                    .iter()
+                    .any(|(out, d)| sel.matches(&d.id, out));
+            if !hit {
                 return Err(StoreError::NotShared(t.clone()));
             }
             selectors.push(sel);
         }
         self.edit(|snap| {
-            let mut removed = Vec::new();
+            let mut removed = Unshared::default();
             snap.files.retain(|_, e| {
-                let hit = selectors.iter().any(|s| s.matches(e));
+                let hit = selectors.iter().any(|s| s.matches(&e.id, &e.path));
                 if hit {
-                    removed.push(e.clone());
+                    removed.files.push(e.clone());
+                }
+                !hit
+            });
+            snap.downloads.retain(|out, d| {
+                let hit = selectors.iter().any(|s| s.matches(&d.id, out));
+                if hit {
+                    removed.downloads.push((out.clone(), d.clone()));
                 }
                 !hit
             });
@@ -454,16 +467,24 @@ impl Library {
     }
 }
 
+/// What [`Library::unshare`] removed.
+#[derive(Debug, Default)]
+pub struct Unshared {
+    pub files: Vec<Entry>,
+    /// Download records withdrawn, with their output paths.
+    pub downloads: Vec<(PathBuf, Download)>,
+}
+
 enum Selector {
     Id(String),
     Path(PathBuf),
 }
 
 impl Selector {
-    fn matches(&self, e: &Entry) -> bool {
+    fn matches(&self, id: &str, path: &Path) -> bool {
         match self {
-            Selector::Id(id) => e.id == *id,
-            Selector::Path(p) => e.path == *p || e.path.starts_with(p),
+            Selector::Id(want) => id == want,
+            Selector::Path(p) => path == p || path.starts_with(p),
         }
     }
 }
@@ -732,11 +753,48 @@ mod tests {
             "failed unshare removes nothing"
         );
         let r = l.unshare(&[s[0].entry.id.clone()]).unwrap();
-        assert_eq!(r.len(), 1);
+        assert_eq!(r.files.len(), 1);
         let r = l.unshare(&[y.to_string_lossy().into_owned()]).unwrap();
-        assert_eq!(r.len(), 1);
+        assert_eq!(r.files.len(), 1);
         assert!(l.snapshot().unwrap().files.is_empty());
         assert!(x.exists() && y.exists(), "files are never touched");
+    }
+
+    #[test]
+    fn downloads_are_recorded_withdrawn_and_shared_when_done() {
+        let (d, l) = lib();
+        let content = b"a download in progress".to_vec();
+        let m = Manifest::from_bytes(&content);
+        let record = |out: &Path| Download {
+            id: m.id().to_string(),
+            name: "dl.bin".into(),
+            size: content.len() as u64,
+            part: out.with_extension("part"),
+            state: out.with_extension("state"),
+        };
+        // Withdrawn by output path, then by ID.
+        let (a, b) = (d.path().join("a.bin"), d.path().join("b.bin"));
+        l.begin_download(&a, &m, record(&a)).unwrap();
+        l.begin_download(&b, &m, record(&b)).unwrap();
+        assert_eq!(l.manifest(&m.id()).unwrap(), Some(m.clone()));
+        let r = l.unshare(&[a.to_string_lossy().into_owned()]).unwrap();
+        assert_eq!((r.files.len(), r.downloads.len()), (0, 1));
+        let r = l.unshare(&[m.id().to_string()]).unwrap();
+        assert_eq!(r.downloads[0].0, b);
+        assert!(l.snapshot().unwrap().downloads.is_empty());
+        // Finished and shared: an ordinary entry, nothing re-hashed.
+        l.begin_download(&a, &m, record(&a)).unwrap();
+        fs::write(&a, &content).unwrap();
+        let e = l.end_download(&a, true).unwrap().expect("shared");
+        assert_eq!(e.id, m.id().to_string());
+        let snap = l.snapshot().unwrap();
+        assert!(snap.downloads.is_empty());
+        assert!(e.matches(&fs::metadata(&a).unwrap()));
+        // Finished without sharing: just forgotten.
+        l.begin_download(&b, &m, record(&b)).unwrap();
+        assert_eq!(l.end_download(&b, false).unwrap(), None);
+        assert_eq!(l.snapshot().unwrap().files.len(), 1);
+        assert!(l.snapshot().unwrap().downloads.is_empty());
     }
 
     #[test]

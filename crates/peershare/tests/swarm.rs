@@ -289,3 +289,202 @@ async fn download_from_peers_that_hold_only_parts_gives_up_when_starved() {
     let (_, state) = part_paths(&out);
     assert!(state.exists());
 }
+
+/// Regression (review): a partial peer the downloader asks nothing of is
+/// still watched: when its announcements stop (its node went away), it is
+/// treated as lost and reconnected, and a node back at that address with
+/// the whole file finishes the download.
+#[tokio::test]
+async fn a_quiet_partial_peer_that_goes_away_is_reconnected() {
+    let content = data(4 * CHUNK, 9);
+    let (mut node, manifest, _out) = partial_node(&content, &[0, 1]).await;
+    let addr = node.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("got.bin");
+    let mut req = request(manifest.id(), vec![addr], &out);
+    req.config.starved_timeout = Duration::from_secs(50);
+    let progress = Arc::new(Progress::default());
+    let dl = tokio::spawn(fetch_with(req, progress.clone()));
+    wait_for("the two chunks it holds", 10, || {
+        progress.verified.load(Ordering::Relaxed) == 2 * CHUNK as u64
+    })
+    .await;
+    // Nothing is in flight to it now. It stops; a node with the whole file
+    // takes its place.
+    node.shutdown().await;
+    let whole = tempfile::tempdir().unwrap();
+    let lib = peershare::Library::open(whole.path().join("data")).unwrap();
+    std::fs::write(whole.path().join("f.bin"), &content).unwrap();
+    lib.share(
+        &[whole.path().join("f.bin")],
+        &peershare::ShareProgress::default(),
+    )
+    .unwrap();
+    let _back = Node::serve_at(whole, lib, ServerConfig::default(), addr).await;
+    let summary = dl.await.unwrap().unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    assert_eq!(summary.peers.len(), 1);
+    assert_eq!(summary.peers[0].bytes, content.len() as u64);
+}
+
+/// Regression (review): a peer that did not have the file when first asked
+/// is asked again when discovery reports it again, and joins.
+#[tokio::test]
+async fn a_peer_without_the_file_at_first_joins_once_it_has_it() {
+    let content = data(24 * CHUNK, 10);
+    let id = id_of(&content);
+    let slow = Node::start(
+        &[("f.bin", &content)],
+        ServerConfig {
+            max_upload_rate: Some(256_000),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let late = Node::start(&[], ServerConfig::default()).await;
+    let late_file = late.path("f.bin");
+    std::fs::write(&late_file, &content).unwrap();
+    let out = slow.path("got.bin");
+    let (tx, rx) = tokio::sync::watch::channel(vec![slow.addr, late.addr]);
+    let mut req = request(id, vec![slow.addr, late.addr], &out);
+    req.more_peers = Some(rx);
+    let progress = Arc::new(Progress::default());
+    let dl = tokio::spawn(fetch_with(req, progress.clone()));
+    wait_for("first verified bytes", 30, || {
+        progress.verified.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    // It has the file now; discovery reports the same peers again.
+    late.lib
+        .share(&[late_file], &peershare::ShareProgress::default())
+        .unwrap();
+    tx.send_replace(vec![slow.addr, late.addr]);
+    let summary = dl.await.unwrap().unwrap();
+    let late_bytes = summary.peers.iter().find(|p| p.addr == late.addr);
+    assert!(
+        late_bytes.is_some_and(|p| p.bytes > 0),
+        "the node that has the file now never joined: {summary:?}"
+    );
+}
+
+/// Regression (review): `--no-share` resuming a download an earlier run
+/// offered withdraws that offer.
+#[tokio::test]
+async fn keeping_a_download_private_withdraws_an_earlier_offer() {
+    let content = data(4 * CHUNK, 11);
+    let id = id_of(&content);
+    let seeder = Node::start(&[("f.bin", &content)], ServerConfig::default()).await;
+    let (me, manifest, out) = partial_node(&content, &[0, 1]).await;
+    assert_eq!(manifest.id(), id);
+    let mut req = request(id, vec![seeder.addr], &out);
+    req.library = Some(me.lib.clone());
+    req.share = false;
+    let summary = fetch(req).await.unwrap();
+    assert!(!summary.shared);
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    let snap = me.lib.snapshot().unwrap();
+    assert!(
+        snap.downloads.is_empty() && snap.files.is_empty(),
+        "{snap:?}"
+    );
+}
+
+/// A node downloading a file offers it as it goes, and says `Have(All)` to
+/// its subscribers when it is done (it never looks gone in between).
+#[tokio::test]
+async fn a_downloader_offers_its_chunks_and_announces_the_whole_file() {
+    let content = data(32 * CHUNK, 12);
+    let id = id_of(&content);
+    let seeder = Node::start(
+        &[("f.bin", &content)],
+        ServerConfig {
+            max_upload_rate: Some(1_000_000),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let me = Node::start(&[], ServerConfig::default()).await;
+    let out = me.path("got.bin");
+    let mut req = request(id, vec![seeder.addr], &out);
+    req.library = Some(me.lib.clone());
+    req.node_id = me.lib.node_id().unwrap();
+    req.config.checkpoint_interval = Duration::from_millis(200);
+    let progress = Arc::new(Progress::default());
+    let dl = tokio::spawn(fetch_with(req, progress.clone()));
+    // A third node asks the downloader while it downloads.
+    let conn = connect(&me).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut watch = loop {
+        if let Ok((Holding::Some(_), Some(w))) = conn.have(id, true).await {
+            break w;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the download was never offered"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let last = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut last = None;
+        while watch.changed().await.is_ok() {
+            last = watch.borrow_and_update().clone();
+            if matches!(last, Some(Holding::All)) {
+                break;
+            }
+        }
+        last
+    })
+    .await
+    .expect("the subscription ends within 30 s");
+    assert_eq!(last, Some(Holding::All));
+    let summary = dl.await.unwrap().unwrap();
+    assert!(summary.shared);
+    assert_eq!(me.lib.snapshot().unwrap().files.len(), 1);
+}
+
+/// Regression (review): a chunk a partial source's state file vouches for
+/// but whose bytes do not verify (its part file changed under it) is
+/// refused, not sent as if verified.
+#[tokio::test]
+async fn a_partial_source_never_serves_bytes_that_do_not_verify() {
+    let content = data(4 * CHUNK, 13);
+    let (node, manifest, out) = partial_node(&content, &[0, 1]).await;
+    let (part, _) = part_paths(&out);
+    let mut damaged = content.clone();
+    damaged[CHUNK + 7] ^= 1;
+    std::fs::write(&part, &damaged).unwrap();
+    let conn = connect(&node).await;
+    assert_eq!(
+        &conn.chunk(manifest.id(), 0).await.unwrap()[..],
+        &content[..CHUNK]
+    );
+    match conn.chunk(manifest.id(), 1).await {
+        Err(PeerError::Remote {
+            code: ErrorCode::Unavailable,
+            ..
+        }) => {}
+        other => panic!("damaged chunk served: {other:?}"),
+    }
+}
+
+/// Regression (review): the server closes the part file of a download that
+/// is no longer recorded, so deleting it gives its space back.
+#[tokio::test]
+async fn a_withdrawn_download_part_file_is_not_held_open() {
+    let content = data(4 * CHUNK, 14);
+    let (node, manifest, out) = partial_node(&content, &[0]).await;
+    let conn = connect(&node).await;
+    conn.chunk(manifest.id(), 0).await.unwrap();
+    let (part, state) = part_paths(&out);
+    std::fs::remove_file(&part).unwrap();
+    std::fs::remove_file(&state).unwrap();
+    node.lib.unshare(&[manifest.id().to_string()]).unwrap();
+    let name = part.to_string_lossy().into_owned();
+    wait_for("the deleted part file to be closed", 15, || {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .all(|l| !l.to_string_lossy().starts_with(name.as_str()))
+    })
+    .await;
+}

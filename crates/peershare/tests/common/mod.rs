@@ -55,7 +55,17 @@ impl Node {
     }
 
     pub async fn serve(dir: tempfile::TempDir, lib: Library, config: ServerConfig) -> Node {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_at(dir, lib, config, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// [`Node::serve`] on a given address (e.g. where a stopped node was).
+    pub async fn serve_at(
+        dir: tempfile::TempDir,
+        lib: Library,
+        config: ServerConfig,
+        at: SocketAddr,
+    ) -> Node {
+        let listener = TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = Server::new(lib.clone(), lib.node_id().unwrap(), addr.port(), config);
         let stats = server.stats();
@@ -110,7 +120,8 @@ pub fn request(id: FileId, peers: Vec<SocketAddr>, out: &Path) -> DownloadReques
         node_id: NodeId([7; 32]),
         config: DownloadConfig::default(),
         more_peers: None,
-        publish: None,
+        library: None,
+        share: true,
     }
 }
 
