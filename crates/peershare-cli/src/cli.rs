@@ -100,7 +100,12 @@ pub enum Command {
         peershare get 3f2a...e1 --peer a:9000 --peer b:9000 --json\n\n\
         Without -o the file is saved in the current directory under its shared name. While \
         downloading, data goes to NAME.peershare-part; if interrupted, run the same command \
-        again to resume. Exit status 0 means the complete file is verified and in place.")]
+        again to resume. Exit status 0 means the complete file is verified and in place.\n\n\
+        Every peer that has the file sends part of it: the rarest chunks first, more to the \
+        faster ones, and near the end the last chunks are asked of a second peer so a slow one \
+        never holds the tail. A peer that sends corrupt data is dropped. Peers that are \
+        downloading the same file help too: a `peershare serve` on the same data dir offers \
+        what this download has verified (unless --no-share), and the finished file is shared.")]
     Get(GetArgs),
 }
 

@@ -72,6 +72,9 @@ pub struct DownloadConfig {
     /// largest window is this divided by the chunk size, within 2..=64
     /// requests (the window itself follows the peer's throughput).
     pub window_bytes: u64,
+    /// Most bytes requested but not yet received from all peers together
+    /// (at least two chunks): what bounds memory with many peers.
+    pub max_in_flight_bytes: u64,
     /// How long a download may wait while its live peers hold none of the
     /// missing chunks (they are downloading too) before it gives up.
     pub starved_timeout: Duration,
@@ -89,6 +92,7 @@ impl Default for DownloadConfig {
             client: ClientConfig::default(),
             scheduler: SchedulerConfig::default(),
             window_bytes: 16 * 1024 * 1024,
+            max_in_flight_bytes: 32 * 1024 * 1024,
             starved_timeout: Duration::from_secs(120),
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_bytes: 256 * 1024 * 1024,
@@ -180,6 +184,8 @@ pub struct DownloadSummary {
     pub peers: Vec<PeerReport>,
     /// Endgame requests: chunks asked of a second peer near the end.
     pub duplicate_requests: u64,
+    /// Most requests in flight at once, all peers together.
+    pub peak_in_flight: usize,
     /// Whether the finished file is now shared by this node.
     pub shared: bool,
 }
@@ -597,6 +603,9 @@ pub async fn download(
     let mut starved_since: Option<Duration> = None;
     let mut in_flight: std::collections::HashMap<(PeerKey, u32), AbortHandle> =
         std::collections::HashMap::new();
+    let budget = (req.config.max_in_flight_bytes / manifest.chunk_size() as u64).max(2) as usize;
+    let mut peak_in_flight = 0;
+    let mut turn = 0usize;
 
     let manifest = Arc::new(manifest);
     let mut written = done;
@@ -613,12 +622,24 @@ pub async fn download(
 
     let failure = loop {
         let now = start.elapsed();
-        // Fill every peer's window.
-        for (slot_no, slot) in slots.iter().enumerate() {
-            while now >= paced_until {
-                let Some(index) = sched.poll_request(slot.key, now) else {
+        // Fill the peers' windows, one request each in turn, within the
+        // total budget: memory stays bounded however many peers there are.
+        // Whoever goes first changes each time, so no peer is favoured
+        // when the budget is what limits.
+        let mut asked = true;
+        turn = turn.wrapping_add(1);
+        while asked && now >= paced_until && in_flight.len() < budget {
+            asked = false;
+            for k in 0..slots.len() {
+                if now < paced_until || in_flight.len() >= budget {
                     break;
+                }
+                let slot_no = (turn + k) % slots.len();
+                let slot = &slots[slot_no];
+                let Some(index) = sched.poll_request(slot.key, now) else {
+                    continue;
                 };
+                asked = true;
                 if let Some(b) = bucket.as_mut() {
                     let len = manifest.chunk_len(index).unwrap_or(0) as u64;
                     paced_until = now + b.take(len, now);
@@ -635,6 +656,7 @@ pub async fn download(
                 in_flight.insert((slot.key, index), task);
             }
         }
+        peak_in_flight = peak_in_flight.max(in_flight.len());
         let status = sched.status();
         if status != Status::Starved {
             starved_since = None;
@@ -923,6 +945,7 @@ pub async fn download(
         seconds: start.elapsed().as_secs_f64(),
         peers: slots.into_iter().map(|s| s.report).collect(),
         duplicate_requests: sched.duplicate_requests(),
+        peak_in_flight,
         shared,
     })
 }

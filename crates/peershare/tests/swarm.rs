@@ -488,3 +488,36 @@ async fn a_withdrawn_download_part_file_is_not_held_open() {
     })
     .await;
 }
+
+/// Requests in flight are capped for all peers together, and the cap is
+/// shared among them: every peer still gets work.
+#[tokio::test]
+async fn requests_in_flight_are_bounded_across_all_peers() {
+    let content = data(48 * CHUNK, 15);
+    let id = id_of(&content);
+    let mut seeders = Vec::new();
+    for _ in 0..3 {
+        let config = ServerConfig {
+            max_upload_rate: Some(2_000_000),
+            ..ServerConfig::default()
+        };
+        seeders.push(Node::start(&[("f.bin", &content)], config).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("got.bin");
+    let mut req = request(id, seeders.iter().map(|n| n.addr).collect(), &out);
+    req.config.max_in_flight_bytes = 4 * CHUNK as u64;
+    let summary = fetch(req).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    assert!(
+        (3..=4).contains(&summary.peak_in_flight),
+        "peak {}",
+        summary.peak_in_flight
+    );
+    for p in &summary.peers {
+        assert!(
+            p.bytes > 0,
+            "a peer got no share of the budget: {summary:?}"
+        );
+    }
+}
