@@ -22,8 +22,9 @@
 //! recorded in the library while it runs, so a server on that data directory offers its
 //! verified chunks, and the finished file is shared.
 //!
-//! Memory is bounded by the number of requests in flight (a window per peer
-//! of at most `window_bytes`), whatever the file size. A chunk counts only
+//! Memory is bounded by the number of requests in flight: a window per
+//! peer of at most `window_bytes`, and `max_in_flight_bytes` for all peers
+//! together (plus one fair share per peer), whatever the file size. A chunk counts only
 //! once its hash matched; a chunk in the state file is on disk (see
 //! [`crate::partial`]); a file under the final name is always complete and
 //! verified.
@@ -72,8 +73,11 @@ pub struct DownloadConfig {
     /// largest window is this divided by the chunk size, within 2..=64
     /// requests (the window itself follows the peer's throughput).
     pub window_bytes: u64,
-    /// Most bytes requested but not yet received from all peers together
-    /// (at least two chunks): what bounds memory with many peers.
+    /// Bytes requested but not yet received from all peers together (at
+    /// least two chunks): what bounds memory with many peers. Past it, a
+    /// peer below its fair share (this divided among the live peers, at
+    /// least one chunk) may still ask, so slow peers cannot starve a fast
+    /// one.
     pub max_in_flight_bytes: u64,
     /// How long a download may wait while its live peers hold none of the
     /// missing chunks (they are downloading too) before it gives up.
@@ -149,6 +153,8 @@ pub struct PeerProgress {
     pub live: bool,
     /// Held only part of the file when it joined (a downloader itself).
     pub partial: bool,
+    /// Why it no longer takes part, when it does not.
+    pub dropped: Option<String>,
 }
 
 /// What one peer contributed.
@@ -321,6 +327,7 @@ fn lose_peer(
     why: String,
     sched: &mut Scheduler,
     reconnecting: &mut JoinSet<(usize, Joined)>,
+    in_flight: &mut InFlight,
     req: &DownloadRequest,
     now: Duration,
 ) {
@@ -328,6 +335,14 @@ fn lose_peer(
     // current one.
     let first = key == slot.key && sched.dropped(key).is_none();
     sched.handle_peer_lost(key, now);
+    // Its requests went back to the scheduler: stop waiting for them (the
+    // connection may still be up, e.g. when only its announcements ended).
+    in_flight.retain(|(k, _), task| {
+        if *k == key {
+            task.abort();
+        }
+        *k != key
+    });
     if first && !slot.reconnecting && slot.reconnects < MAX_RECONNECTS {
         tracing::info!("{why}; reconnecting");
         reconnecting.spawn(slot.reconnect(slot_no, req));
@@ -338,6 +353,9 @@ fn lose_peer(
         slot.last_error = Some(why);
     }
 }
+
+/// Fetch tasks under way, by scheduler key and chunk.
+type InFlight = std::collections::HashMap<(PeerKey, u32), AbortHandle>;
 
 /// Records, once, why a peer was dropped.
 fn note_drop(slot: &mut Slot, sched: &Scheduler) {
@@ -357,6 +375,24 @@ fn note_drop(slot: &mut Slot, sched: &Scheduler) {
         DropReason::Disconnected => last.unwrap_or_else(|| "disconnected".into()),
         DropReason::BadHave => "announced chunks of a file of another size".into(),
     });
+}
+
+/// An address that answered "not here" (or failed) is asked again the next
+/// time discovery reports it; after a second such answer it waits this
+/// long, doubling per answer, to `MAX_REJOIN_BACKOFF`.
+pub const REJOIN_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait between two askings of the same address.
+pub const MAX_REJOIN_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Per address: when it may be asked again, and the wait after that.
+type RetryAt = std::collections::HashMap<SocketAddr, (Duration, Duration)>;
+
+fn backoff(retry_at: &mut RetryAt, addr: SocketAddr, now: Duration) {
+    let next = match retry_at.get(&addr) {
+        None => (now, REJOIN_BACKOFF),
+        Some((_, wait)) => (now + *wait, (*wait * 2).min(MAX_REJOIN_BACKOFF)),
+    };
+    retry_at.insert(addr, next);
 }
 
 /// Times a lost peer is reconnected during one download, at most.
@@ -413,6 +449,8 @@ pub async fn download(
     let mut trying: std::collections::HashSet<SocketAddr> = addrs.iter().copied().collect();
     let mut settled: std::collections::HashSet<SocketAddr> = std::collections::HashSet::new();
     let mut failed_once: std::collections::HashSet<SocketAddr> = std::collections::HashSet::new();
+    // When an address that said no may be asked again, and its backoff.
+    let mut retry_at: RetryAt = RetryAt::new();
     for addr in addrs.iter().copied() {
         joining.spawn(join_at(addr, &req));
     }
@@ -439,13 +477,18 @@ pub async fn download(
                 settled.insert(addr);
                 not_found += 1;
             }
-            Joined::NotFound => not_found += 1,
+            Joined::NotFound => {
+                backoff(&mut retry_at, addr, start.elapsed());
+                not_found += 1;
+            }
             Joined::Unreachable(e) => {
                 tracing::info!("{e}");
+                backoff(&mut retry_at, addr, start.elapsed());
                 failed_once.insert(addr);
                 unreachable.push(e);
             }
             Joined::Failed(e) => {
+                backoff(&mut retry_at, addr, start.elapsed());
                 failed_once.insert(addr);
                 failures.push(e.to_string());
             }
@@ -601,8 +644,7 @@ pub async fn download(
     progress.peers.store(slots.len() as u64, Ordering::Relaxed);
     let mut more_peers = req.more_peers.clone();
     let mut starved_since: Option<Duration> = None;
-    let mut in_flight: std::collections::HashMap<(PeerKey, u32), AbortHandle> =
-        std::collections::HashMap::new();
+    let mut in_flight: InFlight = InFlight::new();
     let budget = (req.config.max_in_flight_bytes / manifest.chunk_size() as u64).max(2) as usize;
     let mut peak_in_flight = 0;
     let mut turn = 0usize;
@@ -626,16 +668,28 @@ pub async fn download(
         // total budget: memory stays bounded however many peers there are.
         // Whoever goes first changes each time, so no peer is favoured
         // when the budget is what limits.
+        // Past the budget, a peer below its fair share of it may still ask:
+        // slow peers holding the budget must not starve a fast one (nor
+        // keep it from endgame). So at most the budget plus one fair share
+        // per peer is in flight.
+        let live = slots
+            .iter()
+            .filter(|s| sched.dropped(s.key).is_none())
+            .count();
+        let fair = (budget / live.max(1)).max(1) as u32;
         let mut asked = true;
         turn = turn.wrapping_add(1);
-        while asked && now >= paced_until && in_flight.len() < budget {
+        while asked && now >= paced_until {
             asked = false;
             for k in 0..slots.len() {
-                if now < paced_until || in_flight.len() >= budget {
+                if now < paced_until {
                     break;
                 }
                 let slot_no = (turn + k) % slots.len();
                 let slot = &slots[slot_no];
+                if in_flight.len() >= budget && sched.in_flight(slot.key) >= fair {
+                    continue;
+                }
                 let Some(index) = sched.poll_request(slot.key, now) else {
                     continue;
                 };
@@ -739,6 +793,11 @@ pub async fn download(
                             progress.verified.fetch_add(len, Ordering::Relaxed);
                             slot.report.bytes += len;
                             slot.report.chunks += 1;
+                            if ev.key == slot.key {
+                                // It works again: its reconnections are
+                                // for the next loss.
+                                slot.reconnects = 0;
+                            }
                             // Their requests for this chunk are moot: the
                             // client sends `Cancel` as each is dropped.
                             for loser in losers {
@@ -753,6 +812,11 @@ pub async fn download(
                         slot.report.corrupt += 1;
                         sched.handle_failed(ev.key, ev.index, Failure::Corrupt, now);
                     }
+                    // "Not here" is not a bad answer but news: the peer no
+                    // longer offers the file as it did (unshared, or a
+                    // download that just finished under another name).
+                    // Reconnecting finds out what it offers now.
+                    Outcome::Peer(e) if e.is_not_found() => lose_peer(slot, ev.slot, ev.key, e.to_string(), &mut sched, &mut reconnecting, &mut in_flight, &req, now),
                     Outcome::Peer(e @ PeerError::Remote { .. }) => {
                         tracing::warn!(chunk = ev.index, "{e}");
                         sched.handle_failed(ev.key, ev.index, Failure::Refused, now);
@@ -760,7 +824,7 @@ pub async fn download(
                     }
                     // Every request in flight on the lost connection reports
                     // it; `lose_peer` acts once.
-                    Outcome::Peer(e) => lose_peer(slot, ev.slot, ev.key, e.to_string(), &mut sched, &mut reconnecting, &req, now),
+                    Outcome::Peer(e) => lose_peer(slot, ev.slot, ev.key, e.to_string(), &mut sched, &mut reconnecting, &mut in_flight, &req, now),
                     Outcome::Disk(e) => break Some(no_space_or(e, &out, size, &part_path)),
                 }
                 note_drop(slot, &sched);
@@ -779,8 +843,8 @@ pub async fn download(
                         sched.handle_holding(key, holding, now);
                     }
                     None => {
-                        let why = format!("{}: its announcements stopped (connection closed)", slot.report.addr);
-                        lose_peer(slot, slot_no, key, why, &mut sched, &mut reconnecting, &req, now);
+                        let why = format!("{}: its announcements stopped (connection closed, or its download stopped)", slot.report.addr);
+                        lose_peer(slot, slot_no, key, why, &mut sched, &mut reconnecting, &mut in_flight, &req, now);
                     }
                 }
                 note_drop(slot, &sched);
@@ -793,9 +857,12 @@ pub async fn download(
                     .borrow_and_update()
                     .clone();
                 // The peers given at the start too: one that said no may
-                // have the file by now.
+                // have the file by now. Each is asked again at most once per
+                // its backoff (doubling from REJOIN_BACKOFF).
+                let now = start.elapsed();
                 for addr in reported.into_iter().chain(req.peers.iter().copied()) {
-                    if settled.contains(&addr) || !trying.insert(addr) {
+                    let due = retry_at.get(&addr).is_none_or(|(t, _)| *t <= now);
+                    if settled.contains(&addr) || !due || !trying.insert(addr) {
                         continue;
                     }
                     tracing::debug!(peer = %addr, "asking it to join");
@@ -842,6 +909,8 @@ pub async fn download(
                         slot.reconnecting = false;
                         slot.report.dropped = Some(format!("disconnected, and {MAX_RECONNECTS} reconnections failed: {e}"));
                         slot.last_error = Some(e);
+                        // Should discovery report it again, it may rejoin.
+                        settled.remove(&slot.report.addr);
                     }
                 }
                 publish_progress(&progress, &slots, &sched);
@@ -849,21 +918,41 @@ pub async fn download(
             Some(joined) = joining.join_next(), if !joining.is_empty() => {
                 let (addr, joined) = joined.expect("join task does not panic");
                 trying.remove(&addr);
+                let now = start.elapsed();
                 match joined {
                     Joined::Ready(c, m, holding, have) => {
                         settled.insert(addr);
-                        if m.id() == req.id {
-                            tracing::info!(peer = %c.addr(), "joined the download");
-                            add_slot(&mut slots, &mut sched, &mut watchers, &have_tx, c, holding, have, start.elapsed());
+                        retry_at.remove(&addr);
+                        let given_up = slots.iter().position(|s| {
+                            s.report.addr == addr && !s.reconnecting && sched.dropped(s.key).is_some()
+                        });
+                        debug_assert_eq!(m.id(), req.id, "join_peer checks the manifest");
+                        if let Some(slot_no) = given_up {
+                            // A peer given up on is back: the same slot (and
+                            // report), its failures kept.
+                            tracing::info!(peer = %addr, "rejoined the download");
+                            let slot = &mut slots[slot_no];
+                            slot.conn = c;
+                            slot.key = sched.rejoin(slot.key, holding, now);
+                            slot.reconnects = 0;
+                            slot.report.dropped = None;
+                            if let Some(h) = have {
+                                watchers.spawn(forward_haves(h, slot_no, slot.key, have_tx.clone()));
+                            }
+                            publish_progress(&progress, &slots, &sched);
+                        } else {
+                            tracing::info!(peer = %addr, "joined the download");
+                            add_slot(&mut slots, &mut sched, &mut watchers, &have_tx, c, holding, have, now);
                             publish_progress(&progress, &slots, &sched);
                         }
                     }
                     Joined::Myself => {
                         settled.insert(addr);
                     }
-                    Joined::NotFound => {}
+                    Joined::NotFound => backoff(&mut retry_at, addr, now),
                     Joined::Unreachable(e) | Joined::Failed(e) => {
                         tracing::info!("{e}");
+                        backoff(&mut retry_at, addr, now);
                         // Reported once per address, however often retried.
                         if failed_once.insert(addr) {
                             failures.push(e.to_string());
@@ -985,6 +1074,7 @@ fn publish_progress(progress: &Progress, slots: &[Slot], sched: &Scheduler) {
         bytes: s.report.bytes,
         live: sched.dropped(s.key).is_none(),
         partial: s.report.partial,
+        dropped: s.report.dropped.clone(),
     }));
 }
 

@@ -65,6 +65,10 @@ pub struct ServerConfig {
     /// `Have` subscriptions: then it waits for us), and the longest one
     /// write to it may take.
     pub idle_timeout: Duration,
+    /// Time a connection holding `Have` subscriptions may stay silent: a
+    /// client that vanished without closing must not hold its slot (and a
+    /// poll task) forever. Checked once per `idle_timeout`.
+    pub subscribed_idle_timeout: Duration,
     /// Total upload rate over all connections, bytes/s.
     pub max_upload_rate: Option<u64>,
     /// Time connections get to finish after shutdown is requested.
@@ -78,6 +82,7 @@ impl Default for ServerConfig {
             prepared_responses: 4,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            subscribed_idle_timeout: Duration::from_secs(30 * 60),
             max_upload_rate: None,
             shutdown_grace: Duration::from_secs(2),
         }
@@ -320,12 +325,18 @@ async fn serve_connection(
     let read_conn = conn.clone();
     // Owns `tx`: when it ends, the write side drains what is queued and stops.
     let read_side = async move {
+        let mut last_heard = Instant::now();
         loop {
             let msg = match tokio::time::timeout(idle, reader.read()).await {
                 // A client that subscribed to announcements may have
                 // nothing to ask for a long time: it is waiting for us.
                 // (`read` keeps what it buffered: calling again is safe.)
-                Err(_) if read_conn.has_subscriptions() => continue,
+                Err(_)
+                    if read_conn.has_subscriptions()
+                        && last_heard.elapsed() < ctx.config.subscribed_idle_timeout =>
+                {
+                    continue;
+                }
                 Err(_) | Ok(Ok(None)) => return,
                 Ok(Err(ReadError::Decode(e))) => {
                     ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -342,6 +353,7 @@ async fn serve_connection(
                 Ok(Err(_)) => return,
                 Ok(Ok(Some(m))) => m,
             };
+            last_heard = Instant::now();
             let pending = respond(ctx, &read_conn, msg);
             if matches!(pending, Pending::Nothing) {
                 continue;

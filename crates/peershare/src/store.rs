@@ -377,7 +377,7 @@ impl Library {
         if !mpath.exists() {
             write_atomic(&mpath, &manifest.encode())?;
         }
-        let key = absolute(output);
+        let key = download_key(output);
         let current = self.snapshot()?;
         if current.downloads.get(&key) == Some(&download) {
             return Ok(());
@@ -392,7 +392,7 @@ impl Library {
     /// nothing is hashed again). The file's metadata are taken now: it must
     /// be the verified download, unchanged.
     pub fn end_download(&self, output: &Path, share: bool) -> Result<Option<Entry>, StoreError> {
-        let key = absolute(output);
+        let key = download_key(output);
         let snap = self.snapshot()?;
         let Some(d) = snap.downloads.get(&key).cloned() else {
             return Ok(None);
@@ -432,8 +432,9 @@ impl Library {
             let sel = if t.parse::<FileId>().is_ok() {
                 Selector::Id(t.to_ascii_lowercase())
             } else {
+                // (A download's output may not exist yet: its folder does.)
                 let p = Path::new(t);
-                let abs = fs::canonicalize(p).unwrap_or_else(|_| absolute(p));
+                let abs = fs::canonicalize(p).unwrap_or_else(|_| download_key(p));
                 Selector::Path(abs)
             };
             let hit = snap.files.values().any(|e| sel.matches(&e.id, &e.path))
@@ -486,6 +487,19 @@ impl Selector {
             Selector::Id(want) => id == want,
             Selector::Path(p) => path == p || path.starts_with(p),
         }
+    }
+}
+
+/// How a download's output path is keyed: its folder resolved (symbolic
+/// links, `..`), then its name, so `unshare` finds it by any spelling of the
+/// path, before the file itself exists.
+fn download_key(output: &Path) -> PathBuf {
+    let abs = absolute(output);
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => fs::canonicalize(dir)
+            .map(|d| d.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
     }
 }
 
@@ -772,15 +786,21 @@ mod tests {
             part: out.with_extension("part"),
             state: out.with_extension("state"),
         };
-        // Withdrawn by output path, then by ID.
+        // Withdrawn by output path (spelled another way, before the file
+        // exists), then by ID.
         let (a, b) = (d.path().join("a.bin"), d.path().join("b.bin"));
-        l.begin_download(&a, &m, record(&a)).unwrap();
+        fs::create_dir(d.path().join("sub")).unwrap();
+        l.begin_download(&d.path().join("sub/../a.bin"), &m, record(&a))
+            .unwrap();
         l.begin_download(&b, &m, record(&b)).unwrap();
         assert_eq!(l.manifest(&m.id()).unwrap(), Some(m.clone()));
         let r = l.unshare(&[a.to_string_lossy().into_owned()]).unwrap();
         assert_eq!((r.files.len(), r.downloads.len()), (0, 1));
         let r = l.unshare(&[m.id().to_string()]).unwrap();
-        assert_eq!(r.downloads[0].0, b);
+        assert_eq!(
+            r.downloads[0].0,
+            fs::canonicalize(d.path()).unwrap().join("b.bin")
+        );
         assert!(l.snapshot().unwrap().downloads.is_empty());
         // Finished and shared: an ordinary entry, nothing re-hashed.
         l.begin_download(&a, &m, record(&a)).unwrap();

@@ -509,8 +509,10 @@ async fn requests_in_flight_are_bounded_across_all_peers() {
     req.config.max_in_flight_bytes = 4 * CHUNK as u64;
     let summary = fetch(req).await.unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), content);
+    // The budget, plus at most one request per peer below its fair share
+    // of it (see the next test).
     assert!(
-        (3..=4).contains(&summary.peak_in_flight),
+        (3..=4 + 3).contains(&summary.peak_in_flight),
         "peak {}",
         summary.peak_in_flight
     );
@@ -520,4 +522,130 @@ async fn requests_in_flight_are_bounded_across_all_peers() {
             "a peer got no share of the budget: {summary:?}"
         );
     }
+}
+
+/// Regression (review): when slow peers hold the whole in-flight budget, a
+/// fast peer still gets its fair share of it, and so most of the work.
+#[tokio::test]
+async fn slow_peers_holding_the_budget_do_not_starve_a_fast_one() {
+    let content = data(16 * CHUNK, 16);
+    let id = id_of(&content);
+    let slow = ServerConfig {
+        max_upload_rate: Some(8_000),
+        ..ServerConfig::default()
+    };
+    let a = Node::start(&[("f.bin", &content)], slow.clone()).await;
+    let b = Node::start(&[("f.bin", &content)], slow).await;
+    let fast = Node::start(&[("f.bin", &content)], ServerConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("got.bin");
+    let mut req = request(id, vec![a.addr, b.addr, fast.addr], &out);
+    req.config.window_bytes = 2 * CHUNK as u64;
+    req.config.max_in_flight_bytes = 4 * CHUNK as u64;
+    let summary = fetch(req).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    let from_fast = summary.peers.iter().find(|p| p.addr == fast.addr).unwrap();
+    assert!(from_fast.chunks >= 12, "the fast peer starved: {summary:?}");
+    // Within the budget plus one request per peer below its fair share.
+    assert!(
+        summary.peak_in_flight <= 4 + 3,
+        "{}",
+        summary.peak_in_flight
+    );
+}
+
+/// Regression (review): a peer given up on after its reconnections failed
+/// rejoins, in the same slot, when discovery reports it again.
+#[tokio::test]
+async fn a_peer_given_up_on_rejoins_when_it_is_back() {
+    let content = data(96 * CHUNK, 17);
+    let id = id_of(&content);
+    let paced = ServerConfig {
+        max_upload_rate: Some(600_000),
+        ..ServerConfig::default()
+    };
+    let a = Node::start(&[("f.bin", &content)], paced.clone()).await;
+    let mut b = Node::start(&[("f.bin", &content)], paced.clone()).await;
+    let b_addr = b.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("got.bin");
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    let mut req = request(id, vec![a.addr, b_addr], &out);
+    req.more_peers = Some(rx);
+    let progress = Arc::new(Progress::default());
+    let dl = tokio::spawn(fetch_with(req, progress.clone()));
+    let b_bytes = |p: &Progress| {
+        let per = p.per_peer.lock().unwrap();
+        per.iter()
+            .find(|x| x.addr == b_addr)
+            .map(|x| (x.bytes, x.dropped.clone()))
+    };
+    wait_for("B delivers", 20, || {
+        b_bytes(&progress).is_some_and(|(n, _)| n > 0)
+    })
+    .await;
+    b.shutdown().await;
+    wait_for("B given up on", 20, || {
+        b_bytes(&progress)
+            .and_then(|(_, d)| d)
+            .is_some_and(|d| d.contains("reconnections failed"))
+    })
+    .await;
+    let before = b_bytes(&progress).unwrap().0;
+    // B is back at its address, and discovery reports it.
+    let b_back = Node::serve_at(tempfile::tempdir().unwrap(), b.lib.clone(), paced, b_addr).await;
+    tx.send_replace(vec![b_back.addr]);
+    let summary = dl.await.unwrap().unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    assert_eq!(summary.peers.len(), 2, "{summary:?}");
+    let b_report = summary.peers.iter().find(|p| p.addr == b_addr).unwrap();
+    assert!(b_report.dropped.is_none(), "{b_report:?}");
+    assert!(b_report.bytes > before, "B did not deliver after rejoining");
+}
+
+/// Regression (review): a subscribed client that goes silent is closed
+/// after `subscribed_idle_timeout`, not kept forever.
+#[tokio::test]
+async fn a_silent_subscriber_is_closed_in_the_end() {
+    let content = data(4 * CHUNK, 18);
+    let dir = tempfile::tempdir().unwrap();
+    let lib = peershare::Library::open(dir.path().join("data")).unwrap();
+    let manifest = Manifest::from_bytes(&content);
+    let out = dir.path().join("in-progress.bin");
+    let (part, state) = part_paths(&out);
+    std::fs::write(&part, &content).unwrap();
+    lib.begin_download(
+        &out,
+        &manifest,
+        Download {
+            id: manifest.id().to_string(),
+            name: "in-progress.bin".into(),
+            size: content.len() as u64,
+            part,
+            state,
+        },
+    )
+    .unwrap();
+    let config = ServerConfig {
+        idle_timeout: Duration::from_millis(200),
+        subscribed_idle_timeout: Duration::from_secs(1),
+        ..ServerConfig::default()
+    };
+    let node = Node::serve(dir, lib, config).await;
+    let conn = connect(&node).await;
+    let (_, watch) = conn.have(manifest.id(), true).await.unwrap();
+    let mut watch = watch.unwrap();
+    let started = std::time::Instant::now();
+    // Kept past the plain idle timeout, closed after the subscribed one.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while watch.changed().await.is_ok() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the subscribed connection was never closed");
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}, before the subscribed idle timeout"
+    );
+    assert!(conn.is_closed());
 }
