@@ -515,6 +515,15 @@ fn error(req_id: u32, code: ErrorCode, message: impl Into<String>) -> Message {
     }
 }
 
+/// The answer for a file this node does not offer.
+fn not_here(req_id: u32, id: &FileId) -> Message {
+    error(
+        req_id,
+        ErrorCode::NotFound,
+        format!("file {id} is not shared here"),
+    )
+}
+
 fn internal(req_id: u32, e: impl std::fmt::Display) -> Message {
     tracing::warn!("serving request: {e}");
     error(
@@ -575,6 +584,14 @@ impl ConnState {
             subscriptions: Mutex::default(),
             push,
         }
+    }
+
+    /// Request `req_id` is read and will be answered (or cancelled).
+    fn open(&self, req_id: u32) {
+        self.open_requests
+            .lock()
+            .expect("requests lock")
+            .insert(req_id, false);
     }
 
     /// Forgets chunk request `req_id` as it is answered; true if the client
@@ -657,19 +674,12 @@ fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pending {
                     req_id,
                     bytes: bytes.into(),
                 },
-                Ok(_) => error(
-                    req_id,
-                    ErrorCode::NotFound,
-                    format!("file {id} is not shared here"),
-                ),
+                Ok(_) => not_here(req_id, &id),
                 Err(e) => internal(req_id, e),
             })
         }
         Message::GetChunk { req_id, id, index } => {
-            conn.open_requests
-                .lock()
-                .expect("requests lock")
-                .insert(req_id, false);
+            conn.open(req_id);
             let ctx = ctx.clone();
             let conn = conn.clone();
             Pending::Chunk(tokio::task::spawn_blocking(move || {
@@ -681,10 +691,7 @@ fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pending {
             id,
             subscribe,
         } => {
-            conn.open_requests
-                .lock()
-                .expect("requests lock")
-                .insert(req_id, false);
+            conn.open(req_id);
             let ctx = ctx.clone();
             let conn = conn.clone();
             Pending::Job(tokio::task::spawn_blocking(move || {
@@ -746,14 +753,7 @@ fn have(
         (all, None)
     } else {
         match ctx.partials.view(&ctx.library, &id) {
-            None => (
-                error(
-                    req_id,
-                    ErrorCode::NotFound,
-                    format!("file {id} is not shared here"),
-                ),
-                None,
-            ),
+            None => (not_here(req_id, &id), None),
             Some(view) if view.have.is_full() => (all, None),
             Some(view) => (
                 Message::Have {
@@ -1042,11 +1042,7 @@ fn read_partial_chunk(
     index: u32,
 ) -> Result<ChunkReply, Message> {
     let Some(view) = ctx.partials.view(&ctx.library, &id) else {
-        return Err(error(
-            req_id,
-            ErrorCode::NotFound,
-            format!("file {id} is not shared here"),
-        ));
+        return Err(not_here(req_id, &id));
     };
     if index >= view.have.len() {
         return Err(error(

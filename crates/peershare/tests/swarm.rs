@@ -22,6 +22,15 @@ const CHUNK: usize = 64 * 1024;
 /// A node "downloading" `content`: its part file holds all the bytes, but
 /// its state file vouches only for the chunks in `held`.
 async fn partial_node(content: &[u8], held: &[u32]) -> (Node, Manifest, std::path::PathBuf) {
+    partial_node_with(content, held, ServerConfig::default()).await
+}
+
+/// [`partial_node`] with its own server configuration.
+async fn partial_node_with(
+    content: &[u8],
+    held: &[u32],
+    config: ServerConfig,
+) -> (Node, Manifest, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let lib = peershare::Library::open(dir.path().join("data")).unwrap();
     let manifest = Manifest::from_bytes(content);
@@ -45,8 +54,17 @@ async fn partial_node(content: &[u8], held: &[u32]) -> (Node, Manifest, std::pat
         },
     )
     .unwrap();
-    let node = Node::serve(dir, lib, ServerConfig::default()).await;
+    let node = Node::serve(dir, lib, config).await;
     (node, manifest, out)
+}
+
+/// A node sharing `content` as `f.bin`, uploading at most `rate` bytes/s.
+async fn seeder(content: &[u8], rate: Option<u64>) -> Node {
+    let config = ServerConfig {
+        max_upload_rate: rate,
+        ..ServerConfig::default()
+    };
+    Node::start(&[("f.bin", content)], config).await
 }
 
 async fn connect(node: &Node) -> PeerConn {
@@ -141,14 +159,7 @@ async fn cancelled_chunk_requests_cost_the_server_no_upload() {
     // 64 kB/s: the first 64 KiB chunk goes at once (the burst), the second
     // takes about a second, during which the client gives up on the third.
     let content = data(4 * CHUNK, 3);
-    let node = Node::start(
-        &[("f.bin", &content)],
-        ServerConfig {
-            max_upload_rate: Some(64_000),
-            ..ServerConfig::default()
-        },
-    )
-    .await;
+    let node = seeder(&content, Some(64_000)).await;
     let id = id_of(&content);
     let conn = Arc::new(connect(&node).await);
     let ask = |i: u32| {
@@ -171,15 +182,8 @@ async fn cancelled_chunk_requests_cost_the_server_no_upload() {
 async fn peers_learned_later_join_a_running_download() {
     let content = data(64 * CHUNK, 4);
     let id = id_of(&content);
-    let slow = Node::start(
-        &[("f.bin", &content)],
-        ServerConfig {
-            max_upload_rate: Some(500_000),
-            ..ServerConfig::default()
-        },
-    )
-    .await;
-    let fast = Node::start(&[("f.bin", &content)], ServerConfig::default()).await;
+    let slow = seeder(&content, Some(500_000)).await;
+    let fast = seeder(&content, None).await;
     let out = slow.path("got.bin");
     let (tx, rx) = tokio::sync::watch::channel(Vec::new());
     let mut req = request(id, vec![slow.addr], &out);
@@ -203,8 +207,8 @@ async fn peers_learned_later_join_a_running_download() {
 async fn own_server_is_never_a_source() {
     let content = data(3 * CHUNK, 5);
     let id = id_of(&content);
-    let me = Node::start(&[("f.bin", &content)], ServerConfig::default()).await;
-    let other = Node::start(&[("f.bin", &content)], ServerConfig::default()).await;
+    let me = seeder(&content, None).await;
+    let other = seeder(&content, None).await;
     let out = me.path("got.bin");
     let mut req = request(id, vec![me.addr, other.addr], &out);
     req.node_id = me.lib.node_id().unwrap();
@@ -218,15 +222,8 @@ async fn endgame_takes_the_tail_from_a_slow_peer() {
     // 16 chunks; the slow peer sends one chunk a second after the first.
     let content = data(16 * CHUNK, 6);
     let id = id_of(&content);
-    let slow = Node::start(
-        &[("f.bin", &content)],
-        ServerConfig {
-            max_upload_rate: Some(64_000),
-            ..ServerConfig::default()
-        },
-    )
-    .await;
-    let fast = Node::start(&[("f.bin", &content)], ServerConfig::default()).await;
+    let slow = seeder(&content, Some(64_000)).await;
+    let fast = seeder(&content, None).await;
     let out = fast.path("got.bin");
     let summary = fetch(request(id, vec![slow.addr, fast.addr], &out))
         .await
@@ -333,14 +330,7 @@ async fn a_quiet_partial_peer_that_goes_away_is_reconnected() {
 async fn a_peer_without_the_file_at_first_joins_once_it_has_it() {
     let content = data(24 * CHUNK, 10);
     let id = id_of(&content);
-    let slow = Node::start(
-        &[("f.bin", &content)],
-        ServerConfig {
-            max_upload_rate: Some(256_000),
-            ..ServerConfig::default()
-        },
-    )
-    .await;
+    let slow = seeder(&content, Some(256_000)).await;
     let late = Node::start(&[], ServerConfig::default()).await;
     let late_file = late.path("f.bin");
     std::fs::write(&late_file, &content).unwrap();
@@ -373,7 +363,7 @@ async fn a_peer_without_the_file_at_first_joins_once_it_has_it() {
 async fn keeping_a_download_private_withdraws_an_earlier_offer() {
     let content = data(4 * CHUNK, 11);
     let id = id_of(&content);
-    let seeder = Node::start(&[("f.bin", &content)], ServerConfig::default()).await;
+    let seeder = seeder(&content, None).await;
     let (me, manifest, out) = partial_node(&content, &[0, 1]).await;
     assert_eq!(manifest.id(), id);
     let mut req = request(id, vec![seeder.addr], &out);
@@ -395,14 +385,7 @@ async fn keeping_a_download_private_withdraws_an_earlier_offer() {
 async fn a_downloader_offers_its_chunks_and_announces_the_whole_file() {
     let content = data(32 * CHUNK, 12);
     let id = id_of(&content);
-    let seeder = Node::start(
-        &[("f.bin", &content)],
-        ServerConfig {
-            max_upload_rate: Some(1_000_000),
-            ..ServerConfig::default()
-        },
-    )
-    .await;
+    let seeder = seeder(&content, Some(1_000_000)).await;
     let me = Node::start(&[], ServerConfig::default()).await;
     let out = me.path("got.bin");
     let mut req = request(id, vec![seeder.addr], &out);
@@ -497,11 +480,7 @@ async fn requests_in_flight_are_bounded_across_all_peers() {
     let id = id_of(&content);
     let mut seeders = Vec::new();
     for _ in 0..3 {
-        let config = ServerConfig {
-            max_upload_rate: Some(2_000_000),
-            ..ServerConfig::default()
-        };
-        seeders.push(Node::start(&[("f.bin", &content)], config).await);
+        seeders.push(seeder(&content, Some(2_000_000)).await);
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("got.bin");
@@ -530,13 +509,9 @@ async fn requests_in_flight_are_bounded_across_all_peers() {
 async fn slow_peers_holding_the_budget_do_not_starve_a_fast_one() {
     let content = data(16 * CHUNK, 16);
     let id = id_of(&content);
-    let slow = ServerConfig {
-        max_upload_rate: Some(8_000),
-        ..ServerConfig::default()
-    };
-    let a = Node::start(&[("f.bin", &content)], slow.clone()).await;
-    let b = Node::start(&[("f.bin", &content)], slow).await;
-    let fast = Node::start(&[("f.bin", &content)], ServerConfig::default()).await;
+    let a = seeder(&content, Some(8_000)).await;
+    let b = seeder(&content, Some(8_000)).await;
+    let fast = seeder(&content, None).await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("got.bin");
     let mut req = request(id, vec![a.addr, b.addr, fast.addr], &out);
@@ -564,8 +539,8 @@ async fn a_peer_given_up_on_rejoins_when_it_is_back() {
         max_upload_rate: Some(600_000),
         ..ServerConfig::default()
     };
-    let a = Node::start(&[("f.bin", &content)], paced.clone()).await;
-    let mut b = Node::start(&[("f.bin", &content)], paced.clone()).await;
+    let a = seeder(&content, Some(600_000)).await;
+    let mut b = seeder(&content, Some(600_000)).await;
     let b_addr = b.addr;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("got.bin");
@@ -608,30 +583,12 @@ async fn a_peer_given_up_on_rejoins_when_it_is_back() {
 #[tokio::test]
 async fn a_silent_subscriber_is_closed_in_the_end() {
     let content = data(4 * CHUNK, 18);
-    let dir = tempfile::tempdir().unwrap();
-    let lib = peershare::Library::open(dir.path().join("data")).unwrap();
-    let manifest = Manifest::from_bytes(&content);
-    let out = dir.path().join("in-progress.bin");
-    let (part, state) = part_paths(&out);
-    std::fs::write(&part, &content).unwrap();
-    lib.begin_download(
-        &out,
-        &manifest,
-        Download {
-            id: manifest.id().to_string(),
-            name: "in-progress.bin".into(),
-            size: content.len() as u64,
-            part,
-            state,
-        },
-    )
-    .unwrap();
     let config = ServerConfig {
         idle_timeout: Duration::from_millis(200),
         subscribed_idle_timeout: Duration::from_secs(1),
         ..ServerConfig::default()
     };
-    let node = Node::serve(dir, lib, config).await;
+    let (node, manifest, _out) = partial_node_with(&content, &[], config).await;
     let conn = connect(&node).await;
     let (_, watch) = conn.have(manifest.id(), true).await.unwrap();
     let mut watch = watch.unwrap();
