@@ -308,3 +308,30 @@ fn progress_lines_and_summary_show_each_peer() {
     }
     assert!(got.stdout.starts_with("saved "), "{}", got.stdout);
 }
+
+#[test]
+fn a_shared_name_unsafe_here_is_refused_without_o_and_saved_with_it() {
+    let sb = Sandbox::new();
+    let content = random_bytes(70_000, 37);
+    let data = sb.data("seed");
+    // Legal on Linux, a device on Windows: never used as a local name.
+    let file = sb.write("seed/con.txt", &content);
+    let id = sb.share_one(&data, &file);
+    let serve = sb.serve(&data, &[]);
+    let client = sb.data("client");
+    let dl = sb.dir("dl");
+    let refused = sb.get(&client, &id, &[&serve.peer()], Some(&dl), &[]);
+    let line = refused.fails_with(1);
+    assert!(
+        line.contains("reserved device name") && line.contains("-o"),
+        "{line}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&dl).unwrap().count(),
+        0,
+        "something was written"
+    );
+    let out = sb.path("dl/console.txt");
+    sb.get(&client, &id, &[&serve.peer()], Some(&out), &[]).ok();
+    assert_same_file(&out, &content);
+}

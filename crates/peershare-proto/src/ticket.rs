@@ -175,7 +175,9 @@ pub const MAX_LOCAL_NAME_LEN: usize = 255 - ".peershare-state".len();
 
 /// Why a shared name cannot be used as a local file name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the shared name {name:?} is not a safe local file name ({why})")]
+#[error(
+    "the shared name {name:?} is not a safe local file name ({why}); save it under a name of your choice with -o PATH"
+)]
 pub struct UnsafeName {
     pub name: String,
     pub why: &'static str,
@@ -184,6 +186,14 @@ pub struct UnsafeName {
 /// The local file name to save a download under when the user gave no
 /// output path: the last `/`-separated component of the shared name, if it
 /// is a plain, safe file name. Never a path: it cannot leave the directory.
+///
+/// Refused, so that a name from a peer means the same file on every system
+/// a user may copy it to: `.` and `..`; backslashes, NUL and control
+/// characters; `:` (Windows drive letters and alternate streams); a
+/// trailing dot or space; Windows' reserved device names (`CON`, `PRN`,
+/// `AUX`, `NUL`, `COM1`–`COM9`, `LPT1`–`LPT9`, with any extension); names
+/// too long to sit beside their `.peershare-state` file. `-o` saves under
+/// any name the user chooses.
 pub fn safe_file_name(shared: &str) -> Result<&str, UnsafeName> {
     let base = shared.rsplit('/').next().unwrap_or(shared);
     let bad = |why| {
@@ -198,10 +208,30 @@ pub fn safe_file_name(shared: &str) -> Result<&str, UnsafeName> {
     if base.contains(['\\', '\0']) || base.chars().any(char::is_control) {
         return bad("contains a backslash or control character");
     }
+    if base.contains(':') {
+        return bad("contains a colon (a drive letter or stream on Windows)");
+    }
+    if base.ends_with(['.', ' ']) {
+        return bad("ends with a dot or space");
+    }
+    if is_reserved_device(base) {
+        return bad("is a reserved device name on Windows");
+    }
     if base.len() > MAX_LOCAL_NAME_LEN {
         return bad("too long for a file name beside its .peershare-state file");
     }
     Ok(base)
+}
+
+/// `CON`, `PRN`, `AUX`, `NUL`, `COM1`–`COM9`, `LPT1`–`LPT9`, in any case,
+/// alone or before an extension.
+fn is_reserved_device(name: &str) -> bool {
+    let stem = name.split('.').next().unwrap_or(name).trim_end();
+    let upper = stem.to_ascii_uppercase();
+    matches!(upper.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || ((upper.starts_with("COM") || upper.starts_with("LPT"))
+            && upper.len() == 4
+            && matches!(upper.as_bytes()[3], b'1'..=b'9'))
 }
 
 #[cfg(test)]
@@ -275,17 +305,46 @@ mod tests {
 
     #[test]
     fn safe_names() {
-        assert_eq!(safe_file_name("papers/a.pdf"), Ok("a.pdf"));
-        assert_eq!(safe_file_name("talk.mkv"), Ok("talk.mkv"));
+        // Only the last component is ever used: a name cannot lead out of
+        // the folder the download goes to.
+        for (shared, local) in [
+            ("papers/a.pdf", "a.pdf"),
+            ("talk.mkv", "talk.mkv"),
+            ("/etc/passwd", "passwd"),
+            ("../../.ssh/authorized_keys", "authorized_keys"),
+            ("a/../b.txt", "b.txt"),
+            ("..a", "..a"),
+            ("console.log", "console.log"),
+            ("COM10", "COM10"),
+            ("ÉTÉ été.txt", "ÉTÉ été.txt"),
+            ("dir\0/b", "b"),
+        ] {
+            assert_eq!(safe_file_name(shared), Ok(local), "{shared:?}");
+        }
         for bad in [
             "",
             "..",
             "a/..",
             ".",
             "a/",
+            "/",
             "x\\..\\y",
+            "..\\..\\windows\\win.ini",
             "nul\0",
             "tab\there",
+            "bell\u{7}",
+            "C:",
+            "C:evil.exe",
+            "file.txt:stream",
+            "trailing.",
+            "trailing ",
+            "CON",
+            "con.txt",
+            "Aux.tar.gz",
+            "nul",
+            "COM1",
+            "lpt9.log",
+            "PRN .x",
         ] {
             assert!(safe_file_name(bad).is_err(), "{bad:?} should be refused");
         }
