@@ -250,6 +250,10 @@ pub struct ServeArgs {
     /// Connections served at once; more are refused as busy
     #[arg(long, env = "PEERSHARE_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_connections: u32,
+
+    /// Connections from one remote IP address at once; more are refused as busy
+    #[arg(long, env = "PEERSHARE_MAX_CONNECTIONS_PER_IP", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections_per_ip: u32,
 }
 
 #[derive(Debug, Args)]

@@ -256,6 +256,7 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::new(exit::LOCAL, format!("listener address: {e}")))?;
     let config = ServerConfig {
         max_connections: a.max_connections as usize,
+        max_connections_per_ip: a.max_connections_per_ip as usize,
         max_upload_rate: a.max_upload_rate,
         ..ServerConfig::default()
     };

@@ -1,7 +1,8 @@
 //! The peer server: answers catalog, manifest and chunk requests from the
 //! library, reading chunks straight from the original shared files.
 //!
-//! Bounds: at most `max_connections` connections (others get a `Busy`
+//! Bounds: at most `max_connections` connections, and at most
+//! `max_connections_per_ip` from one remote address (others get a `Busy`
 //! error and are closed); per connection, requests are read only while
 //! fewer than `prepared_responses` answers wait to be written, so a client
 //! that floods requests without reading answers stalls itself (TCP
@@ -57,6 +58,9 @@ pub const PARTIALS_PRUNE_INTERVAL: Duration = Duration::from_secs(2);
 pub struct ServerConfig {
     /// Connections served at once; more are refused with `Busy`.
     pub max_connections: usize,
+    /// Connections from one remote IP address at once; more are refused
+    /// with `Busy`, so one host cannot take every slot.
+    pub max_connections_per_ip: usize,
     /// Answers prepared but not yet written, per connection.
     pub prepared_responses: usize,
     /// Time a new connection has to send its handshake.
@@ -79,6 +83,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_connections: 256,
+            max_connections_per_ip: 32,
             prepared_responses: 4,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
@@ -158,6 +163,7 @@ impl Server {
     ) -> Result<(), ServeError> {
         let ctx = self.ctx;
         let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+        let per_ip: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tokio::pin!(shutdown);
@@ -185,9 +191,14 @@ impl Server {
                         Err(e) => break Err(ServeError::Accept(e)),
                     };
                     ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+                    let Some(from_ip) = IpSlot::take(&per_ip, addr.ip(), ctx.config.max_connections_per_ip) else {
+                        ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                        tasks.spawn(refuse_busy(stream, ctx.config.handshake_timeout, "from your address"));
+                        continue;
+                    };
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-                        tasks.spawn(refuse_busy(stream, ctx.config.handshake_timeout));
+                        tasks.spawn(refuse_busy(stream, ctx.config.handshake_timeout, "in all"));
                         continue;
                     };
                     let ctx = ctx.clone();
@@ -197,6 +208,7 @@ impl Server {
                         serve_connection(&ctx, stream, addr, stop).await;
                         ctx.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
                         drop(permit);
+                        drop(from_ip);
                     });
                 }
             }
@@ -226,12 +238,52 @@ fn is_transient_accept_error(e: &std::io::Error) -> bool {
     )
 }
 
-async fn refuse_busy(stream: TcpStream, limit: Duration) {
+/// One connection counted against its remote address; uncounted on drop.
+struct IpSlot {
+    table: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl IpSlot {
+    /// A slot for `ip`, unless it already has `max` connections.
+    fn take(
+        table: &Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+        max: usize,
+    ) -> Option<Self> {
+        let mut t = table.lock().expect("per-IP table lock");
+        let n = t.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            // The table holds only addresses with connections: bounded by
+            // `max_connections`.
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn refuse_busy(stream: TcpStream, limit: Duration, scope: &str) {
     let mut w = FrameWriter::new(stream);
     let msg = Message::Error {
         req_id: 0,
         code: ErrorCode::Busy,
-        message: "this node is serving too many connections; try again later".into(),
+        message: format!("this node is serving too many connections {scope}; try again later"),
     };
     let _ = tokio::time::timeout(limit, w.send(&msg)).await;
 }

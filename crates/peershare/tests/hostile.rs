@@ -316,3 +316,54 @@ async fn an_endless_catalog_is_cut_at_the_limit() {
     let catalog = conn.catalog().await.unwrap();
     assert_eq!(catalog.len(), MAX_CATALOG_ENTRIES);
 }
+
+/// Connects to `to` from the loopback address `from` (any of 127/8).
+async fn connect_from(from: &str, to: std::net::SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+/// Handshakes on `s` and waits for the server's whole hello.
+async fn handshake(s: &mut TcpStream) {
+    s.write_all(&hello(PROTOCOL_VERSION)).await.unwrap();
+    let mut b = vec![0u8; hello(PROTOCOL_VERSION).len()];
+    s.read_exact(&mut b).await.unwrap();
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let config = ServerConfig {
+        max_connections_per_ip: 2,
+        ..ServerConfig::default()
+    };
+    let content = data(1000, 9);
+    let node = Node::start(&[("f", &content)], config).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect_from("127.0.0.1", node.addr).await;
+        handshake(&mut s).await;
+        held.push(s);
+    }
+    // A third from the same address is refused, saying why.
+    let mut third = connect_from("127.0.0.1", node.addr).await;
+    let got = read_until_closed(&mut third).await;
+    assert!(
+        matches!(
+            got.as_slice(),
+            [Message::Error { code: ErrorCode::Busy, message, .. }] if message.contains("from your address")
+        ),
+        "{got:?}"
+    );
+    // Another address is served meanwhile.
+    let mut other = connect_from("127.0.0.2", node.addr).await;
+    handshake(&mut other).await;
+    // Slots come back as connections end.
+    drop(held);
+    wait_for("the address's slots to free", 10, || {
+        node.stats.connections_active.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    honest_download_works(&node, &content).await;
+    assert_eq!(node.stats.refused_busy.load(Ordering::Relaxed), 1);
+}
