@@ -226,7 +226,7 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(conn: Arc<PeerConn>, key: PeerKey, holding: &Holding) -> Self {
+    fn new(conn: Arc<PeerConn>, key: PeerKey, partial: bool) -> Self {
         Slot {
             report: PeerReport {
                 addr: conn.addr(),
@@ -234,7 +234,7 @@ impl Slot {
                 bytes: 0,
                 chunks: 0,
                 corrupt: 0,
-                partial: matches!(holding, Holding::Some(_)),
+                partial,
                 dropped: None,
             },
             conn,
@@ -400,8 +400,31 @@ pub const MAX_RECONNECTS: u32 = 3;
 /// Wait before the first reconnection; doubles for each further one.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 
-/// Reconnects to `addr` after `delay` and checks it still has the file.
 impl Slot {
+    /// The lost peer of this slot is back on `conn` (a reconnection, or a
+    /// rejoin after it was given up on): a new scheduler key that keeps
+    /// its failures, and a task forwarding its announcements.
+    #[allow(clippy::too_many_arguments)]
+    fn resume(
+        &mut self,
+        slot_no: usize,
+        conn: Arc<PeerConn>,
+        holding: Holding,
+        have: Option<HaveWatch>,
+        sched: &mut Scheduler,
+        watchers: &mut JoinSet<()>,
+        have_tx: &mpsc::Sender<HaveUpdate>,
+        now: Duration,
+    ) {
+        self.conn = conn;
+        self.key = sched.rejoin(self.key, holding, now);
+        self.reconnecting = false;
+        self.report.dropped = None;
+        if let Some(h) = have {
+            watchers.spawn(forward_haves(h, slot_no, self.key, have_tx.clone()));
+        }
+    }
+
     /// The next reconnection of this (lost) peer: after its backoff, the
     /// same first contact as any peer's ([`join_peer`]).
     fn reconnect(
@@ -892,13 +915,7 @@ pub async fn download(
                 match result {
                     Ok((conn, holding, have)) => {
                         tracing::info!(peer = %slot.report.addr, "reconnected");
-                        slot.conn = conn;
-                        slot.key = sched.rejoin(slot.key, holding, start.elapsed());
-                        slot.reconnecting = false;
-                        slot.report.dropped = None;
-                        if let Some(h) = have {
-                            watchers.spawn(forward_haves(h, slot_no, slot.key, have_tx.clone()));
-                        }
+                        slot.resume(slot_no, conn, holding, have, &mut sched, &mut watchers, &have_tx, start.elapsed());
                     }
                     Err(e) if slot.reconnects < MAX_RECONNECTS => {
                         slot.last_error = Some(e);
@@ -932,13 +949,8 @@ pub async fn download(
                             // report), its failures kept.
                             tracing::info!(peer = %addr, "rejoined the download");
                             let slot = &mut slots[slot_no];
-                            slot.conn = c;
-                            slot.key = sched.rejoin(slot.key, holding, now);
+                            slot.resume(slot_no, c, holding, have, &mut sched, &mut watchers, &have_tx, now);
                             slot.reconnects = 0;
-                            slot.report.dropped = None;
-                            if let Some(h) = have {
-                                watchers.spawn(forward_haves(h, slot_no, slot.key, have_tx.clone()));
-                            }
                             publish_progress(&progress, &slots, &sched);
                         } else {
                             tracing::info!(peer = %addr, "joined the download");
@@ -1052,12 +1064,12 @@ fn add_slot(
     have: Option<HaveWatch>,
     now: Duration,
 ) {
-    let report_holding = holding.clone();
+    let partial = matches!(holding, Holding::Some(_));
     let key = sched.add_peer(holding, now);
     if let Some(h) = have {
         watchers.spawn(forward_haves(h, slots.len(), key, have_tx.clone()));
     }
-    slots.push(Slot::new(conn, key, &report_holding));
+    slots.push(Slot::new(conn, key, partial));
 }
 
 /// Live peer count and per-peer bytes, for the display.

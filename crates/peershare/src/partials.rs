@@ -39,7 +39,6 @@ pub struct View {
     pub have: Arc<Bitmap>,
     pub manifest: Arc<Manifest>,
     pub size: u64,
-    pub chunk_size: u32,
 }
 
 /// State file identity: inode, mtime (ns), length.
@@ -108,8 +107,7 @@ impl Partials {
         {
             return Some(v.clone());
         }
-        let chunk_size = chunk_size_for(d.size);
-        let n = chunk_count(d.size, chunk_size) as u32;
+        let n = chunk_count(d.size, chunk_size_for(d.size)) as u32;
         let have = load_state(&d.state, id, d.size, n).unwrap_or_else(|| Bitmap::new(n));
         let manifest = match cache.views.get(id) {
             Some((_, v)) => v.manifest.clone(),
@@ -124,7 +122,6 @@ impl Partials {
             have: Arc::new(have),
             manifest,
             size: d.size,
-            chunk_size,
         };
         if cache.views.len() >= MAX_CACHED {
             cache.views.clear();

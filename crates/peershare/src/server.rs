@@ -787,6 +787,21 @@ fn partial_download(ctx: &Ctx, id: &FileId) -> Option<Download> {
         .cloned()
 }
 
+/// Which chunks of `id` this node offers: all of a shared file (or of a
+/// download that has every chunk), the verified ones of a download in
+/// progress, or `None`.
+fn holding(ctx: &Ctx, id: &FileId) -> Option<Holding> {
+    if shared_entry(ctx, id).is_some() {
+        return Some(Holding::All);
+    }
+    let view = ctx.partials.view(&ctx.library, id)?;
+    Some(if view.have.is_full() {
+        Holding::All
+    } else {
+        Holding::Some((*view.have).clone())
+    })
+}
+
 /// The answer to `GetHave`: every chunk of a shared file, the verified
 /// chunks of a download in progress (and, with `subscribe`, a task that
 /// sends them again whenever they grow), or `NotFound`.
@@ -797,23 +812,14 @@ fn have(
     id: FileId,
     subscribe: bool,
 ) -> Message {
-    let all = Message::Have {
-        req_id,
-        holding: Holding::All,
-    };
-    let (answer, known) = if shared_entry(ctx, &id).is_some() {
-        (all, None)
-    } else {
-        match ctx.partials.view(&ctx.library, &id) {
-            None => (not_here(req_id, &id), None),
-            Some(view) if view.have.is_full() => (all, None),
-            Some(view) => (
-                Message::Have {
-                    req_id,
-                    holding: Holding::Some((*view.have).clone()),
-                },
-                Some(view.have.count()),
-            ),
+    let (answer, known) = match holding(ctx, &id) {
+        None => (not_here(req_id, &id), None),
+        Some(holding) => {
+            let known = match &holding {
+                Holding::All => None,
+                Holding::Some(b) => Some(b.count()),
+            };
+            (Message::Have { req_id, holding }, known)
         }
     };
     // Lock order: subscriptions, then open requests (as in `cancel`): a
@@ -860,20 +866,10 @@ async fn subscription(
     loop {
         tick.tick().await;
         let c = ctx.clone();
-        let now = tokio::task::spawn_blocking(move || {
-            if shared_entry(&c, &id).is_some() {
-                return Some(Holding::All);
-            }
-            let view = c.partials.view(&c.library, &id)?;
-            Some(if view.have.is_full() {
-                Holding::All
-            } else {
-                Holding::Some((*view.have).clone())
-            })
-        })
-        .await
-        .ok()
-        .flatten();
+        let now = tokio::task::spawn_blocking(move || holding(&c, &id))
+            .await
+            .ok()
+            .flatten();
         let (msg, last) = match now {
             None => (
                 error(
@@ -1056,16 +1052,7 @@ fn read_chunk(
             c
         }
     };
-    let chunk_size = peershare_proto::manifest::chunk_size_for(entry.size) as u64;
-    let start = index as u64 * chunk_size;
-    if start >= entry.size {
-        return Err(error(
-            req_id,
-            ErrorCode::OutOfRange,
-            format!("file {id} has no chunk {index}"),
-        ));
-    }
-    let len = chunk_size.min(entry.size - start) as usize;
+    let (start, len) = chunk_span(req_id, &id, entry.size, index)?;
     // The file must still be what was hashed: same size and mtime.
     let unchanged = file.metadata().is_ok_and(|m| entry.matches(&m));
     let mut data = conn.take_buffer(len);
@@ -1085,6 +1072,21 @@ fn read_chunk(
     })
 }
 
+/// Where chunk `index` of file `id`, `size` bytes, lies: its offset and
+/// length (canonical chunk size), or the `OutOfRange` answer.
+fn chunk_span(req_id: u32, id: &FileId, size: u64, index: u32) -> Result<(u64, usize), Message> {
+    let chunk_size = peershare_proto::manifest::chunk_size_for(size) as u64;
+    let start = index as u64 * chunk_size;
+    if start >= size {
+        return Err(error(
+            req_id,
+            ErrorCode::OutOfRange,
+            format!("file {id} has no chunk {index}"),
+        ));
+    }
+    Ok((start, chunk_size.min(size - start) as usize))
+}
+
 /// A chunk of this node's download of `id` in progress, if it is verified.
 fn read_partial_chunk(
     ctx: &Ctx,
@@ -1096,13 +1098,7 @@ fn read_partial_chunk(
     let Some(view) = ctx.partials.view(&ctx.library, &id) else {
         return Err(not_here(req_id, &id));
     };
-    if index >= view.have.len() {
-        return Err(error(
-            req_id,
-            ErrorCode::OutOfRange,
-            format!("file {id} has no chunk {index}"),
-        ));
-    }
+    let (start, len) = chunk_span(req_id, &id, view.size, index)?;
     if !view.have.get(index) {
         return Err(error(
             req_id,
@@ -1110,8 +1106,6 @@ fn read_partial_chunk(
             format!("this node is still downloading {id} and does not hold chunk {index} yet"),
         ));
     }
-    let start = index as u64 * view.chunk_size as u64;
-    let len = (view.chunk_size as u64).min(view.size - start) as usize;
     let mut data = conn.take_buffer(len);
     if let Err(e) = view.part.read_exact_at(&mut data, start) {
         conn.give_back(data);
