@@ -65,7 +65,9 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         peershare serve                            # all interfaces, port 9000\n  \
         peershare serve --listen 127.0.0.1:0       # loopback, any free port\n  \
-        peershare serve --max-upload-rate 10MB\n\n\
+        peershare serve --max-upload-rate 10MB\n  \
+        peershare serve --trusted-only              # only nodes added with `peershare trust add`\n\n\
+        Every connection is encrypted (TLS 1.3) and both sides prove their node ID. \
         Prints `listening on IP:PORT` once it accepts connections. Files shared by another \
         `peershare share` on the same data dir are served without a restart.")]
     Serve(ServeArgs),
@@ -88,9 +90,23 @@ pub enum Command {
         UDP port 9000, or the Wi-Fi may isolate clients: connect directly with --peer HOST:PORT.")]
     Peers(PeersArgs),
 
-    /// Print this node's ID
-    #[command(after_help = "Example:\n  peershare id")]
+    /// Print this node's ID (its public key; peers check it in every connection)
+    #[command(after_help = "Example:\n  peershare id\n\n\
+        The ID is the public half of the Ed25519 key pair made on first use and kept in the data \
+        dir (node.key, readable only by you). Give it to friends whose `serve --trusted-only` \
+        should let you in; tickets carry it, so a download checks it is talking to the right node.")]
     Id(JsonArg),
+
+    /// Manage the nodes that `serve --trusted-only` serves
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+        peershare trust add 8c1f...07 laptop        # a node ID from `peershare id` on that machine\n  \
+        peershare trust ls\n  \
+        peershare trust rm 8c1f...07\n\n\
+        A running `serve --trusted-only` sees changes at the next connection, without a restart."
+    )]
+    Trust(TrustCommand),
 
     /// Download a file by file ID or ticket, verified, from every given peer at once
     #[command(after_help = "Examples:\n  \
@@ -122,11 +138,38 @@ pub struct ShareArgs {
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
 
+    /// Leave the files out of this node's catalog: peers can fetch them only by file ID or ticket (sharing again without it lists them)
+    #[arg(long)]
+    pub unlisted: bool,
+
     #[command(flatten)]
     pub ticket: TicketArgs,
 
     #[command(flatten)]
     pub json: JsonArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Trust a node: `serve --trusted-only` serves it
+    Add {
+        /// Its node ID (64 hex digits, from `peershare id` on that node)
+        #[arg(value_name = "NODE-ID")]
+        node: String,
+        /// A name to remember it by
+        name: Option<String>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Stop trusting a node (its open connections are not cut; new ones are refused)
+    Rm {
+        #[arg(value_name = "NODE-ID")]
+        node: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// List the trusted nodes
+    Ls(JsonArg),
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +297,10 @@ pub struct ServeArgs {
     /// Connections from one remote IP address at once; more are refused as busy
     #[arg(long, env = "PEERSHARE_MAX_CONNECTIONS_PER_IP", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_connections_per_ip: u32,
+
+    /// Serve only the nodes on the trust list (`peershare trust add NODE-ID`); others are refused
+    #[arg(long, env = "PEERSHARE_TRUSTED_ONLY", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub trusted_only: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,14 +11,15 @@ use peershare::download::{DownloadConfig, DownloadRequest, Output, Progress};
 use peershare::store::Entry;
 use peershare::{
     ClientConfig, DownloadError, Library, PeerConn, PeerError, Server, ServerConfig, ShareProgress,
-    StoreError,
+    StoreError, Tls,
 };
-use peershare_proto::{FileId, Ticket};
+use peershare_proto::{FileId, NodeId, Ticket};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::cli::{
-    Cli, Command, GetArgs, LsArgs, ServeArgs, ShareArgs, SharedArgs, TicketArgs, UnshareArgs,
+    Cli, Command, GetArgs, LsArgs, ServeArgs, ShareArgs, SharedArgs, TicketArgs, TrustCommand,
+    UnshareArgs,
 };
 use crate::lan;
 use crate::progress;
@@ -41,6 +42,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Get(a) => get(&data_dir, a, quiet).await,
         Command::Peers(a) => peers(&data_dir, a).await,
         Command::Id(a) => id(&data_dir, a.json),
+        Command::Trust(a) => trust(&data_dir, a),
     }
 }
 
@@ -59,6 +61,21 @@ fn resolve_data_dir(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
 
 fn open_library(dir: &Path) -> Result<Library, Failure> {
     Library::open(dir).map_err(store_failure)
+}
+
+/// This node's TLS endpoint, from its key in the data dir (created on
+/// first use). A build with the `insecure-plaintext` feature (benchmarks
+/// only) skips encryption when `PEERSHARE_INSECURE_PLAINTEXT` is set.
+fn open_tls(lib: &Library) -> Result<Tls, Failure> {
+    let identity = lib.identity().map_err(store_failure)?;
+    #[cfg(feature = "insecure-plaintext")]
+    if std::env::var_os("PEERSHARE_INSECURE_PLAINTEXT").is_some() {
+        eprintln!(
+            "peershare: warning: PEERSHARE_INSECURE_PLAINTEXT: connections are NOT encrypted"
+        );
+        return Ok(Tls::plaintext(&identity));
+    }
+    Ok(Tls::new(&identity))
 }
 
 fn store_failure(e: StoreError) -> Failure {
@@ -109,6 +126,8 @@ struct SharedFile {
     name: String,
     size: u64,
     path: PathBuf,
+    /// Left out of this node's catalog: only a ticket or the ID finds it.
+    unlisted: bool,
     ticket: String,
 }
 
@@ -140,15 +159,17 @@ fn ticket_addrs(t: &TicketArgs) -> Vec<SocketAddr> {
         .collect()
 }
 
-fn describe(e: &Entry, addrs: &[SocketAddr]) -> SharedFile {
+fn describe(e: &Entry, node: NodeId, addrs: &[SocketAddr]) -> SharedFile {
     let id: FileId = e.id.parse().expect("library holds valid IDs");
     SharedFile {
         id: e.id.clone(),
         name: e.name.clone(),
         size: e.size,
         path: e.path.clone(),
+        unlisted: e.unlisted,
         ticket: Ticket {
             id,
+            node,
             size: e.size,
             name: e.name.clone(),
             addrs: addrs.to_vec(),
@@ -164,19 +185,29 @@ async fn share(dir: &Path, a: ShareArgs, quiet: bool) -> Result<(), Failure> {
     let paths = a.paths.clone();
     let lib2 = lib.clone();
     let c2 = counters.clone();
-    let result = tokio::task::spawn_blocking(move || lib2.share(&paths, &c2))
+    let node = lib.node_id().map_err(store_failure)?;
+    let unlisted = a.unlisted;
+    let result = tokio::task::spawn_blocking(move || lib2.share_as(&paths, &c2, unlisted))
         .await
         .expect("share does not panic");
     bar.finish().await;
     let shared = result.map_err(store_failure)?;
     let addrs = ticket_addrs(&a.ticket);
     if a.json.json {
-        let files: Vec<_> = shared.iter().map(|s| describe(&s.entry, &addrs)).collect();
+        let files: Vec<_> = shared
+            .iter()
+            .map(|s| describe(&s.entry, node, &addrs))
+            .collect();
         out_json(&files);
     } else {
         let mut text = String::new();
         for s in &shared {
-            text.push_str(&format!("{}  {}\n", s.entry.id, s.entry.name));
+            text.push_str(&format!(
+                "{}  {}{}\n",
+                s.entry.id,
+                s.entry.name,
+                unlisted_mark(&s.entry)
+            ));
         }
         out(&text);
     }
@@ -217,17 +248,23 @@ fn shared(dir: &Path, a: SharedArgs) -> Result<(), Failure> {
     let lib = open_library(dir)?;
     let snap = lib.snapshot().map_err(store_failure)?;
     let addrs = ticket_addrs(&a.ticket);
-    let files: Vec<_> = snap.files.values().map(|e| describe(e, &addrs)).collect();
+    let node = lib.node_id().map_err(store_failure)?;
+    let files: Vec<_> = snap
+        .files
+        .values()
+        .map(|e| describe(e, node, &addrs))
+        .collect();
     if a.json.json {
         out_json(&files);
     } else {
         let mut text = String::new();
-        for f in &files {
+        for (f, e) in files.iter().zip(snap.files.values()) {
             text.push_str(&format!(
-                "{}  {:>10}  {}\n",
+                "{}  {:>10}  {}{}\n",
                 f.id,
                 progress::bytes(f.size),
-                f.name
+                f.name,
+                unlisted_mark(e)
             ));
         }
         out(&text);
@@ -239,7 +276,16 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
     let lib = open_library(dir)?;
     // Fail early on a damaged library rather than serve nothing.
     lib.snapshot().map_err(store_failure)?;
-    let node_id = lib.node_id().map_err(store_failure)?;
+    let tls = open_tls(&lib)?;
+    let node_id = tls.node_id();
+    if a.trusted_only {
+        let trusted = lib.trusted().map_err(store_failure)?;
+        if trusted.is_empty() {
+            eprintln!(
+                "peershare: warning: --trusted-only with an empty trust list: every peer will be refused (add some with `peershare trust add NODE-ID`)"
+            );
+        }
+    }
     let listener = TcpListener::bind(a.listen).await.map_err(|e| {
         let hint = if e.kind() == io::ErrorKind::AddrInUse {
             " (another program, maybe another peershare, uses it: pick another with --listen)"
@@ -258,6 +304,7 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
         max_connections: a.max_connections as usize,
         max_connections_per_ip: a.max_connections_per_ip as usize,
         max_upload_rate: a.max_upload_rate,
+        trusted_only: a.trusted_only,
         ..ServerConfig::default()
     };
     let interval = lan::seconds("--announce-interval", a.announce_interval, 3600.0)?;
@@ -297,8 +344,8 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
     };
     let server_v6 = listener_v6
         .as_ref()
-        .map(|_| Server::new(lib.clone(), node_id, local.port(), config.clone()));
-    let server = Server::new(lib.clone(), node_id, local.port(), config);
+        .map(|_| Server::new(lib.clone(), tls.clone(), local.port(), config.clone()));
+    let server = Server::new(lib.clone(), tls, local.port(), config);
     let shutdown = shutdown_signal()?;
     out(&format!("listening on {local}\n"));
     tracing::info!(node = %node_id, "serving the library in {}", dir.display());
@@ -433,6 +480,14 @@ async fn resolve_peers(list: &[String]) -> Result<Vec<SocketAddr>, Failure> {
 fn peer_failure(e: &PeerError) -> u8 {
     match e {
         PeerError::Connect { .. } | PeerError::Timeout { .. } => exit::UNREACHABLE,
+        PeerError::Remote {
+            code: peershare_proto::wire::ErrorCode::NotTrusted,
+            ..
+        }
+        | PeerError::Ended {
+            code: peershare_proto::wire::ErrorCode::NotTrusted,
+            ..
+        } => exit::REFUSED,
         _ => exit::FAILURE,
     }
 }
@@ -453,7 +508,8 @@ struct LsRow {
 
 async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
     let lib = open_library(dir)?;
-    let node_id = lib.node_id().map_err(store_failure)?;
+    let tls = open_tls(&lib)?;
+    let node_id = tls.node_id();
     let mut addrs = resolve_peers(&a.peers).await?;
     if addrs.is_empty() {
         let found = lan::look(dir, node_id, &a.look).await?;
@@ -470,8 +526,9 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
     let mut errors = Vec::new();
     let mut set = tokio::task::JoinSet::new();
     for addr in addrs {
+        let tls = tls.clone();
         set.spawn(async move {
-            let conn = PeerConn::connect(addr, node_id, ClientConfig::default()).await?;
+            let conn = PeerConn::connect(addr, &tls, None, ClientConfig::default()).await?;
             conn.catalog().await.map(|c| (addr, c))
         });
     }
@@ -566,10 +623,16 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
 async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     let cancel = shutdown_signal()?;
     tokio::pin!(cancel);
+    let mut expect = std::collections::HashMap::new();
     let (id, name, mut peers) = match a.what.parse::<FileId>() {
         Ok(id) => (id, None, Vec::new()),
         Err(id_err) => match a.what.parse::<Ticket>() {
-            Ok(t) => (t.id, Some(t.name), t.addrs),
+            Ok(t) => {
+                // The ticket's addresses are its maker's: only that node
+                // may answer there.
+                expect.extend(t.addrs.iter().map(|a| (*a, t.node)));
+                (t.id, Some(t.name), t.addrs)
+            }
             Err(t_err) => {
                 let why = if a.what.trim_start().starts_with("ps1") {
                     t_err.to_string()
@@ -582,7 +645,8 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     };
     peers.extend(resolve_peers(&a.peers).await?);
     let lib = open_library(dir)?;
-    let node_id = lib.node_id().map_err(store_failure)?;
+    let tls = open_tls(&lib)?;
+    let node_id = tls.node_id();
     // Without --peer (or with --discover), sources on the LAN join the
     // ticket's and the given ones, now and while the download runs.
     let use_lan = a.discover || (a.peers.is_empty() && !a.no_discovery);
@@ -594,7 +658,13 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
         if found.is_empty() && peers.is_empty() {
             return Err(lan::nothing_found(&a.look));
         }
-        peers.extend(found.iter().map(|f| f.addr));
+        for f in &found {
+            // An announcement names a node: hold whoever answers to it.
+            if let Ok(node) = f.node_id.parse() {
+                expect.entry(f.addr).or_insert(node);
+            }
+            peers.push(f.addr);
+        }
     }
     if let Some(p) = &a.output {
         let parent = p
@@ -639,7 +709,8 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
         peers,
         output,
         force: a.force,
-        node_id,
+        tls,
+        expect,
         config: DownloadConfig {
             max_download_rate: a.max_download_rate,
             ..DownloadConfig::default()
@@ -744,6 +815,69 @@ async fn peers(dir: &Path, a: crate::cli::PeersArgs) -> Result<(), Failure> {
         ));
     }
     out(&text);
+    Ok(())
+}
+
+fn unlisted_mark(e: &Entry) -> &'static str {
+    if e.unlisted { "  (unlisted)" } else { "" }
+}
+
+fn trust(dir: &Path, command: TrustCommand) -> Result<(), Failure> {
+    let lib = open_library(dir)?;
+    let parse = |s: &str| {
+        s.parse::<NodeId>().map_err(|e| {
+            Failure::new(
+                exit::USAGE,
+                format!("{s:?} is not a node ID ({e}); `peershare id` prints one"),
+            )
+        })
+    };
+    match command {
+        TrustCommand::Add { node, name, json } => {
+            let node = parse(&node)?;
+            let name = name.unwrap_or_default();
+            let added = lib.trust(node, &name).map_err(store_failure)?;
+            if json.json {
+                out_json(
+                    &serde_json::json!({"node_id": node.to_string(), "name": name, "changed": added}),
+                );
+            } else if added {
+                out(&format!("trusted {node}\n"));
+            } else {
+                out(&format!("{node} was already trusted\n"));
+            }
+        }
+        TrustCommand::Rm { node, json } => {
+            let node = parse(&node)?;
+            let removed = lib.distrust(node).map_err(store_failure)?;
+            if json.json {
+                out_json(&serde_json::json!({"node_id": node.to_string(), "changed": removed}));
+            } else if removed {
+                out(&format!("no longer trusted: {node}\n"));
+            } else {
+                return Err(Failure::new(
+                    exit::NOT_FOUND,
+                    format!("{node} is not on the trust list (`peershare trust ls` shows it)"),
+                ));
+            }
+        }
+        TrustCommand::Ls(json) => {
+            let list = lib.trusted().map_err(store_failure)?;
+            if json.json {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|(id, t)| serde_json::json!({"node_id": id.to_string(), "name": t.name}))
+                    .collect();
+                out_json(&rows);
+            } else {
+                let mut text = String::new();
+                for (id, t) in &list {
+                    text.push_str(&format!("{id}  {}\n", printable(&t.name)));
+                }
+                out(&text);
+            }
+        }
+    }
     Ok(())
 }
 

@@ -25,6 +25,8 @@ pub mod exit {
     pub const CORRUPT: u8 = 5;
     /// A local file problem: output exists, disk full, permission.
     pub const LOCAL: u8 = 6;
+    /// The peer serves only nodes it trusts, and not this one.
+    pub const REFUSED: u8 = 7;
     /// Interrupted (progress is kept; run again to resume).
     pub const INTERRUPTED: u8 = 130;
 }

@@ -1,5 +1,7 @@
-//! Tickets: one copy-pasteable string with a file ID, its name and size, and
-//! addresses of peers that have it.
+//! Tickets: one copy-pasteable string with a file ID, its name and size,
+//! the node ID of the peer that made it and that peer's addresses. A
+//! downloader refuses a peer at those addresses that cannot prove it is
+//! that node.
 //!
 //! Text form: `ps1` followed by the lowercase, unpadded base32 (RFC 4648
 //! alphabet) of the binary form below. Binary form (big-endian):
@@ -7,6 +9,7 @@
 //! ```text
 //! u8        ticket version (= TICKET_VERSION)
 //! [u8; 32]  file ID
+//! [u8; 32]  node ID of the sharing peer (its Ed25519 public key)
 //! u64       file size
 //! u16 + ..  name (UTF-8, at most MAX_NAME_LEN bytes)
 //! u8        address count (at most MAX_TICKET_ADDRS)
@@ -18,14 +21,14 @@ use std::str::FromStr;
 
 use data_encoding::BASE32_NOPAD;
 
-use crate::id::{FileId, ID_LEN};
+use crate::id::{FileId, ID_LEN, NodeId};
 use crate::manifest::MAX_FILE_SIZE;
 use crate::wire::MAX_NAME_LEN;
 
 /// Text prefix of every ticket (it also carries the version).
 pub const TICKET_PREFIX: &str = "ps1";
 /// Binary version byte.
-pub const TICKET_VERSION: u8 = 1;
+pub const TICKET_VERSION: u8 = 2;
 /// Most peer addresses one ticket carries.
 pub const MAX_TICKET_ADDRS: usize = 16;
 /// Longest ticket text accepted, bytes (prefix included; tickets are ASCII).
@@ -40,7 +43,9 @@ pub enum TicketError {
     TooLong,
     #[error("ticket is not valid base32 (was it cut off or changed while copying?)")]
     Encoding,
-    #[error("ticket version {0} is not supported")]
+    #[error(
+        "ticket version {0} is not supported (version 1 tickets come from peershare before encryption; ask for a fresh ticket)"
+    )]
     Version(u8),
     #[error("ticket is truncated or has trailing bytes")]
     Length,
@@ -58,6 +63,8 @@ pub enum TicketError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
     pub id: FileId,
+    /// The node that made the ticket; the addresses are its.
+    pub node: NodeId,
     pub size: u64,
     pub name: String,
     pub addrs: Vec<SocketAddr>,
@@ -70,6 +77,7 @@ impl Ticket {
         let mut out = Vec::with_capacity(64 + self.name.len());
         out.push(TICKET_VERSION);
         out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(self.node.as_bytes());
         out.extend_from_slice(&self.size.to_be_bytes());
         let mut end = self.name.len().min(MAX_NAME_LEN);
         while !self.name.is_char_boundary(end) {
@@ -110,6 +118,7 @@ impl Ticket {
             return Err(TicketError::Version(version));
         }
         let id = FileId(take(ID_LEN)?.try_into().expect("ID_LEN"));
+        let node = NodeId(take(ID_LEN)?.try_into().expect("ID_LEN"));
         let size = u64::from_be_bytes(take(8)?.try_into().expect("8"));
         if size > MAX_FILE_SIZE {
             return Err(TicketError::Size(size));
@@ -138,6 +147,7 @@ impl Ticket {
         }
         Ok(Ticket {
             id,
+            node,
             size,
             name,
             addrs,
@@ -241,6 +251,7 @@ mod tests {
     fn sample() -> Ticket {
         Ticket {
             id: FileId([9; 32]),
+            node: NodeId([5; 32]),
             size: 12345,
             name: "talk.mkv".into(),
             addrs: vec![

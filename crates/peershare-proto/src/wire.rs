@@ -97,6 +97,9 @@ pub enum ErrorCode {
     Busy = 6,
     /// Anything else went wrong on the sender's side.
     Internal = 7,
+    /// This node serves only nodes on its trust list, and the asker is not
+    /// on it.
+    NotTrusted = 8,
 }
 
 impl ErrorCode {
@@ -110,6 +113,7 @@ impl ErrorCode {
             5 => Unavailable,
             6 => Busy,
             7 => Internal,
+            8 => NotTrusted,
             _ => return None,
         })
     }

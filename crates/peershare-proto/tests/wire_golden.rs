@@ -347,9 +347,11 @@ const MANIFEST_EMPTY: &str = r#"
 "#;
 
 const TICKET_BINARY: &str = r#"
-01                                               # ticket version: 1
+02                                               # ticket version: 2
 2f 0e b4 b1 03 13 a4 ef 35 77 b7 0a f3 cf 3d 8b  # file ID of hello.txt
 61 2d ee 87 90 c3 50 7f d2 4c f4 d3 89 92 5e f2
+5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a  # node ID of the sharing peer
+5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a
 00 00 00 00 00 00 00 05                          # file size: 5
 00 09                                            # name length: 9
 68 65 6c 6c 6f 2e 74 78 74                       # name: "hello.txt"
@@ -363,7 +365,7 @@ fe 80 00 00 00 00 00 00 00 00 00 00 00 00 00 01  #   fe80::1
 "#;
 
 /// "ps1" + lowercase unpadded base32 of `TICKET_BINARY`.
-const TICKET_TEXT: &str = "ps1aexq5nframj2j3zvo63qv46phwfwclpoq6imgud72jgpju4jsjppeaaaaaaaaaaaauaas2dfnrwg6ltupb2aebgavaariizia37iaaaaaaaaaaaaaaaaaaaaaaasgki";
+const TICKET_TEXT: &str = "ps1aixq5nframj2j3zvo63qv46phwfwclpoq6imgud72jgpju4jsjppews2ljnfuws2ljnfuws2ljnfuws2ljnfuws2ljnfuws2ljnfuws2aaaaaaaaaaaakaajnbswy3dpfz2hq5acatakqaiuemuan7uaaaaaaaaaaaaaaaaaaaaaaajdfe";
 
 // ---------------------------------------------------------------------------
 // One test per message kind.
@@ -732,6 +734,7 @@ fn golden_manifest_of_an_empty_file() {
 fn sample_ticket() -> Ticket {
     Ticket {
         id: hello_id(),
+        node: NodeId([0x5a; 32]),
         size: 5,
         name: "hello.txt".into(),
         addrs: vec![
@@ -764,12 +767,12 @@ fn golden_ticket_text() {
     // The prefix is lower case only.
     let upper_all = TICKET_TEXT.to_ascii_uppercase();
     assert_eq!(upper_all.parse::<Ticket>(), Err(TicketError::Prefix));
-    // The last character carries 3 unused bits, which must be zero: "i" is
-    // 01000, "j" is 01001. Only the canonical text parses.
+    // The last character carries 2 unused bits, which must be zero: "e" is
+    // 00100, "f" is 00101. Only the canonical text parses.
     let (head, last) = TICKET_TEXT.split_at(TICKET_TEXT.len() - 1);
-    assert_eq!(last, "i");
+    assert_eq!(last, "e");
     assert_eq!(
-        format!("{head}j").parse::<Ticket>(),
+        format!("{head}f").parse::<Ticket>(),
         Err(TicketError::Encoding)
     );
     // Padding is not part of the text form.
@@ -803,7 +806,7 @@ fn constants_match_the_spec_table() {
     assert_eq!(MAX_FILE_SIZE, 1 << 41);
     assert_eq!(MAX_MANIFEST_LEN, 8_388_618);
     assert_eq!(TICKET_PREFIX, "ps1");
-    assert_eq!(TICKET_VERSION, 1);
+    assert_eq!(TICKET_VERSION, 2);
     assert_eq!(MAX_TICKET_ADDRS, 16);
     assert_eq!(MAX_TICKET_LEN, 4096);
 
@@ -856,6 +859,7 @@ fn error_codes_match_the_spec_table() {
         (ErrorCode::Unavailable, 5),
         (ErrorCode::Busy, 6),
         (ErrorCode::Internal, 7),
+        (ErrorCode::NotTrusted, 8),
     ];
     for (code, value) in codes {
         assert_eq!(code as u16, value);
@@ -959,9 +963,9 @@ fn golden_malformed_frames_are_rejected() {
             },
         ),
         (
-            "unknown error code 8",
-            "00 00 00 09  02  00 00 00 01  00 08  00 00",
-            DecodeError::UnknownErrorCode(8),
+            "unknown error code 9",
+            "00 00 00 09  02  00 00 00 01  00 09  00 00",
+            DecodeError::UnknownErrorCode(9),
         ),
         (
             "error message not UTF-8",

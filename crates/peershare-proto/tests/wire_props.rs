@@ -64,6 +64,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         ErrorCode::Unavailable,
         ErrorCode::Busy,
         ErrorCode::Internal,
+        ErrorCode::NotTrusted,
     ])
 }
 
@@ -1004,12 +1005,14 @@ fn socket_addr() -> impl Strategy<Value = SocketAddr> {
 fn ticket() -> impl Strategy<Value = Ticket> {
     (
         file_id(),
+        any::<[u8; 32]>(),
         0..=peershare_proto::manifest::MAX_FILE_SIZE,
         text(MAX_NAME_LEN),
         vec(socket_addr(), 0..=MAX_TICKET_ADDRS),
     )
-        .prop_map(|(id, size, name, addrs)| Ticket {
+        .prop_map(|(id, node, size, name, addrs)| Ticket {
             id,
+            node: NodeId(node),
             size,
             name,
             addrs,

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::conn::{FrameReader, FrameWriter, ReadError};
 use crate::error::PeerError;
+use crate::tls::{BoxWrite, Tls};
 
 /// Client-side timeouts; plain data with sane defaults.
 #[derive(Debug, Clone)]
@@ -89,16 +90,20 @@ impl Drop for PeerConn {
 }
 
 impl PeerConn {
-    /// Connects and performs the handshake.
+    /// Connects, secures the connection and performs the handshake. With
+    /// `expect`, the peer must prove it is that node ([`PeerError::WrongNode`]
+    /// otherwise); in every case its `Hello` must name the node its key
+    /// proves.
     pub async fn connect(
         addr: SocketAddr,
-        local: NodeId,
+        tls: &Tls,
+        expect: Option<NodeId>,
         config: ClientConfig,
     ) -> Result<Self, PeerError> {
         let secs = config.connect_timeout.as_secs();
         tokio::time::timeout(
             config.connect_timeout,
-            Self::connect_inner(addr, local, config),
+            Self::connect_inner(addr, tls, expect, config),
         )
         .await
         .map_err(|_| PeerError::Timeout { addr, secs })?
@@ -106,19 +111,32 @@ impl PeerConn {
 
     async fn connect_inner(
         addr: SocketAddr,
-        local: NodeId,
+        tls: &Tls,
+        expect: Option<NodeId>,
         config: ClientConfig,
     ) -> Result<Self, PeerError> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| PeerError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
-        let mut reader = FrameReader::new(r, MAX_FRAME_LEN);
-        let mut writer = FrameWriter::new(w);
+        let secured = tls
+            .connect(stream)
+            .await
+            .map_err(|e| tls_failure(addr, e))?;
+        if let (Some(expected), Some(got)) = (expect, secured.peer)
+            && expected != got
+        {
+            return Err(PeerError::WrongNode {
+                addr,
+                expected,
+                got,
+            });
+        }
+        let mut reader = FrameReader::new(secured.reader, MAX_FRAME_LEN);
+        let mut writer = FrameWriter::new(secured.writer);
         let hello = Message::Hello(Hello {
             version: PROTOCOL_VERSION,
-            node_id: local,
+            node_id: tls.node_id(),
             listen_port: 0,
             capabilities: capability::ALL,
         });
@@ -153,6 +171,26 @@ impl PeerConn {
             Err(ReadError::Decode(source)) => return Err(PeerError::Protocol { addr, source }),
             Err(ReadError::Io(source)) => return Err(PeerError::Io { addr, source }),
         };
+        match secured.peer {
+            Some(proven) if proven != remote.node_id => {
+                return Err(PeerError::Handshake {
+                    addr,
+                    reason: format!(
+                        "it claims to be node {} but its key is node {proven}",
+                        remote.node_id
+                    ),
+                });
+            }
+            // Plaintext (benchmarks): only the claim to go by.
+            None if expect.is_some_and(|e| e != remote.node_id) => {
+                return Err(PeerError::WrongNode {
+                    addr,
+                    expected: expect.expect("checked"),
+                    got: remote.node_id,
+                });
+            }
+            _ => {}
+        }
         let shared = Arc::new(Mutex::new(Shared {
             waiters: HashMap::new(),
             subs: HashMap::new(),
@@ -379,7 +417,7 @@ impl Drop for RemoveWaiter<'_> {
 
 async fn read_loop(
     addr: SocketAddr,
-    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    mut reader: FrameReader<crate::tls::BoxRead>,
     shared: Arc<Mutex<Shared>>,
     stall: Duration,
 ) {
@@ -481,7 +519,7 @@ async fn read_loop(
 }
 
 async fn write_loop(
-    mut writer: FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut writer: FrameWriter<BoxWrite>,
     mut rx: mpsc::Receiver<BytesMut>,
     shared: Arc<Mutex<Shared>>,
 ) {
@@ -498,5 +536,19 @@ async fn write_loop(
             s.closed.get_or_insert_with(|| "write failed".into());
             return;
         }
+    }
+}
+
+/// A failed TLS handshake, told apart from a refused or dropped connection.
+fn tls_failure(addr: SocketAddr, e: std::io::Error) -> PeerError {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe => {
+            PeerError::Closed { addr }
+        }
+        _ => PeerError::Tls {
+            addr,
+            reason: e.to_string(),
+        },
     }
 }

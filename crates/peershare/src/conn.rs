@@ -100,7 +100,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-/// Writes frames, reusing one scratch buffer for control messages.
+/// Writes frames, reusing one scratch buffer for control messages. Every
+/// call flushes: under TLS, encrypted records wait in the session until
+/// flushed, and a writer that then goes quiet would strand them.
 pub struct FrameWriter<W> {
     inner: W,
     scratch: BytesMut,
@@ -119,7 +121,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.scratch.clear();
         msg.encode(&mut self.scratch)
             .map_err(std::io::Error::other)?;
-        self.inner.write_all(&self.scratch).await
+        self.inner.write_all(&self.scratch).await?;
+        self.inner.flush().await
     }
 
     /// Writes a `Chunk` frame whose payload is `data`, without copying it.
@@ -131,12 +134,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     ) -> std::io::Result<()> {
         let header = wire::chunk_header(req_id, index, data.len() as u32);
         self.inner.write_all(&header).await?;
-        self.inner.write_all(data).await
+        self.inner.write_all(data).await?;
+        self.inner.flush().await
     }
 
     /// Writes already-encoded frames.
     pub async fn send_raw(&mut self, frame: &[u8]) -> std::io::Result<()> {
-        self.inner.write_all(frame).await
+        self.inner.write_all(frame).await?;
+        self.inner.flush().await
     }
 
     pub async fn flush(&mut self) -> std::io::Result<()> {

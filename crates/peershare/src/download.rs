@@ -29,6 +29,7 @@
 //! [`crate::partial`]); a file under the final name is always complete and
 //! verified.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io;
@@ -54,6 +55,7 @@ use crate::client::{ClientConfig, HaveWatch, PeerConn};
 use crate::error::{DownloadError, PeerError};
 use crate::partial::{Bitmap, load_state, part_paths, store_state};
 use crate::store::{Download, Library};
+use crate::tls::Tls;
 
 /// Where to save.
 #[derive(Debug, Clone)]
@@ -116,7 +118,11 @@ pub struct DownloadRequest {
     pub output: Output,
     /// Replace an existing file at the output path.
     pub force: bool,
-    pub node_id: NodeId,
+    /// This node's TLS endpoint (and so its node ID).
+    pub tls: Tls,
+    /// The node expected at an address (a ticket names its node): a peer
+    /// there that proves another identity is refused.
+    pub expect: HashMap<SocketAddr, NodeId>,
     pub config: DownloadConfig,
     /// Addresses learned while the download runs (e.g. by discovery): any
     /// not yet tried joins the download.
@@ -261,12 +267,20 @@ enum Joined {
     Failed(PeerError),
 }
 
-async fn join_peer(addr: SocketAddr, id: FileId, node_id: NodeId, config: ClientConfig) -> Joined {
-    let conn = match PeerConn::connect(addr, node_id, config).await {
+async fn join_peer(
+    addr: SocketAddr,
+    id: FileId,
+    tls: Tls,
+    expect: Option<NodeId>,
+    config: ClientConfig,
+) -> Joined {
+    let conn = match PeerConn::connect(addr, &tls, expect, config).await {
         Ok(c) => c,
+        // Someone else answers there: asking again will not help.
+        Err(e @ PeerError::WrongNode { .. }) => return Joined::Failed(e),
         Err(e) => return Joined::Unreachable(e),
     };
-    if conn.remote().node_id == node_id {
+    if conn.remote().node_id == tls.node_id() {
         // Our own server (found by discovery): it holds nothing we lack.
         return Joined::Myself;
     }
@@ -287,8 +301,9 @@ fn join_at(
     addr: SocketAddr,
     req: &DownloadRequest,
 ) -> impl Future<Output = (SocketAddr, Joined)> + Send + 'static {
-    let (id, node_id, config) = (req.id, req.node_id, req.config.client.clone());
-    async move { (addr, join_peer(addr, id, node_id, config).await) }
+    let (id, tls, config) = (req.id, req.tls.clone(), req.config.client.clone());
+    let expect = req.expect.get(&addr).copied();
+    async move { (addr, join_peer(addr, id, tls, expect, config).await) }
 }
 
 /// A partial peer's announcement for the driver: its slot and key, and its
@@ -435,11 +450,12 @@ impl Slot {
         let delay = RECONNECT_BACKOFF * 2u32.pow(self.reconnects);
         self.reconnects += 1;
         self.reconnecting = true;
-        let (addr, id, node_id) = (self.report.addr, req.id, req.node_id);
+        let (addr, id, tls) = (self.report.addr, req.id, req.tls.clone());
+        let expect = req.expect.get(&addr).copied();
         let config = req.config.client.clone();
         async move {
             tokio::time::sleep(delay).await;
-            (slot_no, join_peer(addr, id, node_id, config).await)
+            (slot_no, join_peer(addr, id, tls, expect, config).await)
         }
     }
 }

@@ -6,10 +6,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use peershare_proto::FileId;
 use peershare_proto::manifest::ManifestError;
 use peershare_proto::ticket::UnsafeName;
 use peershare_proto::wire::{DecodeError, ErrorCode};
+use peershare_proto::{FileId, NodeId};
 
 /// Errors of the library store (the data dir and the shared files).
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,13 @@ pub enum StoreError {
     NotAFile(PathBuf),
     #[error("nothing in the library matches {0}")]
     NotShared(String),
+    #[error(
+        "{path} holds this node's private key but others may read it (mode {mode:o}); \
+         run `chmod 600 {path}` if it is yours, or delete it to make a new node ID"
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("the trust list is full ({0} nodes); remove some with `peershare trust rm`")]
+    TooManyTrusted(usize),
 }
 
 impl StoreError {
@@ -74,6 +81,18 @@ pub enum PeerError {
     },
     #[error("{addr} closed the connection")]
     Closed { addr: SocketAddr },
+    #[error(
+        "{addr} failed the encrypted handshake: {reason} (is it a peershare peer of the same release?)"
+    )]
+    Tls { addr: SocketAddr, reason: String },
+    #[error(
+        "{addr} is node {got}, not node {expected} as expected; refusing it (the ticket or announcement is stale, or someone is impersonating that node)"
+    )]
+    WrongNode {
+        addr: SocketAddr,
+        expected: NodeId,
+        got: NodeId,
+    },
     #[error("{addr} ended the connection: {message}")]
     Ended {
         addr: SocketAddr,

@@ -1,7 +1,9 @@
 //! The peershare engine: tokio around the sans-IO core in `peershare-proto`.
 //!
 //! ```text
-//!   store     the library in the data dir: what is shared, manifests, node ID
+//!   store     the library in the data dir: what is shared, manifests, trust list
+//!   identity  this node's Ed25519 key pair; the node ID is its public key
+//!   tls       TLS 1.3 on every connection; proves each side's node ID
 //!   server    answers catalog / manifest / chunk / have requests from the library
 //!   partials  the verified chunks of this node's downloads in progress, for the server
 //!   client    one multiplexed connection to a peer (requests by ID)
@@ -28,13 +30,17 @@ pub mod conn;
 pub mod discovery;
 pub mod download;
 pub mod error;
+pub mod identity;
 pub mod partial;
 pub mod partials;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use client::{ClientConfig, PeerConn};
 pub use download::{DownloadConfig, DownloadRequest, DownloadSummary, Output, Progress, download};
 pub use error::{DownloadError, PeerError, ServeError, StoreError};
+pub use identity::Identity;
 pub use server::{Server, ServerConfig, ServerStats};
 pub use store::{Library, ShareProgress};
+pub use tls::Tls;

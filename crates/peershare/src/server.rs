@@ -1,14 +1,21 @@
 //! The peer server: answers catalog, manifest and chunk requests from the
 //! library, reading chunks straight from the original shared files.
 //!
+//! Every connection is TLS 1.3 ([`crate::tls`]); the client's `Hello` must
+//! name the node its key proves, and with `trusted_only` that node must be
+//! on the library's trust list, or it gets an error and is closed.
+//!
 //! Bounds: at most `max_connections` connections, and at most
 //! `max_connections_per_ip` from one remote address (others get a `Busy`
-//! error and are closed); per connection, requests are read only while
-//! fewer than `prepared_responses` answers wait to be written, so a client
-//! that floods requests without reading answers stalls itself (TCP
-//! back-pressure) and holds at most that many chunk buffers; a frame from a
-//! client is at most `MAX_REQUEST_FRAME_LEN` bytes; a handshake, a wait for
-//! the next request and every write has a timeout. A connection that sends
+//! error after the TLS handshake, at most `MAX_REFUSALS_IN_PROGRESS` at
+//! once, beyond which they are closed unanswered); per connection, requests
+//! are read only while fewer than `max_requests_in_flight` are being
+//! answered, so a client that floods requests without reading answers
+//! stalls itself (TCP back-pressure) and holds at most that many chunk
+//! buffers; a frame from a client is at most `MAX_REQUEST_FRAME_LEN` bytes;
+//! the TLS handshake and `Hello` together must finish within
+//! `handshake_timeout`, and a wait for the next request and every write has
+//! a timeout. A connection that sends
 //! anything malformed gets an error frame and is closed; nothing else is
 //! affected. Shutdown stops accepting, ends every connection and waits for
 //! their tasks, so nothing outlives [`Server::run`].
@@ -43,6 +50,7 @@ use crate::conn::{FrameReader, FrameWriter, ReadError};
 use crate::error::ServeError;
 use crate::partials::Partials;
 use crate::store::{Download, Entry, Library};
+use crate::tls::Tls;
 
 /// `Have` subscriptions one connection may hold at once; more are refused
 /// with `Busy`.
@@ -52,6 +60,9 @@ pub const HAVE_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the server closes the part files of downloads no longer
 /// recorded (finished or withdrawn).
 pub const PARTIALS_PRUNE_INTERVAL: Duration = Duration::from_secs(2);
+/// Connections refused as busy that are told so at once (each costs a TLS
+/// handshake); further ones are closed without a word.
+pub const MAX_REFUSALS_IN_PROGRESS: usize = 64;
 
 /// Server limits and options; plain data with sane defaults.
 #[derive(Debug, Clone)]
@@ -61,8 +72,12 @@ pub struct ServerConfig {
     /// Connections from one remote IP address at once; more are refused
     /// with `Busy`, so one host cannot take every slot.
     pub max_connections_per_ip: usize,
-    /// Answers prepared but not yet written, per connection.
-    pub prepared_responses: usize,
+    /// Requests being answered at once per connection (read, prepared or
+    /// being written); the next request is not read until one is done.
+    pub max_requests_in_flight: usize,
+    /// Serve only nodes on the library's trust list ([`Library::trusted`]);
+    /// others get a `NotTrusted` error after the handshake.
+    pub trusted_only: bool,
     /// Time a new connection has to send its handshake.
     pub handshake_timeout: Duration,
     /// Time a connection may stay silent between requests (unless it holds
@@ -84,7 +99,8 @@ impl Default for ServerConfig {
         Self {
             max_connections: 256,
             max_connections_per_ip: 32,
-            prepared_responses: 4,
+            max_requests_in_flight: 4,
+            trusted_only: false,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             subscribed_idle_timeout: Duration::from_secs(30 * 60),
@@ -100,6 +116,11 @@ pub struct ServerStats {
     pub connections_active: AtomicU64,
     pub connections_total: AtomicU64,
     pub refused_busy: AtomicU64,
+    /// Connections whose TLS handshake failed (not TLS, wrong key type,
+    /// closed early).
+    pub tls_failed: AtomicU64,
+    /// Nodes refused because `trusted_only` is set and they are not trusted.
+    pub refused_untrusted: AtomicU64,
     pub malformed: AtomicU64,
     pub chunks_served: AtomicU64,
     pub bytes_served: AtomicU64,
@@ -117,7 +138,7 @@ pub struct Server {
 
 struct Ctx {
     library: Library,
-    node_id: NodeId,
+    tls: Tls,
     listen_port: u16,
     config: ServerConfig,
     stats: Arc<ServerStats>,
@@ -128,7 +149,7 @@ struct Ctx {
 }
 
 impl Server {
-    pub fn new(library: Library, node_id: NodeId, listen_port: u16, config: ServerConfig) -> Self {
+    pub fn new(library: Library, tls: Tls, listen_port: u16, config: ServerConfig) -> Self {
         let epoch = Instant::now();
         let upload = config.max_upload_rate.map(|rate| {
             // A burst of a few milliseconds' worth keeps pacing smooth.
@@ -138,7 +159,7 @@ impl Server {
         Self {
             ctx: Arc::new(Ctx {
                 library,
-                node_id,
+                tls,
                 listen_port,
                 config,
                 stats: Arc::default(),
@@ -163,6 +184,7 @@ impl Server {
     ) -> Result<(), ServeError> {
         let ctx = self.ctx;
         let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+        let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS));
         let per_ip: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -191,15 +213,28 @@ impl Server {
                         Err(e) => break Err(ServeError::Accept(e)),
                     };
                     ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-                    let Some(from_ip) = IpSlot::take(&per_ip, addr.ip(), ctx.config.max_connections_per_ip) else {
-                        ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-                        tasks.spawn(refuse_busy(stream, ctx.config.handshake_timeout, "from your address"));
-                        continue;
+                    let scope = match IpSlot::take(&per_ip, addr.ip(), ctx.config.max_connections_per_ip) {
+                        None => Err("from your address"),
+                        Some(from_ip) => match slots.clone().try_acquire_owned() {
+                            Ok(permit) => Ok((from_ip, permit)),
+                            Err(_) => Err("in all"),
+                        },
                     };
-                    let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-                        tasks.spawn(refuse_busy(stream, ctx.config.handshake_timeout, "in all"));
-                        continue;
+                    let (from_ip, permit) = match scope {
+                        Ok(held) => held,
+                        Err(scope) => {
+                            ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                            // Telling why takes a TLS handshake; only so
+                            // many at once, the rest are just closed.
+                            if let Ok(turn) = refusals.clone().try_acquire_owned() {
+                                let ctx = ctx.clone();
+                                tasks.spawn(async move {
+                                    refuse_busy(&ctx, stream, scope).await;
+                                    drop(turn);
+                                });
+                            }
+                            continue;
+                        }
                     };
                     let ctx = ctx.clone();
                     let stop = stop_rx.clone();
@@ -278,14 +313,20 @@ impl Drop for IpSlot {
     }
 }
 
-async fn refuse_busy(stream: TcpStream, limit: Duration, scope: &str) {
-    let mut w = FrameWriter::new(stream);
-    let msg = Message::Error {
-        req_id: 0,
-        code: ErrorCode::Busy,
-        message: format!("this node is serving too many connections {scope}; try again later"),
-    };
-    let _ = tokio::time::timeout(limit, w.send(&msg)).await;
+async fn refuse_busy(ctx: &Ctx, stream: TcpStream, scope: &str) {
+    let limit = ctx.config.handshake_timeout;
+    let _ = tokio::time::timeout(limit, async {
+        let secured = ctx.tls.accept(stream).await?;
+        let mut w = FrameWriter::new(secured.writer);
+        let msg = Message::Error {
+            req_id: 0,
+            code: ErrorCode::Busy,
+            message: format!("this node is serving too many connections {scope}; try again later"),
+        };
+        w.send(&msg).await?;
+        w.shutdown().await
+    })
+    .await;
 }
 
 /// A chunk read from disk, ready to send.
@@ -314,22 +355,68 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, MAX_REQUEST_FRAME_LEN);
-    let mut writer = FrameWriter::new(w);
     let idle = ctx.config.idle_timeout;
 
-    // Handshake: the client speaks first.
-    let first = tokio::select! {
-        r = tokio::time::timeout(ctx.config.handshake_timeout, reader.read()) => r,
+    // The TLS handshake and the client's `Hello` (the client speaks first)
+    // must both arrive within the handshake timeout.
+    let handshake = async {
+        let secured = match ctx.tls.accept(stream).await {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%addr, "TLS handshake failed: {e}");
+                return None;
+            }
+        };
+        let mut reader = FrameReader::new(secured.reader, MAX_REQUEST_FRAME_LEN);
+        let first = reader.read().await;
+        Some((
+            reader,
+            FrameWriter::new(secured.writer),
+            secured.peer,
+            first,
+        ))
+    };
+    let (mut reader, mut writer, proven, first) = tokio::select! {
+        r = tokio::time::timeout(ctx.config.handshake_timeout, handshake) => match r {
+            Ok(Some(done)) => done,
+            Ok(None) | Err(_) => return,
+        },
         _ = stop.changed() => return,
     };
     let refusal = match first {
-        Ok(Ok(Some(Message::Hello(h)))) => {
-            tracing::debug!(%addr, peer = %h.node_id.short(), "handshake");
-            None
-        }
-        Ok(Err(ReadError::Decode(DecodeError::UnsupportedVersion(v)))) => Some(Message::Error {
+        Ok(Some(Message::Hello(h))) => match proven {
+            Some(key) if key != h.node_id => Some(Message::Error {
+                req_id: 0,
+                code: ErrorCode::BadRequest,
+                message: format!(
+                    "your handshake claims node {} but your key is node {key}",
+                    h.node_id
+                ),
+            }),
+            _ if ctx.config.trusted_only && !ctx.trusts(h.node_id).await => {
+                ctx.stats.refused_untrusted.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%addr, peer = %h.node_id, "refused a node not on the trust list");
+                let msg = Message::Error {
+                    req_id: 0,
+                    code: ErrorCode::NotTrusted,
+                    message: format!(
+                        "this node serves only the nodes it trusts, and {} is not one of them; \
+                         its owner can run `peershare trust add {}`",
+                        h.node_id.short(),
+                        h.node_id
+                    ),
+                };
+                let _ = tokio::time::timeout(idle, writer.send(&msg)).await;
+                let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
+                return;
+            }
+            _ => {
+                tracing::debug!(%addr, peer = %h.node_id.short(), "handshake");
+                None
+            }
+        },
+        Err(ReadError::Decode(DecodeError::UnsupportedVersion(v))) => Some(Message::Error {
             req_id: 0,
             code: ErrorCode::UnsupportedVersion,
             message: format!(
@@ -337,15 +424,13 @@ async fn serve_connection(
                  use the same peershare release on both sides"
             ),
         }),
-        Ok(Ok(None))
-        | Err(_)
-        | Ok(Err(ReadError::Io(_) | ReadError::Truncated | ReadError::Idle(_))) => return,
-        Ok(Err(ReadError::Decode(e))) => Some(Message::Error {
+        Ok(None) | Err(ReadError::Io(_) | ReadError::Truncated | ReadError::Idle(_)) => return,
+        Err(ReadError::Decode(e)) => Some(Message::Error {
             req_id: 0,
             code: ErrorCode::BadRequest,
             message: format!("expected a peershare handshake: {e}"),
         }),
-        Ok(Ok(Some(_))) => Some(Message::Error {
+        Ok(Some(_)) => Some(Message::Error {
             req_id: 0,
             code: ErrorCode::BadRequest,
             message: "expected a peershare handshake first".into(),
@@ -354,11 +439,12 @@ async fn serve_connection(
     if let Some(msg) = refusal {
         ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
         let _ = tokio::time::timeout(idle, writer.send(&msg)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
         return;
     }
     let hello = Message::Hello(Hello {
         version: PROTOCOL_VERSION,
-        node_id: ctx.node_id,
+        node_id: ctx.tls.node_id(),
         listen_port: ctx.listen_port,
         capabilities: capability::ALL,
     });
@@ -369,7 +455,7 @@ async fn serve_connection(
         return;
     }
 
-    let (tx, mut rx) = mpsc::channel::<Pending>(ctx.config.prepared_responses.max(1));
+    let (tx, mut rx) = mpsc::channel::<Pending>(ctx.config.max_requests_in_flight.max(1));
     let (push_tx, mut push_rx) = mpsc::channel::<Message>(MAX_HAVE_SUBSCRIPTIONS);
     let conn = Arc::new(ConnState::new(push_tx));
     // Subscriptions end with the connection, however it ends.
@@ -536,6 +622,20 @@ async fn send_chunk_paced<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 impl Ctx {
+    /// True when `node` is on the library's trust list. A trust list that
+    /// cannot be read trusts nobody.
+    async fn trusts(&self, node: NodeId) -> bool {
+        let library = self.library.clone();
+        match tokio::task::spawn_blocking(move || library.trusted()).await {
+            Ok(Ok(list)) => list.contains_key(&node),
+            Ok(Err(e)) => {
+                tracing::warn!("cannot read the trust list, so trusting nobody: {e}");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Bytes of the first pacing slice of a `len`-byte chunk (0 without an
     /// upload limit).
     fn first_slice(&self, len: usize) -> usize {
@@ -922,8 +1022,15 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
         return Ok(c.clone());
     }
     let mut by_id: HashMap<FileId, (CatalogEntry, Source)> = HashMap::new();
+    // Unlisted files are served to whoever names their ID, never listed
+    // (nor their downloads in progress).
+    let mut unlisted = std::collections::HashSet::new();
     for e in snap.files.values() {
         if e.name.len() > peershare_proto::wire::MAX_NAME_LEN {
+            continue;
+        }
+        if e.unlisted {
+            unlisted.extend(e.file_id());
             continue;
         }
         let Some(id) = e.file_id() else { continue };
@@ -946,6 +1053,9 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
             continue;
         }
         let Some(id) = d.file_id() else { continue };
+        if unlisted.contains(&id) {
+            continue;
+        }
         by_id.entry(id).or_insert_with(|| {
             let entry = CatalogEntry {
                 id,

@@ -4,6 +4,8 @@
 //! <data-dir>/library.json          entries; replaced atomically (write, fsync, rename)
 //! <data-dir>/library.lock          writers hold an exclusive flock while they edit
 //! <data-dir>/manifests/<id>.manifest   canonical manifest encodings, content-addressed
+//! <data-dir>/node.key              this node's private key (mode 0600, see crate::identity)
+//! <data-dir>/trust.json            node IDs trusted by `serve --trusted-only`
 //! ```
 //!
 //! Files are hashed in place and served from where they are; nothing is
@@ -41,7 +43,26 @@ use crate::error::StoreError;
 const LIBRARY_FILE: &str = "library.json";
 const LOCK_FILE: &str = "library.lock";
 const MANIFEST_DIR: &str = "manifests";
-const NODE_ID_FILE: &str = "node-id";
+const TRUST_FILE: &str = "trust.json";
+/// Version of the `trust.json` layout.
+const TRUST_FORMAT: u32 = 1;
+/// Most nodes on a trust list; `trust add` refuses more.
+pub const MAX_TRUSTED: usize = 10_000;
+
+/// A node on the trust list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trusted {
+    /// A label for people; may be empty.
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TrustFile {
+    format: u32,
+    /// Hex node ID to its entry.
+    nodes: BTreeMap<String, Trusted>,
+}
 /// Version of the `library.json` layout.
 const LIBRARY_FORMAT: u32 = 1;
 
@@ -57,6 +78,9 @@ pub struct Entry {
     pub size: u64,
     /// Modification time when hashed, nanoseconds since the epoch.
     pub mtime_ns: i128,
+    /// Left out of the catalog: served only to peers that ask for its ID.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlisted: bool,
 }
 
 impl Entry {
@@ -160,33 +184,87 @@ impl Library {
         self.dir.join(MANIFEST_DIR).join(format!("{id}.manifest"))
     }
 
-    /// This node's ID, created on first use.
+    /// This node's key pair ([`crate::identity`]), created on first use.
+    pub fn identity(&self) -> Result<crate::Identity, StoreError> {
+        crate::Identity::load_or_create(&self.dir)
+    }
+
+    /// This node's ID: its public key.
     pub fn node_id(&self) -> Result<NodeId, StoreError> {
-        let path = self.dir.join(NODE_ID_FILE);
-        match fs::read_to_string(&path) {
-            Ok(s) => s.trim().parse().map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                reason: format!("{e}"),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let mut raw = [0u8; ID_LEN];
-                getrandom::fill(&mut raw).map_err(|e| StoreError::Io {
-                    path: path.clone(),
-                    source: io::Error::other(e.to_string()),
-                })?;
-                let id = NodeId(raw);
-                let _lock = self.lock()?;
-                // Another process may have won the race: keep its ID.
-                if let Ok(s) = fs::read_to_string(&path)
-                    && let Ok(existing) = s.trim().parse()
-                {
-                    return Ok(existing);
-                }
-                write_atomic(&path, format!("{id}\n").as_bytes())?;
-                Ok(id)
-            }
-            Err(e) => Err(StoreError::Io { path, source: e }),
+        Ok(self.identity()?.node_id())
+    }
+
+    /// The trust list: nodes `serve --trusted-only` serves.
+    pub fn trusted(&self) -> Result<BTreeMap<NodeId, Trusted>, StoreError> {
+        let file = self.read_trust()?;
+        Ok(file
+            .nodes
+            .into_iter()
+            .filter_map(|(id, t)| Some((id.parse().ok()?, t)))
+            .collect())
+    }
+
+    /// Adds `node` to the trust list (or renames it). False if it was
+    /// already there under the same name.
+    pub fn trust(&self, node: NodeId, name: &str) -> Result<bool, StoreError> {
+        let _lock = self.lock()?;
+        let mut file = self.read_trust()?;
+        let key = node.to_string();
+        if !file.nodes.contains_key(&key) && file.nodes.len() >= MAX_TRUSTED {
+            return Err(StoreError::TooManyTrusted(MAX_TRUSTED));
         }
+        let entry = Trusted {
+            name: name.to_string(),
+        };
+        if file.nodes.get(&key) == Some(&entry) {
+            return Ok(false);
+        }
+        file.nodes.insert(key, entry);
+        self.write_trust(file)?;
+        Ok(true)
+    }
+
+    /// Removes `node` from the trust list. False if it was not there.
+    pub fn distrust(&self, node: NodeId) -> Result<bool, StoreError> {
+        let _lock = self.lock()?;
+        let mut file = self.read_trust()?;
+        if file.nodes.remove(&node.to_string()).is_none() {
+            return Ok(false);
+        }
+        self.write_trust(file)?;
+        Ok(true)
+    }
+
+    fn read_trust(&self) -> Result<TrustFile, StoreError> {
+        let path = self.dir.join(TRUST_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TrustFile::default()),
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        let file: TrustFile = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if file.format != TRUST_FORMAT {
+            return Err(StoreError::Corrupt {
+                path,
+                reason: format!("unknown format {}", file.format),
+            });
+        }
+        if let Some(bad) = file.nodes.keys().find(|k| k.parse::<NodeId>().is_err()) {
+            return Err(StoreError::Corrupt {
+                path,
+                reason: format!("{bad:?} is not a node ID"),
+            });
+        }
+        Ok(file)
+    }
+
+    fn write_trust(&self, mut file: TrustFile) -> Result<(), StoreError> {
+        file.format = TRUST_FORMAT;
+        let text = serde_json::to_string_pretty(&file).expect("a trust list serialises");
+        write_atomic(&self.dir.join(TRUST_FILE), text.as_bytes())
     }
 
     fn lock(&self) -> Result<File, StoreError> {
@@ -295,19 +373,38 @@ impl Library {
         paths: &[PathBuf],
         progress: &ShareProgress,
     ) -> Result<Vec<Shared>, StoreError> {
+        self.share_as(paths, progress, false)
+    }
+
+    /// [`Library::share`], listed in the catalog or not (`unlisted`: fetched
+    /// only by ID). Sharing an already shared file again sets its listing.
+    pub fn share_as(
+        &self,
+        paths: &[PathBuf],
+        progress: &ShareProgress,
+        unlisted: bool,
+    ) -> Result<Vec<Shared>, StoreError> {
         let mut found = Vec::new();
         for p in paths {
             collect(p, &mut found)?;
         }
         let current = self.snapshot()?;
         let mut todo = Vec::new();
+        let mut new_entries = Vec::new();
         let mut results: Vec<Option<Shared>> = Vec::with_capacity(found.len());
         for (path, name) in found {
             let meta = fs::metadata(&path).map_err(StoreError::io(&path))?;
             match current.files.get(&path) {
                 Some(e) if e.matches(&meta) && e.name == name && self.manifest_path_exists(e) => {
+                    let entry = Entry {
+                        unlisted,
+                        ..e.clone()
+                    };
+                    if entry != *e {
+                        new_entries.push(entry.clone());
+                    }
                     results.push(Some(Shared {
-                        entry: e.clone(),
+                        entry,
                         hashed: false,
                     }));
                 }
@@ -322,7 +419,6 @@ impl Library {
             .store(todo.iter().map(|t| t.3.len()).sum(), Ordering::Relaxed);
         let jobs: Vec<(PathBuf, u64)> = todo.iter().map(|t| (t.1.clone(), t.3.len())).collect();
         let manifests = hash_files(&jobs, &progress.done)?;
-        let mut new_entries = Vec::new();
         for ((slot, path, name, before), manifest) in todo.into_iter().zip(manifests) {
             let after = fs::metadata(&path).map_err(StoreError::io(&path))?;
             if after.len() != before.len() || mtime_ns(&after) != mtime_ns(&before) {
@@ -339,6 +435,7 @@ impl Library {
                 path,
                 size: before.len(),
                 mtime_ns: mtime_ns(&before),
+                unlisted,
             };
             new_entries.push(entry.clone());
             results[slot] = Some(Shared {
@@ -406,6 +503,7 @@ impl Library {
                 path,
                 size: meta.len(),
                 mtime_ns: mtime_ns(&meta),
+                unlisted: false,
             })
         } else {
             None

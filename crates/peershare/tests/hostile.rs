@@ -1,4 +1,6 @@
-//! A misbehaving client loses its own connection and nothing else.
+//! A misbehaving client loses its own connection and nothing else. The
+//! clients here complete a real TLS handshake (with a throwaway key) and
+//! then misbehave inside it, except where the TLS layer itself is abused.
 
 mod common;
 
@@ -7,18 +9,20 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::*;
-use peershare::ServerConfig;
+use peershare::{ServerConfig, Tls};
 use peershare_proto::NodeId;
 use peershare_proto::wire::{
     ErrorCode, Hello, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, decode_frame,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn hello(version: u16) -> BytesMut {
+type Stream = tokio_rustls::client::TlsStream<TcpStream>;
+
+fn hello_as(node_id: NodeId, version: u16) -> BytesMut {
     Message::Hello(Hello {
         version,
-        node_id: NodeId([1; 32]),
+        node_id,
         listen_port: 0,
         capabilities: 0,
     })
@@ -26,8 +30,30 @@ fn hello(version: u16) -> BytesMut {
     .unwrap()
 }
 
+/// A TLS connection to `addr` (no `Hello` yet) and the node it proves.
+async fn tls_connect(addr: std::net::SocketAddr) -> (Stream, NodeId) {
+    let tls = Tls::ephemeral();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    (tls.client_stream(tcp).await.unwrap(), tls.node_id())
+}
+
+/// A TLS connection whose `Hello` (of `version`) is sent.
+async fn hello_sent(addr: std::net::SocketAddr, version: u16) -> Stream {
+    let (mut s, me) = tls_connect(addr).await;
+    s.write_all(&hello_as(me, version)).await.unwrap();
+    s
+}
+
+/// Handshakes on a new connection and waits for the server's whole hello.
+async fn handshaken(addr: std::net::SocketAddr) -> Stream {
+    let mut s = hello_sent(addr, PROTOCOL_VERSION).await;
+    let mut b = vec![0u8; hello_as(NodeId([0; 32]), PROTOCOL_VERSION).len()];
+    s.read_exact(&mut b).await.unwrap();
+    s
+}
+
 /// Reads frames until the server closes; returns them. Fails after 10 s.
-async fn read_until_closed(s: &mut TcpStream) -> Vec<Message> {
+async fn read_until_closed<S: AsyncRead + Unpin>(s: &mut S) -> Vec<Message> {
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
     let deadline = Duration::from_secs(10);
@@ -64,8 +90,16 @@ async fn honest_download_works(node: &Node, content: &[u8]) {
 async fn garbage_closes_only_that_connection() {
     let content = data(200_000, 1);
     let node = Node::start(&[("f", &content)], ServerConfig::default()).await;
-    // Garbage instead of a handshake.
+    // Garbage instead of a TLS handshake: closed, nothing said.
     let mut s = TcpStream::connect(node.addr).await.unwrap();
+    s.write_all(&data(10_000, 2)).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("server closes the connection");
+    assert_eq!(node.stats.tls_failed.load(Ordering::Relaxed), 1);
+    // Garbage instead of a handshake, inside TLS.
+    let (mut s, _) = tls_connect(node.addr).await;
     s.write_all(&data(10_000, 2)).await.unwrap();
     let got = read_until_closed(&mut s).await;
     assert!(
@@ -79,8 +113,7 @@ async fn garbage_closes_only_that_connection() {
         "{got:?}"
     );
     // Garbage after a valid handshake, while an honest client holds a connection.
-    let mut s = TcpStream::connect(node.addr).await.unwrap();
-    s.write_all(&hello(PROTOCOL_VERSION)).await.unwrap();
+    let mut s = hello_sent(node.addr, PROTOCOL_VERSION).await;
     s.write_all(&[0, 0, 0, 9, 0xEE, 1, 2, 3, 4, 5, 6, 7, 8])
         .await
         .unwrap();
@@ -106,14 +139,23 @@ async fn oversized_length_prefix_is_refused_before_buffering() {
     let content = data(100_000, 3);
     let node = Node::start(&[("f", &content)], ServerConfig::default()).await;
     for first in [true, false] {
-        let mut s = TcpStream::connect(node.addr).await.unwrap();
+        let (mut s, me) = tls_connect(node.addr).await;
         if !first {
-            s.write_all(&hello(PROTOCOL_VERSION)).await.unwrap();
+            s.write_all(&hello_as(me, PROTOCOL_VERSION)).await.unwrap();
         }
-        // Declares a 4 GiB frame, then trickles: the server must not wait
-        // for (or reserve) the rest.
-        s.write_all(&[0xFF, 0xFF, 0xFF, 0xFF, 0x10]).await.unwrap();
+        // Declares a 4 GiB frame, then trickles a byte at a time: the
+        // server must not wait for (or reserve) the rest.
+        s.write_all(&[0xFF, 0xFF, 0xFF, 0xFF]).await.unwrap();
         let started = Instant::now();
+        let trickle = async {
+            for b in 0..50u8 {
+                if s.write_all(&[b]).await.is_err() || s.flush().await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(200), trickle).await;
         let got = read_until_closed(&mut s).await;
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(
@@ -127,8 +169,7 @@ async fn oversized_length_prefix_is_refused_before_buffering() {
 #[tokio::test]
 async fn wrong_version_gets_a_clear_refusal() {
     let node = Node::start(&[], ServerConfig::default()).await;
-    let mut s = TcpStream::connect(node.addr).await.unwrap();
-    s.write_all(&hello(PROTOCOL_VERSION + 1)).await.unwrap();
+    let mut s = hello_sent(node.addr, PROTOCOL_VERSION + 1).await;
     let got = read_until_closed(&mut s).await;
     match got.as_slice() {
         [
@@ -152,9 +193,20 @@ async fn silent_connection_is_closed_after_the_handshake_timeout() {
     };
     let content = data(1000, 4);
     let node = Node::start(&[("f", &content)], config).await;
+    // Silent before TLS, and silent after TLS without a Hello: both are
+    // closed once the handshake timeout has passed.
     let mut idle = TcpStream::connect(node.addr).await.unwrap();
     let started = Instant::now();
     let got = read_until_closed(&mut idle).await;
+    assert!(got.is_empty());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let started = Instant::now();
+    let (mut quiet, _) = tls_connect(node.addr).await;
+    let got = read_until_closed(&mut quiet).await;
     assert!(got.is_empty());
     let took = started.elapsed();
     assert!(
@@ -174,14 +226,10 @@ async fn connection_limit_refuses_with_busy_and_frees_slots() {
     let node = Node::start(&[("f", &content)], config).await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = TcpStream::connect(node.addr).await.unwrap();
-        s.write_all(&hello(PROTOCOL_VERSION)).await.unwrap();
         // The server's whole hello: the slot is taken.
-        let mut b = vec![0u8; hello(PROTOCOL_VERSION).len()];
-        s.read_exact(&mut b).await.unwrap();
-        held.push(s);
+        held.push(handshaken(node.addr).await);
     }
-    let mut third = TcpStream::connect(node.addr).await.unwrap();
+    let (mut third, _) = tls_connect(node.addr).await;
     let got = read_until_closed(&mut third).await;
     assert!(
         matches!(
@@ -207,8 +255,7 @@ async fn request_flood_without_reading_does_not_starve_others() {
     let content = data(4 * 1024 * 1024, 6);
     let node = Node::start(&[("f", &content)], ServerConfig::default()).await;
     let id = id_of(&content);
-    let mut flood = TcpStream::connect(node.addr).await.unwrap();
-    flood.write_all(&hello(PROTOCOL_VERSION)).await.unwrap();
+    let mut flood = hello_sent(node.addr, PROTOCOL_VERSION).await;
     // Requests for whole chunks, never reading an answer. Writing stops
     // when the server stops reading (back-pressure): bounded in time here.
     let mut frames = BytesMut::new();
@@ -241,11 +288,7 @@ async fn shutdown_ends_every_connection() {
     let mut node = Node::start(&[("f", b"abc")], ServerConfig::default()).await;
     let mut conns = Vec::new();
     for _ in 0..5 {
-        let mut s = TcpStream::connect(node.addr).await.unwrap();
-        s.write_all(&hello(PROTOCOL_VERSION)).await.unwrap();
-        let mut b = vec![0u8; hello(PROTOCOL_VERSION).len()];
-        s.read_exact(&mut b).await.unwrap();
-        conns.push(s);
+        conns.push(handshaken(node.addr).await);
     }
     wait_for("connections", 10, || {
         node.stats.connections_active.load(Ordering::Relaxed) == 5
@@ -272,14 +315,17 @@ async fn an_endless_catalog_is_cut_at_the_limit() {
     use peershare_proto::wire::{CatalogEntry, MAX_REQUEST_FRAME_LEN};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let evil = Tls::ephemeral();
+    let evil_id = evil.node_id();
     tokio::spawn(async move {
         let (s, _) = listener.accept().await.unwrap();
-        let (r, mut w) = s.into_split();
-        let mut reader = peershare::conn::FrameReader::new(r, MAX_REQUEST_FRAME_LEN);
+        let secured = evil.accept(s).await.unwrap();
+        let mut w = secured.writer;
+        let mut reader = peershare::conn::FrameReader::new(secured.reader, MAX_REQUEST_FRAME_LEN);
         let mut n: u64 = 0;
         while let Ok(Some(m)) = reader.read().await {
             let answer = match m {
-                Message::Hello(_) => hello(PROTOCOL_VERSION),
+                Message::Hello(_) => hello_as(evil_id, PROTOCOL_VERSION),
                 Message::GetCatalog { req_id, cursor } => {
                     let entries = (0..120_000)
                         .map(|_| {
@@ -305,29 +351,31 @@ async fn an_endless_catalog_is_cut_at_the_limit() {
                 }
                 _ => continue,
             };
-            if w.write_all(&answer).await.is_err() {
+            if w.write_all(&answer).await.is_err() || w.flush().await.is_err() {
                 return;
             }
         }
     });
-    let conn = PeerConn::connect(addr, NodeId([3; 32]), ClientConfig::default())
+    let conn = PeerConn::connect(addr, &Tls::ephemeral(), None, ClientConfig::default())
         .await
         .unwrap();
     let catalog = conn.catalog().await.unwrap();
     assert_eq!(catalog.len(), MAX_CATALOG_ENTRIES);
 }
 
-/// Connects to `to` from the loopback address `from` (any of 127/8).
-async fn connect_from(from: &str, to: std::net::SocketAddr) -> TcpStream {
+/// A TLS connection to `to` from the loopback address `from` (any of 127/8).
+async fn connect_from(from: &str, to: std::net::SocketAddr) -> (Stream, NodeId) {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    sock.connect(to).await.unwrap()
+    let tcp = sock.connect(to).await.unwrap();
+    let tls = Tls::ephemeral();
+    (tls.client_stream(tcp).await.unwrap(), tls.node_id())
 }
 
 /// Handshakes on `s` and waits for the server's whole hello.
-async fn handshake(s: &mut TcpStream) {
-    s.write_all(&hello(PROTOCOL_VERSION)).await.unwrap();
-    let mut b = vec![0u8; hello(PROTOCOL_VERSION).len()];
+async fn handshake(s: &mut Stream, me: NodeId) {
+    s.write_all(&hello_as(me, PROTOCOL_VERSION)).await.unwrap();
+    let mut b = vec![0u8; hello_as(me, PROTOCOL_VERSION).len()];
     s.read_exact(&mut b).await.unwrap();
 }
 
@@ -341,12 +389,12 @@ async fn one_address_cannot_take_every_connection() {
     let node = Node::start(&[("f", &content)], config).await;
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = connect_from("127.0.0.1", node.addr).await;
-        handshake(&mut s).await;
+        let (mut s, me) = connect_from("127.0.0.1", node.addr).await;
+        handshake(&mut s, me).await;
         held.push(s);
     }
     // A third from the same address is refused, saying why.
-    let mut third = connect_from("127.0.0.1", node.addr).await;
+    let (mut third, _) = connect_from("127.0.0.1", node.addr).await;
     let got = read_until_closed(&mut third).await;
     assert!(
         matches!(
@@ -356,8 +404,8 @@ async fn one_address_cannot_take_every_connection() {
         "{got:?}"
     );
     // Another address is served meanwhile.
-    let mut other = connect_from("127.0.0.2", node.addr).await;
-    handshake(&mut other).await;
+    let (mut other, me) = connect_from("127.0.0.2", node.addr).await;
+    handshake(&mut other, me).await;
     // Slots come back as connections end.
     drop(held);
     wait_for("the address's slots to free", 10, || {

@@ -407,8 +407,7 @@ async fn download_survives_its_only_peer_restarting() {
     a.shutdown().await;
     // The same node comes back on the same address.
     let listener = tokio::net::TcpListener::bind(a.addr).await.unwrap();
-    let server =
-        peershare::Server::new(a.lib.clone(), a.lib.node_id().unwrap(), a.addr.port(), slow);
+    let server = peershare::Server::new(a.lib.clone(), a.tls.clone(), a.addr.port(), slow);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let back = tokio::spawn(server.run(listener, async {
         let _ = stopped.await;
@@ -548,18 +547,24 @@ async fn fake_peer(
     let addr = listener.local_addr().unwrap();
     let chunk_requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = chunk_requests.clone();
+    let tls = peershare::Tls::ephemeral();
     tokio::spawn(async move {
         while let Ok((s, _)) = listener.accept().await {
             let manifest = manifest.clone();
             let counted = counted.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut reader = peershare::conn::FrameReader::new(r, MAX_REQUEST_FRAME_LEN);
+                let Ok(secured) = tls.accept(s).await else {
+                    return;
+                };
+                let mut w = secured.writer;
+                let mut reader =
+                    peershare::conn::FrameReader::new(secured.reader, MAX_REQUEST_FRAME_LEN);
                 while let Ok(Some(m)) = reader.read().await {
                     let answer = match m {
                         Message::Hello(_) => Message::Hello(Hello {
                             version: PROTOCOL_VERSION,
-                            node_id: peershare_proto::NodeId([9; 32]),
+                            node_id: tls.node_id(),
                             listen_port: 0,
                             capabilities: 0,
                         }),
@@ -579,7 +584,8 @@ async fn fake_peer(
                                 }
                                 loop {
                                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                                    if w.write_all(&[0]).await.is_err() {
+                                    if w.write_all(&[0]).await.is_err() || w.flush().await.is_err()
+                                    {
                                         return;
                                     }
                                 }
@@ -588,7 +594,9 @@ async fn fake_peer(
                         }
                         _ => continue,
                     };
-                    if w.write_all(&answer.to_frame().unwrap()).await.is_err() {
+                    if w.write_all(&answer.to_frame().unwrap()).await.is_err()
+                        || w.flush().await.is_err()
+                    {
                         return;
                     }
                 }
@@ -723,7 +731,8 @@ async fn a_catalog_of_many_pages_is_listed_whole_and_withdrawn_files_are_skipped
     .unwrap();
     let conn = peershare::PeerConn::connect(
         node.addr,
-        peershare_proto::NodeId([5; 32]),
+        &peershare::Tls::ephemeral(),
+        None,
         Default::default(),
     )
     .await

@@ -13,9 +13,9 @@ use common::*;
 use peershare::download::Progress;
 use peershare::partial::{Bitmap, part_paths, store_state};
 use peershare::store::Download;
-use peershare::{ClientConfig, PeerConn, PeerError, ServerConfig};
+use peershare::{ClientConfig, PeerConn, PeerError, ServerConfig, Tls};
+use peershare_proto::Manifest;
 use peershare_proto::wire::{ErrorCode, Holding};
-use peershare_proto::{Manifest, NodeId};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -68,7 +68,7 @@ async fn seeder(content: &[u8], rate: Option<u64>) -> Node {
 }
 
 async fn connect(node: &Node) -> PeerConn {
-    PeerConn::connect(node.addr, NodeId([9; 32]), ClientConfig::default())
+    PeerConn::connect(node.addr, &Tls::ephemeral(), None, ClientConfig::default())
         .await
         .unwrap()
 }
@@ -211,7 +211,7 @@ async fn own_server_is_never_a_source() {
     let other = seeder(&content, None).await;
     let out = me.path("got.bin");
     let mut req = request(id, vec![me.addr, other.addr], &out);
-    req.node_id = me.lib.node_id().unwrap();
+    req.tls = me.tls.clone();
     let summary = fetch(req).await.unwrap();
     assert_eq!(summary.peers.len(), 1, "{summary:?}");
     assert_eq!(summary.peers[0].addr, other.addr);
@@ -390,7 +390,7 @@ async fn a_downloader_offers_its_chunks_and_announces_the_whole_file() {
     let out = me.path("got.bin");
     let mut req = request(id, vec![seeder.addr], &out);
     req.library = Some(me.lib.clone());
-    req.node_id = me.lib.node_id().unwrap();
+    req.tls = me.tls.clone();
     req.config.checkpoint_interval = Duration::from_millis(200);
     let progress = Arc::new(Progress::default());
     let dl = tokio::spawn(fetch_with(req, progress.clone()));

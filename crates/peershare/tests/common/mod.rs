@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use peershare::download::{DownloadConfig, DownloadRequest, Output, Progress};
 use peershare::{
-    DownloadError, DownloadSummary, Library, Server, ServerConfig, ServerStats, ShareProgress,
+    DownloadError, DownloadSummary, Library, Server, ServerConfig, ServerStats, ShareProgress, Tls,
 };
-use peershare_proto::{FileId, NodeId};
+use peershare_proto::FileId;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -31,6 +31,8 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
 pub struct Node {
     pub dir: tempfile::TempDir,
     pub lib: Library,
+    /// Its TLS endpoint, with the key in its data dir.
+    pub tls: Tls,
     pub addr: SocketAddr,
     pub stats: Arc<ServerStats>,
     stop: Option<oneshot::Sender<()>>,
@@ -67,7 +69,8 @@ impl Node {
     ) -> Node {
         let listener = TcpListener::bind(at).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = Server::new(lib.clone(), lib.node_id().unwrap(), addr.port(), config);
+        let tls = Tls::new(&lib.identity().unwrap());
+        let server = Server::new(lib.clone(), tls.clone(), addr.port(), config);
         let stats = server.stats();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -81,6 +84,7 @@ impl Node {
         Node {
             dir,
             lib,
+            tls,
             addr,
             stats,
             stop: Some(stop),
@@ -117,7 +121,8 @@ pub fn request(id: FileId, peers: Vec<SocketAddr>, out: &Path) -> DownloadReques
         peers,
         output: Output::File(out.to_path_buf()),
         force: false,
-        node_id: NodeId([7; 32]),
+        tls: Tls::ephemeral(),
+        expect: Default::default(),
         config: DownloadConfig::default(),
         more_peers: None,
         library: None,
