@@ -145,3 +145,93 @@ fn download_onto_a_filesystem_without_direct_io_works() {
     );
     assert_eq!(std::fs::read(&out).unwrap(), content);
 }
+
+/// Deterministic bytes that no protocol field could produce by chance.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// `tcpdump` writing every packet on loopback to or from `port` into
+/// `file`; ready once it says it is listening.
+fn capture(port: &str, file: &Path) -> Child {
+    let mut child = Command::new("tcpdump")
+        // A large kernel buffer (64 MiB): a fast transfer must not drop packets.
+        .args(["-i", "lo", "-U", "-s", "0", "-B", "65536", "-w"])
+        .arg(file)
+        .args(["tcp", "port", port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump is installed (.ci/run installs it)");
+    let mut line = String::new();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert!(n > 0, "tcpdump ended before listening");
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    // Keep draining its stderr so it never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    child
+}
+
+#[test]
+fn packets_captured_on_loopback_hold_no_plaintext() {
+    let content = noise(2 * 1024 * 1024, 11);
+    let seeder = Seeder::new(&content);
+    let port = seeder.addr.rsplit(':').next().unwrap().to_owned();
+    let work = tempfile::tempdir().unwrap();
+    let pcap = work.path().join("lo.pcap");
+    let mut dump = capture(&port, &pcap);
+    let out = work.path().join("got.bin");
+    let got = seeder.get_into(&out);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+    // tcpdump writes packets as it reads them (-U), a little behind the
+    // transfer: wait for the whole of it to be on disk (more bytes than
+    // the file, which crossed the wire once).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::metadata(&pcap).map_or(0, |m| m.len()) <= content.len() as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture holds only {} bytes",
+            std::fs::metadata(&pcap).map_or(0, |m| m.len())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SIGINT makes tcpdump flush and exit.
+    let st = Command::new("kill")
+        .args(["-INT", &dump.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(dump.wait().unwrap().success());
+    let wire = std::fs::read(&pcap).unwrap();
+    // The whole transfer was captured...
+    assert!(
+        wire.len() > content.len(),
+        "captured only {} bytes",
+        wire.len()
+    );
+    // ...and no 16-byte block of the file is in it, at any offset.
+    let blocks: std::collections::HashSet<&[u8]> = content.chunks_exact(16).collect();
+    let leaked = wire.windows(16).filter(|w| blocks.contains(w)).count();
+    assert_eq!(leaked, 0, "file bytes in the clear on loopback");
+    // (The same search over the file itself finds every block.)
+    assert!(content.windows(16).filter(|w| blocks.contains(w)).count() >= blocks.len());
+}
