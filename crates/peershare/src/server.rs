@@ -121,6 +121,8 @@ pub struct ServerStats {
     pub tls_failed: AtomicU64,
     /// Nodes refused because `trusted_only` is set and they are not trusted.
     pub refused_untrusted: AtomicU64,
+    /// Frames read after handshakes (requests and cancels).
+    pub requests_received: AtomicU64,
     pub malformed: AtomicU64,
     pub chunks_served: AtomicU64,
     pub bytes_served: AtomicU64,
@@ -492,6 +494,7 @@ async fn serve_connection(
                 Ok(Ok(Some(m))) => m,
             };
             last_heard = Instant::now();
+            ctx.stats.requests_received.fetch_add(1, Ordering::Relaxed);
             let pending = respond(ctx, &read_conn, msg);
             if matches!(pending, Pending::Nothing) {
                 continue;

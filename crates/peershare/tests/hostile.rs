@@ -415,3 +415,52 @@ async fn one_address_cannot_take_every_connection() {
     honest_download_works(&node, &content).await;
     assert_eq!(node.stats.refused_busy.load(Ordering::Relaxed), 1);
 }
+
+/// A client that sends requests without reading answers gets exactly
+/// `max_requests_in_flight` of them queued (plus the one being written and
+/// the one read but waiting for room); the rest stay unread in its socket.
+#[tokio::test]
+async fn a_connection_has_at_most_max_requests_in_flight_read() {
+    let content = data(1024 * 1024, 12);
+    let id = id_of(&content);
+    let config = ServerConfig {
+        max_requests_in_flight: 3,
+        // So slow that the first answer is never finished: the writer is
+        // stuck on it for the whole test.
+        max_upload_rate: Some(1),
+        ..ServerConfig::default()
+    };
+    let mut node = Node::start(&[("f", &content)], config).await;
+    let mut s = handshaken(node.addr).await;
+    let mut frames = BytesMut::new();
+    for i in 0..100u32 {
+        Message::GetChunk {
+            req_id: i + 1,
+            id,
+            index: i % 16,
+        }
+        .encode(&mut frames)
+        .unwrap();
+    }
+    // 100 small frames: all in the socket at once, readable at once.
+    s.write_all(&frames).await.unwrap();
+    s.flush().await.unwrap();
+    // Read: those answered (the limiter's initial burst lets at most one
+    // 64 KiB chunk through), the one being written, the 3 queued, and one
+    // read but waiting for room in the queue.
+    let bound = 3 + 2;
+    wait_for("the server to read what it may", 10, || {
+        node.stats.requests_received.load(Ordering::Relaxed) >= bound
+    })
+    .await;
+    // Had it read more than that, it would have read them all by now: they
+    // arrived together. Stopping the server freezes the counts.
+    node.shutdown().await;
+    let answered = node.stats.chunks_served.load(Ordering::Relaxed);
+    assert!(answered <= 1, "{answered}");
+    assert_eq!(
+        node.stats.requests_received.load(Ordering::Relaxed),
+        answered + bound
+    );
+    drop(s);
+}
