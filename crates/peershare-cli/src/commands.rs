@@ -65,11 +65,11 @@ fn open_library(dir: &Path) -> Result<Library, Failure> {
 
 /// This node's TLS endpoint, from its key in the data dir (created on
 /// first use). A build with the `insecure-plaintext` feature (benchmarks
-/// only) skips encryption when `PEERSHARE_INSECURE_PLAINTEXT` is set.
+/// only) skips encryption when `PEERSHARE_INSECURE_PLAINTEXT=1`.
 fn open_tls(lib: &Library) -> Result<Tls, Failure> {
     let identity = lib.identity().map_err(store_failure)?;
     #[cfg(feature = "insecure-plaintext")]
-    if std::env::var_os("PEERSHARE_INSECURE_PLAINTEXT").is_some() {
+    if std::env::var("PEERSHARE_INSECURE_PLAINTEXT").is_ok_and(|v| v == "1") {
         eprintln!(
             "peershare: warning: PEERSHARE_INSECURE_PLAINTEXT: connections are NOT encrypted"
         );
@@ -849,16 +849,16 @@ fn trust(dir: &Path, command: TrustCommand) -> Result<(), Failure> {
         }
         TrustCommand::Rm { node, json } => {
             let node = parse(&node)?;
-            let removed = lib.distrust(node).map_err(store_failure)?;
-            if json.json {
-                out_json(&serde_json::json!({"node_id": node.to_string(), "changed": removed}));
-            } else if removed {
-                out(&format!("no longer trusted: {node}\n"));
-            } else {
+            if !lib.distrust(node).map_err(store_failure)? {
                 return Err(Failure::new(
                     exit::NOT_FOUND,
                     format!("{node} is not on the trust list (`peershare trust ls` shows it)"),
                 ));
+            }
+            if json.json {
+                out_json(&serde_json::json!({"node_id": node.to_string(), "changed": true}));
+            } else {
+                out(&format!("no longer trusted: {node}\n"));
             }
         }
         TrustCommand::Ls(json) => {

@@ -10,9 +10,10 @@
 //! error after the TLS handshake, at most `MAX_REFUSALS_IN_PROGRESS` at
 //! once, beyond which they are closed unanswered); per connection, requests
 //! are read only while fewer than `max_requests_in_flight` are being
-//! answered, so a client that floods requests without reading answers
+//! answered (queued; plus the one being written and one read but waiting
+//! for room), so a client that floods requests without reading answers
 //! stalls itself (TCP back-pressure) and holds at most that many chunk
-//! buffers; a frame from a client is at most `MAX_REQUEST_FRAME_LEN` bytes;
+//! buffers plus two; a frame from a client is at most `MAX_REQUEST_FRAME_LEN` bytes;
 //! the TLS handshake and `Hello` together must finish within
 //! `handshake_timeout`, and a wait for the next request and every write has
 //! a timeout. A connection that sends

@@ -50,7 +50,7 @@ const TRUST_FORMAT: u32 = 1;
 pub const MAX_TRUSTED: usize = 10_000;
 
 /// A node on the trust list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trusted {
     /// A label for people; may be empty.
     #[serde(default)]
@@ -959,5 +959,58 @@ mod tests {
         let (_d, l) = lib();
         let a = l.node_id().unwrap();
         assert_eq!(l.node_id().unwrap(), a);
+    }
+
+    #[test]
+    fn the_trust_list_is_bounded_and_kept() {
+        let (_d, l) = lib();
+        let a = NodeId([1; 32]);
+        assert!(l.trust(a, "laptop").unwrap());
+        assert!(!l.trust(a, "laptop").unwrap(), "unchanged");
+        assert!(l.trust(a, "phone").unwrap(), "renamed");
+        assert_eq!(l.trusted().unwrap()[&a].name, "phone");
+        // A full list (written directly: one fsync per `trust` would be slow).
+        let mut file = TrustFile {
+            format: TRUST_FORMAT,
+            ..TrustFile::default()
+        };
+        for i in 0..MAX_TRUSTED as u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            id[31] = 0xff;
+            file.nodes
+                .insert(NodeId(id).to_string(), Trusted::default());
+        }
+        l.write_trust(file).unwrap();
+        assert!(matches!(
+            l.trust(NodeId([2; 32]), ""),
+            Err(StoreError::TooManyTrusted(MAX_TRUSTED))
+        ));
+        // Renaming one already there is still fine; removing makes room.
+        let mut first = [0u8; 32];
+        first[31] = 0xff;
+        assert!(l.trust(NodeId(first), "renamed").unwrap());
+        assert!(l.distrust(NodeId(first)).unwrap());
+        assert!(!l.distrust(NodeId(first)).unwrap());
+        assert!(l.trust(NodeId([2; 32]), "").unwrap());
+        assert_eq!(l.trusted().unwrap().len(), MAX_TRUSTED);
+    }
+
+    #[test]
+    fn a_damaged_trust_list_is_an_error_not_an_empty_list() {
+        let (_d, l) = lib();
+        fs::write(
+            l.dir().join(TRUST_FILE),
+            r#"{"format":1,"nodes":{"zz":{}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(l.trusted(), Err(StoreError::Corrupt { .. })));
+        fs::write(l.dir().join(TRUST_FILE), "not json").unwrap();
+        assert!(matches!(l.trusted(), Err(StoreError::Corrupt { .. })));
+        assert!(l.trust(NodeId([1; 32]), "").is_err(), "nothing overwritten");
+        assert_eq!(
+            fs::read_to_string(l.dir().join(TRUST_FILE)).unwrap(),
+            "not json"
+        );
     }
 }

@@ -464,3 +464,69 @@ async fn a_connection_has_at_most_max_requests_in_flight_read() {
     );
     drop(s);
 }
+
+/// Telling a refused connection why costs a TLS handshake, so only
+/// `MAX_REFUSALS_IN_PROGRESS` are told at once; beyond that a refused
+/// connection is closed without a word, at once.
+#[tokio::test]
+async fn refusals_in_progress_are_bounded() {
+    use peershare::server::MAX_REFUSALS_IN_PROGRESS;
+    let config = ServerConfig {
+        max_connections: 1,
+        max_connections_per_ip: 1000,
+        // Refusals wait this long for a handshake that never comes.
+        handshake_timeout: Duration::from_secs(60),
+        ..ServerConfig::default()
+    };
+    let node = Node::start(&[("f", b"x")], config).await;
+    let _held = handshaken(node.addr).await;
+    // Silent connections: each holds a refusal, waiting for its handshake.
+    let mut silent = Vec::new();
+    for _ in 0..MAX_REFUSALS_IN_PROGRESS {
+        silent.push(TcpStream::connect(node.addr).await.unwrap());
+    }
+    wait_for("every refusal to be under way", 10, || {
+        node.stats.refused_busy.load(Ordering::Relaxed) == MAX_REFUSALS_IN_PROGRESS as u64
+    })
+    .await;
+    // One more is closed at once, long before any handshake timeout.
+    let started = Instant::now();
+    let mut extra = TcpStream::connect(node.addr).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), extra.read_to_end(&mut rest))
+        .await
+        .expect("closed at once")
+        .unwrap();
+    assert!(rest.is_empty(), "nothing said");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        node.stats.refused_busy.load(Ordering::Relaxed),
+        MAX_REFUSALS_IN_PROGRESS as u64 + 1
+    );
+    // When those give up, refusals are told again (their tasks end as they
+    // see the close: retried until then).
+    drop(silent);
+    let mut told = Vec::new();
+    for _ in 0..100 {
+        let tls = Tls::ephemeral();
+        let tcp = TcpStream::connect(node.addr).await.unwrap();
+        let Ok(mut s) = tls.client_stream(tcp).await else {
+            continue;
+        };
+        s.write_all(&hello_as(tls.node_id(), PROTOCOL_VERSION))
+            .await
+            .unwrap();
+        told = read_until_closed(&mut s).await;
+        break;
+    }
+    assert!(
+        matches!(
+            told.as_slice(),
+            [Message::Error {
+                code: ErrorCode::Busy,
+                ..
+            }]
+        ),
+        "a busy refusal with its reason: {told:?}"
+    );
+}
