@@ -695,7 +695,12 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
             loop {
                 tokio::time::sleep(REDISCOVER_INTERVAL).await;
                 if let Ok(found) = lan::look(&dir, node_id, &look).await {
-                    tx.send_replace(found.iter().map(|f| f.addr).collect());
+                    tx.send_replace(
+                        found
+                            .iter()
+                            .map(|f| (f.addr, f.node_id.parse().ok()))
+                            .collect(),
+                    );
                 }
             }
         });

@@ -107,6 +107,10 @@ impl Default for DownloadConfig {
     }
 }
 
+/// Peers learned while a download runs: each address, with the node
+/// announced there when known.
+pub type Reported = Vec<(SocketAddr, Option<NodeId>)>;
+
 /// What to download, from whom, to where.
 #[derive(Debug, Clone)]
 pub struct DownloadRequest {
@@ -124,9 +128,10 @@ pub struct DownloadRequest {
     /// there that proves another identity is refused.
     pub expect: HashMap<SocketAddr, NodeId>,
     pub config: DownloadConfig,
-    /// Addresses learned while the download runs (e.g. by discovery): any
-    /// not yet tried joins the download.
-    pub more_peers: Option<watch::Receiver<Vec<SocketAddr>>>,
+    /// Addresses learned while the download runs (e.g. by discovery), with
+    /// the node announced there if known: any not yet tried joins the
+    /// download, and must be that node (unless `expect` names another).
+    pub more_peers: Option<watch::Receiver<Reported>>,
     /// This node's library. With `share`, the download is recorded there
     /// while it runs (a server on the same data directory then offers its
     /// verified chunks) and the finished file is shared there; without,
@@ -296,13 +301,14 @@ async fn join_peer(
     }
 }
 
-/// [`join_peer`] for `addr`, tagged with it.
+/// [`join_peer`] for `addr`, tagged with it; the node there must be
+/// `expect`, when given.
 fn join_at(
     addr: SocketAddr,
+    expect: Option<NodeId>,
     req: &DownloadRequest,
 ) -> impl Future<Output = (SocketAddr, Joined)> + Send + 'static {
     let (id, tls, config) = (req.id, req.tls.clone(), req.config.client.clone());
-    let expect = req.expect.get(&addr).copied();
     async move { (addr, join_peer(addr, id, tls, expect, config).await) }
 }
 
@@ -441,7 +447,9 @@ impl Slot {
     }
 
     /// The next reconnection of this (lost) peer: after its backoff, the
-    /// same first contact as any peer's ([`join_peer`]).
+    /// same first contact as any peer's ([`join_peer`]). (Another node at
+    /// the address is accepted unless the request names the node there: a
+    /// restarted peer may have been replaced.)
     fn reconnect(
         &mut self,
         slot_no: usize,
@@ -491,7 +499,7 @@ pub async fn download(
     // When an address that said no may be asked again, and its backoff.
     let mut retry_at: RetryAt = RetryAt::new();
     for addr in addrs.iter().copied() {
-        joining.spawn(join_at(addr, &req));
+        joining.spawn(join_at(addr, req.expect.get(&addr).copied(), &req));
     }
     let mut conns: Vec<(Arc<PeerConn>, Holding, Option<HaveWatch>)> = Vec::new();
     let mut manifest = None;
@@ -682,6 +690,9 @@ pub async fn download(
     }
     progress.peers.store(slots.len() as u64, Ordering::Relaxed);
     let mut more_peers = req.more_peers.clone();
+    // The node expected at each address: the request's, then the first
+    // node reported there.
+    let mut pins = req.expect.clone();
     let mut starved_since: Option<Duration> = None;
     let mut in_flight: InFlight = InFlight::new();
     let budget = (req.config.max_in_flight_bytes / manifest.chunk_size() as u64).max(2) as usize;
@@ -894,7 +905,14 @@ pub async fn download(
                     .as_mut()
                     .expect("guarded")
                     .borrow_and_update()
-                    .clone();
+                    .iter()
+                    .map(|&(addr, node)| {
+                        if let Some(node) = node {
+                            pins.entry(addr).or_insert(node);
+                        }
+                        addr
+                    })
+                    .collect();
                 // The peers given at the start too: one that said no may
                 // have the file by now. Each is asked again at most once per
                 // its backoff (doubling from REJOIN_BACKOFF).
@@ -905,7 +923,7 @@ pub async fn download(
                         continue;
                     }
                     tracing::debug!(peer = %addr, "asking it to join");
-                    joining.spawn(join_at(addr, &req));
+                    joining.spawn(join_at(addr, pins.get(&addr).copied(), &req));
                 }
             }
             r = async { checkpoint.as_mut().expect("guarded").await }, if checkpoint.is_some() => {

@@ -309,3 +309,31 @@ async fn unlisted_files_are_served_by_id_but_never_listed() {
             .any(|e| e.unlisted && e.name == "hidden.bin")
     );
 }
+
+#[tokio::test]
+async fn a_peer_reported_mid_download_must_be_the_node_reported() {
+    let content = data(4 * 1024 * 1024, 9);
+    let slow = Node::start(
+        &[("f", &content)],
+        ServerConfig {
+            max_upload_rate: Some(2_000_000),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let other = Node::start(&[("f", &content)], ServerConfig::default()).await;
+    let out = tempfile::tempdir().unwrap();
+    let mut req = request(id_of(&content), vec![slow.addr], &out.path().join("f"));
+    // Discovery says another node is at `other`'s address: it is refused.
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    req.more_peers = Some(rx);
+    tx.send_replace(vec![(other.addr, Some(Tls::ephemeral().node_id()))]);
+    let s = fetch(req).await.unwrap();
+    assert_eq!(std::fs::read(out.path().join("f")).unwrap(), content);
+    assert_eq!(other.stats.chunks_served.load(Ordering::Relaxed), 0);
+    assert!(
+        s.peers.iter().all(|p| p.addr != other.addr || p.bytes == 0),
+        "{s:?}"
+    );
+    drop(tx);
+}

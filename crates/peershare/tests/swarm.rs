@@ -195,7 +195,10 @@ async fn peers_learned_later_join_a_running_download() {
     })
     .await;
     // Discovery hears of the fast node (and the slow one again).
-    tx.send_replace(vec![slow.addr, fast.addr]);
+    tx.send_replace(vec![
+        (slow.addr, None),
+        (fast.addr, Some(fast.tls.node_id())),
+    ]);
     let summary = dl.await.unwrap().unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), content);
     assert_eq!(summary.peers.len(), 2, "a peer joined twice: {summary:?}");
@@ -335,7 +338,7 @@ async fn a_peer_without_the_file_at_first_joins_once_it_has_it() {
     let late_file = late.path("f.bin");
     std::fs::write(&late_file, &content).unwrap();
     let out = slow.path("got.bin");
-    let (tx, rx) = tokio::sync::watch::channel(vec![slow.addr, late.addr]);
+    let (tx, rx) = tokio::sync::watch::channel(vec![(slow.addr, None), (late.addr, None)]);
     let mut req = request(id, vec![slow.addr, late.addr], &out);
     req.more_peers = Some(rx);
     let progress = Arc::new(Progress::default());
@@ -348,7 +351,7 @@ async fn a_peer_without_the_file_at_first_joins_once_it_has_it() {
     late.lib
         .share(&[late_file], &peershare::ShareProgress::default())
         .unwrap();
-    tx.send_replace(vec![slow.addr, late.addr]);
+    tx.send_replace(vec![(slow.addr, None), (late.addr, None)]);
     let summary = dl.await.unwrap().unwrap();
     let late_bytes = summary.peers.iter().find(|p| p.addr == late.addr);
     assert!(
@@ -569,7 +572,7 @@ async fn a_peer_given_up_on_rejoins_when_it_is_back() {
     let before = b_bytes(&progress).unwrap().0;
     // B is back at its address, and discovery reports it.
     let b_back = Node::serve_at(tempfile::tempdir().unwrap(), b.lib.clone(), paced, b_addr).await;
-    tx.send_replace(vec![b_back.addr]);
+    tx.send_replace(vec![(b_back.addr, None)]);
     let summary = dl.await.unwrap().unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), content);
     assert_eq!(summary.peers.len(), 2, "{summary:?}");
