@@ -290,9 +290,13 @@ pub struct ServeArgs {
     )]
     pub announce_interval: f64,
 
-    /// Connections served at once; more are refused as busy
+    /// Connections served at once (their handshake done); more are refused as busy
     #[arg(long, env = "PEERSHARE_MAX_CONNECTIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_connections: u32,
+
+    /// Connections still in their handshake at once; a new one then closes the oldest, so silent connections cannot lock peers out
+    #[arg(long, env = "PEERSHARE_MAX_PENDING_HANDSHAKES", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_pending_handshakes: u32,
 
     /// Connections from one remote IP address at once; more are refused as busy
     #[arg(long, env = "PEERSHARE_MAX_CONNECTIONS_PER_IP", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]

@@ -286,7 +286,7 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
             );
         }
     }
-    let listener = TcpListener::bind(a.listen).await.map_err(|e| {
+    let listener = bind_listener(a.listen).map_err(|e| {
         let hint = if e.kind() == io::ErrorKind::AddrInUse {
             " (another program, maybe another peershare, uses it: pick another with --listen)"
         } else {
@@ -302,6 +302,7 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::new(exit::LOCAL, format!("listener address: {e}")))?;
     let config = ServerConfig {
         max_connections: a.max_connections as usize,
+        max_pending_handshakes: a.max_pending_handshakes as usize,
         max_connections_per_ip: a.max_connections_per_ip as usize,
         max_upload_rate: a.max_upload_rate,
         trusted_only: a.trusted_only,
@@ -408,14 +409,32 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
 }
 
 /// A TCP listener on `[::]:port` that takes IPv6 only (IPv4 has its own).
+/// Connections the kernel queues before `serve` accepts them. (tokio's
+/// `bind` asks for 128: a burst of connections, hostile or not, then waits
+/// for SYN retransmissions, seconds.)
+const LISTEN_BACKLOG: i32 = 1024;
+
 fn bind_v6_listener(port: u16) -> io::Result<TcpListener> {
+    listen_on(
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+        true,
+    )
+}
+
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    listen_on(addr, false)
+}
+
+fn listen_on(addr: SocketAddr, only_v6: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV6, Type::STREAM, None)?;
-    s.set_only_v6(true)?;
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if only_v6 {
+        s.set_only_v6(true)?;
+    }
     s.set_reuse_address(true)?;
     s.set_nonblocking(true)?;
-    s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
-    s.listen(1024)?;
+    s.bind(&addr.into())?;
+    s.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(s.into())
 }
 

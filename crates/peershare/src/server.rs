@@ -68,8 +68,12 @@ pub const MAX_REFUSALS_IN_PROGRESS: usize = 64;
 /// Server limits and options; plain data with sane defaults.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Connections served at once; more are refused with `Busy`.
+    /// Connections served at once (handshake done); more are refused with
+    /// `Busy`.
     pub max_connections: usize,
+    /// Connections in their handshake at once; a new one evicts the oldest
+    /// (see `Handshaking`), so silent connections cannot lock others out.
+    pub max_pending_handshakes: usize,
     /// Connections from one remote IP address at once; more are refused
     /// with `Busy`, so one host cannot take every slot.
     pub max_connections_per_ip: usize,
@@ -99,6 +103,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_connections: 256,
+            max_pending_handshakes: 128,
             max_connections_per_ip: 32,
             max_requests_in_flight: 4,
             trusted_only: false,
@@ -122,6 +127,8 @@ pub struct ServerStats {
     pub tls_failed: AtomicU64,
     /// Nodes refused because `trusted_only` is set and they are not trusted.
     pub refused_untrusted: AtomicU64,
+    /// Pending handshakes closed to make room for newer connections.
+    pub handshakes_evicted: AtomicU64,
     /// Frames read after handshakes (requests and cancels).
     pub requests_received: AtomicU64,
     pub malformed: AtomicU64,
@@ -188,6 +195,7 @@ impl Server {
         let ctx = self.ctx;
         let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
         let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS));
+        let handshaking = Handshaking::default();
         let per_ip: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -216,36 +224,33 @@ impl Server {
                         Err(e) => break Err(ServeError::Accept(e)),
                     };
                     ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-                    let scope = match IpSlot::take(&per_ip, addr.ip(), ctx.config.max_connections_per_ip) {
-                        None => Err("from your address"),
-                        Some(from_ip) => match slots.clone().try_acquire_owned() {
-                            Ok(permit) => Ok((from_ip, permit)),
-                            Err(_) => Err("in all"),
-                        },
-                    };
-                    let (from_ip, permit) = match scope {
-                        Ok(held) => held,
-                        Err(scope) => {
-                            ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-                            // Telling why takes a TLS handshake; only so
-                            // many at once, the rest are just closed.
-                            if let Ok(turn) = refusals.clone().try_acquire_owned() {
-                                let ctx = ctx.clone();
-                                tasks.spawn(async move {
-                                    refuse_busy(&ctx, stream, scope).await;
-                                    drop(turn);
-                                });
-                            }
-                            continue;
+                    let Some(from_ip) = IpSlot::take(&per_ip, addr.ip(), ctx.config.max_connections_per_ip) else {
+                        ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                        // Telling why takes a TLS handshake; only so many
+                        // at once, the rest are just closed.
+                        if let Ok(turn) = refusals.clone().try_acquire_owned() {
+                            let ctx = ctx.clone();
+                            tasks.spawn(async move {
+                                refuse_busy(&ctx, stream, "from your address").await;
+                                drop(turn);
+                            });
                         }
+                        continue;
                     };
+                    // A connection slot is taken only once the handshake is
+                    // done: until then it holds a place among the pending
+                    // handshakes, and the oldest gives way to a newcomer.
+                    let (pending, evicted) = handshaking.join(ctx.config.max_pending_handshakes);
+                    if pending.evicted_one {
+                        ctx.stats.handshakes_evicted.fetch_add(1, Ordering::Relaxed);
+                    }
                     let ctx = ctx.clone();
                     let stop = stop_rx.clone();
+                    let slots = slots.clone();
                     tasks.spawn(async move {
                         ctx.stats.connections_active.fetch_add(1, Ordering::Relaxed);
-                        serve_connection(&ctx, stream, addr, stop).await;
+                        serve_connection(&ctx, stream, addr, stop, Admission { slots, pending, evicted }).await;
                         ctx.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
-                        drop(permit);
                         drop(from_ip);
                     });
                 }
@@ -276,6 +281,22 @@ fn is_transient_accept_error(e: &std::io::Error) -> bool {
     )
 }
 
+/// What the per-address limit counts by: an IPv4 address, or an IPv6 /64
+/// (one host commonly holds a whole /64, so counting its addresses one by
+/// one would limit nothing). IPv4-mapped IPv6 addresses count as IPv4.
+fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(_) => ip,
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                std::net::Ipv6Addr::from(prefix).into()
+            }
+        },
+    }
+}
+
 /// One connection counted against its remote address; uncounted on drop.
 struct IpSlot {
     table: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
@@ -289,6 +310,7 @@ impl IpSlot {
         ip: std::net::IpAddr,
         max: usize,
     ) -> Option<Self> {
+        let ip = address_key(ip);
         let mut t = table.lock().expect("per-IP table lock");
         let n = t.entry(ip).or_insert(0);
         if *n >= max {
@@ -316,20 +338,78 @@ impl Drop for IpSlot {
     }
 }
 
+fn busy(scope: &str) -> Message {
+    Message::Error {
+        req_id: 0,
+        code: ErrorCode::Busy,
+        message: format!("this node is serving too many connections {scope}; try again later"),
+    }
+}
+
 async fn refuse_busy(ctx: &Ctx, stream: TcpStream, scope: &str) {
     let limit = ctx.config.handshake_timeout;
     let _ = tokio::time::timeout(limit, async {
         let secured = ctx.tls.accept(stream).await?;
         let mut w = FrameWriter::new(secured.writer);
-        let msg = Message::Error {
-            req_id: 0,
-            code: ErrorCode::Busy,
-            message: format!("this node is serving too many connections {scope}; try again later"),
-        };
-        w.send(&msg).await?;
+        w.send(&busy(scope)).await?;
         w.shutdown().await
     })
     .await;
+}
+
+type HandshakeQueue =
+    Arc<Mutex<std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>>>;
+
+/// Connections still in their handshake, oldest first. When there are
+/// `max` of them, a new one evicts the oldest: silent connections
+/// (slowloris) then cost an honest client nothing but a handshake that is
+/// over in milliseconds, while each silent one lasts only until `max`
+/// newer ones have arrived (or its handshake timeout).
+#[derive(Default)]
+struct Handshaking {
+    queue: HandshakeQueue,
+    next: AtomicU64,
+}
+
+/// One connection's place among the pending handshakes; leaves on drop.
+struct PendingHandshake {
+    queue: HandshakeQueue,
+    id: u64,
+    /// Joining evicted the oldest pending handshake.
+    evicted_one: bool,
+}
+
+impl Handshaking {
+    /// A place for a new connection, and what tells it it was evicted.
+    fn join(&self, max: usize) -> (PendingHandshake, tokio::sync::oneshot::Receiver<()>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut q = self.queue.lock().expect("handshake queue lock");
+        let mut evicted_one = false;
+        while q.len() >= max.max(1) {
+            // Dropping the sender wakes the evicted connection's task.
+            q.pop_front();
+            evicted_one = true;
+        }
+        q.push_back((id, tx));
+        (
+            PendingHandshake {
+                queue: self.queue.clone(),
+                id,
+                evicted_one,
+            },
+            rx,
+        )
+    }
+}
+
+impl Drop for PendingHandshake {
+    fn drop(&mut self) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = q.iter().position(|(id, _)| *id == self.id) {
+            q.remove(i);
+        }
+    }
 }
 
 /// A chunk read from disk, ready to send.
@@ -351,17 +431,33 @@ enum Pending {
     Nothing,
 }
 
+/// What lets a new connection in: its place among the pending handshakes
+/// (lost if a newer one evicts it) and, once its TLS handshake is done, a
+/// connection slot.
+struct Admission {
+    slots: Arc<Semaphore>,
+    pending: PendingHandshake,
+    evicted: tokio::sync::oneshot::Receiver<()>,
+}
+
 async fn serve_connection(
     ctx: &Arc<Ctx>,
     stream: TcpStream,
     addr: SocketAddr,
     mut stop: watch::Receiver<bool>,
+    admission: Admission,
 ) {
     let _ = stream.set_nodelay(true);
     let idle = ctx.config.idle_timeout;
+    let Admission {
+        slots,
+        pending,
+        evicted,
+    } = admission;
 
     // The TLS handshake and the client's `Hello` (the client speaks first)
-    // must both arrive within the handshake timeout.
+    // must both arrive within the handshake timeout. A connection slot is
+    // taken between the two: without one, the client is told it is busy.
     let handshake = async {
         let secured = match ctx.tls.accept(stream).await {
             Ok(s) => s,
@@ -371,22 +467,29 @@ async fn serve_connection(
                 return None;
             }
         };
+        let mut writer = FrameWriter::new(secured.writer);
+        let Ok(permit) = slots.try_acquire_owned() else {
+            ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+            let _ = writer.send(&busy("in all")).await;
+            let _ = writer.shutdown().await;
+            return None;
+        };
         let mut reader = FrameReader::new(secured.reader, MAX_REQUEST_FRAME_LEN);
         let first = reader.read().await;
-        Some((
-            reader,
-            FrameWriter::new(secured.writer),
-            secured.peer,
-            first,
-        ))
+        Some((reader, writer, secured.peer, first, permit))
     };
-    let (mut reader, mut writer, proven, first) = tokio::select! {
+    let (mut reader, mut writer, proven, first, _permit) = tokio::select! {
         r = tokio::time::timeout(ctx.config.handshake_timeout, handshake) => match r {
             Ok(Some(done)) => done,
             Ok(None) | Err(_) => return,
         },
+        _ = evicted => {
+            tracing::debug!(%addr, "handshake evicted by a newer connection");
+            return;
+        }
         _ = stop.changed() => return,
     };
+    drop(pending);
     let refusal = match first {
         Ok(Some(Message::Hello(h))) => match proven {
             Some(key) if key != h.node_id => Some(Message::Error {
@@ -1251,6 +1354,18 @@ fn read_partial_chunk(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_per_address_limit_counts_ipv4_hosts_and_ipv6_slash_64s() {
+        let key = |s: &str| address_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::1"), "::");
+    }
+
     use super::*;
 
     #[test]

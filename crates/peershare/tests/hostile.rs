@@ -471,9 +471,10 @@ async fn a_connection_has_at_most_max_requests_in_flight_read() {
 #[tokio::test]
 async fn refusals_in_progress_are_bounded() {
     use peershare::server::MAX_REFUSALS_IN_PROGRESS;
+    // Over the per-address limit, a connection is refused before its
+    // handshake (and told so after it).
     let config = ServerConfig {
-        max_connections: 1,
-        max_connections_per_ip: 1000,
+        max_connections_per_ip: 1,
         // Refusals wait this long for a handshake that never comes.
         handshake_timeout: Duration::from_secs(60),
         ..ServerConfig::default()
@@ -524,9 +525,47 @@ async fn refusals_in_progress_are_bounded() {
             told.as_slice(),
             [Message::Error {
                 code: ErrorCode::Busy,
+                message,
                 ..
-            }]
+            }] if message.contains("from your address")
         ),
         "a busy refusal with its reason: {told:?}"
     );
+}
+
+/// Silent connections cannot lock honest ones out: past
+/// `max_pending_handshakes`, a newcomer evicts the oldest silent one, and
+/// the connection slots go only to finished handshakes.
+#[tokio::test]
+async fn silent_connections_give_way_to_newcomers() {
+    let config = ServerConfig {
+        max_pending_handshakes: 4,
+        max_connections: 4,
+        handshake_timeout: Duration::from_secs(60),
+        ..ServerConfig::default()
+    };
+    let content = data(300_000, 13);
+    let node = Node::start(&[("f", &content)], config).await;
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(TcpStream::connect(node.addr).await.unwrap());
+    }
+    wait_for("four pending handshakes", 10, || {
+        node.stats.connections_active.load(Ordering::Relaxed) == 4
+    })
+    .await;
+    assert_eq!(node.stats.handshakes_evicted.load(Ordering::Relaxed), 0);
+    // A fifth evicts the oldest, which is closed long before its timeout.
+    silent.push(TcpStream::connect(node.addr).await.unwrap());
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), silent[0].read_to_end(&mut rest))
+        .await
+        .expect("the oldest silent connection is closed at once")
+        .unwrap();
+    assert_eq!(node.stats.handshakes_evicted.load(Ordering::Relaxed), 1);
+    // Honest clients still get through, while silent ones keep coming.
+    honest_download_works(&node, &content).await;
+    assert!(node.stats.handshakes_evicted.load(Ordering::Relaxed) >= 2);
+    assert_eq!(node.stats.refused_busy.load(Ordering::Relaxed), 0);
+    drop(silent);
 }
