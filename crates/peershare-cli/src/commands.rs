@@ -171,6 +171,7 @@ fn describe(e: &Entry, node: NodeId, addrs: &[SocketAddr]) -> SharedFile {
             id,
             node,
             size: e.size,
+            unlisted: e.unlisted,
             name: e.name.clone(),
             addrs: addrs.to_vec(),
         }
@@ -278,6 +279,13 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
     lib.snapshot().map_err(store_failure)?;
     let tls = open_tls(&lib)?;
     let node_id = tls.node_id();
+    #[cfg(feature = "insecure-plaintext")]
+    if a.trusted_only && std::env::var("PEERSHARE_INSECURE_PLAINTEXT").is_ok_and(|v| v == "1") {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--trusted-only needs encryption: without it nobody's node ID is proven",
+        ));
+    }
     if a.trusted_only {
         let trusted = lib.trusted().map_err(store_failure)?;
         if trusted.is_empty() {
@@ -643,6 +651,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     let cancel = shutdown_signal()?;
     tokio::pin!(cancel);
     let mut expect = std::collections::HashMap::new();
+    let mut unlisted = false;
     let (id, name, mut peers) = match a.what.parse::<FileId>() {
         Ok(id) => (id, None, Vec::new()),
         Err(id_err) => match a.what.parse::<Ticket>() {
@@ -650,6 +659,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
                 // The ticket's addresses are its maker's: only that node
                 // may answer there.
                 expect.extend(t.addrs.iter().map(|a| (*a, t.node)));
+                unlisted = t.unlisted;
                 (t.id, Some(t.name), t.addrs)
             }
             Err(t_err) => {
@@ -742,6 +752,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
         more_peers,
         library: Some(lib.clone()),
         share: !a.no_share,
+        unlisted,
     };
     let counters = Arc::new(Progress::default());
     let display = progress::downloading(counters.clone(), quiet);

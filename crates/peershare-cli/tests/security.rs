@@ -151,6 +151,17 @@ fn an_unlisted_file_is_not_in_ls_but_its_ticket_downloads() {
     sb.get(&client, &ticket, &[], Some(&got), &["--no-discovery"])
         .ok();
     assert_eq!(fs::read(&got).unwrap(), content);
+    // The downloader shares it on, unlisted too (the ticket says so).
+    let mirror = sb.serve(&client, &[]);
+    let third = sb.data("third");
+    assert!(sb.ls(&third, &[&mirror]).is_empty());
+    let text = sb.run_on(&client, &["shared"]);
+    assert!(text.ok().stdout.contains("  (unlisted)"), "{}", text.stdout);
+    let id = str_field(&entry, "id").to_owned();
+    let again = sb.path("again.bin");
+    sb.get(&third, &id, &[&mirror.peer()], Some(&again), &[])
+        .ok();
+    assert_eq!(fs::read(&again).unwrap(), content);
 }
 
 #[test]

@@ -11,6 +11,8 @@
 //! [u8; 32]  file ID
 //! [u8; 32]  node ID of the sharing peer (its Ed25519 public key)
 //! u64       file size
+//! u8        flags: bit 0 = UNLISTED (the sharer keeps it out of catalogs;
+//!           so does a downloader that got it from this ticket); others 0
 //! u16 + ..  name (UTF-8, at most MAX_NAME_LEN bytes)
 //! u8        address count (at most MAX_TICKET_ADDRS)
 //! per address: u8 family (4 or 6), 4 or 16 address bytes, u16 port
@@ -29,6 +31,11 @@ use crate::wire::MAX_NAME_LEN;
 pub const TICKET_PREFIX: &str = "ps1";
 /// Binary version byte.
 pub const TICKET_VERSION: u8 = 2;
+/// Bits of a ticket's flags byte.
+pub mod ticket_flags {
+    /// Keep the file out of catalogs (the sharer's, and a downloader's).
+    pub const UNLISTED: u8 = 1;
+}
 /// Most peer addresses one ticket carries.
 pub const MAX_TICKET_ADDRS: usize = 16;
 /// Longest ticket text accepted, bytes (prefix included; tickets are ASCII).
@@ -57,6 +64,8 @@ pub enum TicketError {
     Family(u8),
     #[error("ticket file size {0} is larger than any shareable file")]
     Size(u64),
+    #[error("ticket flags {0:#04x} are unknown (made by a newer peershare?)")]
+    Flags(u8),
 }
 
 /// What a user sends a friend.
@@ -66,6 +75,9 @@ pub struct Ticket {
     /// The node that made the ticket; the addresses are its.
     pub node: NodeId,
     pub size: u64,
+    /// The file is unlisted: whoever downloads it keeps it out of its
+    /// catalog too.
+    pub unlisted: bool,
     pub name: String,
     pub addrs: Vec<SocketAddr>,
 }
@@ -79,6 +91,11 @@ impl Ticket {
         out.extend_from_slice(self.id.as_bytes());
         out.extend_from_slice(self.node.as_bytes());
         out.extend_from_slice(&self.size.to_be_bytes());
+        out.push(if self.unlisted {
+            ticket_flags::UNLISTED
+        } else {
+            0
+        });
         let mut end = self.name.len().min(MAX_NAME_LEN);
         while !self.name.is_char_boundary(end) {
             end -= 1;
@@ -123,6 +140,10 @@ impl Ticket {
         if size > MAX_FILE_SIZE {
             return Err(TicketError::Size(size));
         }
+        let flags = take(1)?[0];
+        if flags & !ticket_flags::UNLISTED != 0 {
+            return Err(TicketError::Flags(flags));
+        }
         let name_len = u16::from_be_bytes(take(2)?.try_into().expect("2")) as usize;
         if name_len > MAX_NAME_LEN {
             return Err(TicketError::Name);
@@ -149,6 +170,7 @@ impl Ticket {
             id,
             node,
             size,
+            unlisted: flags & ticket_flags::UNLISTED != 0,
             name,
             addrs,
         })
@@ -253,6 +275,7 @@ mod tests {
             id: FileId([9; 32]),
             node: NodeId([5; 32]),
             size: 12345,
+            unlisted: false,
             name: "talk.mkv".into(),
             addrs: vec![
                 "192.168.1.20:9000".parse().unwrap(),
@@ -278,6 +301,21 @@ mod tests {
                 .unwrap(),
             t
         );
+    }
+
+    #[test]
+    fn the_unlisted_flag_round_trips_and_unknown_flags_are_refused() {
+        let t = Ticket {
+            unlisted: true,
+            ..sample()
+        };
+        assert_eq!(t.to_string().parse::<Ticket>().unwrap(), t);
+        let mut b = sample().to_bytes();
+        // version, file ID, node ID, size: the flags byte follows.
+        let at = 1 + 32 + 32 + 8;
+        assert_eq!(b[at], 0);
+        b[at] = 0x03;
+        assert_eq!(Ticket::from_bytes(&b), Err(TicketError::Flags(0x03)));
     }
 
     #[test]

@@ -353,6 +353,7 @@ const TICKET_BINARY: &str = r#"
 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a  # node ID of the sharing peer
 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a 5a
 00 00 00 00 00 00 00 05                          # file size: 5
+00                                               # flags: none (listed)
 00 09                                            # name length: 9
 68 65 6c 6c 6f 2e 74 78 74                       # name: "hello.txt"
 02                                               # address count: 2
@@ -365,7 +366,7 @@ fe 80 00 00 00 00 00 00 00 00 00 00 00 00 00 01  #   fe80::1
 "#;
 
 /// "ps1" + lowercase unpadded base32 of `TICKET_BINARY`.
-const TICKET_TEXT: &str = "ps1aixq5nframj2j3zvo63qv46phwfwclpoq6imgud72jgpju4jsjppews2ljnfuws2ljnfuws2ljnfuws2ljnfuws2ljnfuws2ljnfuws2aaaaaaaaaaaakaajnbswy3dpfz2hq5acatakqaiuemuan7uaaaaaaaaaaaaaaaaaaaaaaajdfe";
+const TICKET_TEXT: &str = "ps1aixq5nframj2j3zvo63qv46phwfwclpoq6imgud72jgpju4jsjppews2ljnfuws2ljnfuws2ljnfuws2ljnfuws2ljnfuws2ljnfuws2aaaaaaaaaaaakaaabfugk3dmn4xhi6duaicmbkabcqrsqbx6qaaaaaaaaaaaaaaaaaaaaaabemuq";
 
 // ---------------------------------------------------------------------------
 // One test per message kind.
@@ -736,6 +737,7 @@ fn sample_ticket() -> Ticket {
         id: hello_id(),
         node: NodeId([0x5a; 32]),
         size: 5,
+        unlisted: false,
         name: "hello.txt".into(),
         addrs: vec![
             "192.168.1.20:9000".parse().unwrap(),
@@ -767,12 +769,12 @@ fn golden_ticket_text() {
     // The prefix is lower case only.
     let upper_all = TICKET_TEXT.to_ascii_uppercase();
     assert_eq!(upper_all.parse::<Ticket>(), Err(TicketError::Prefix));
-    // The last character carries 2 unused bits, which must be zero: "e" is
-    // 00100, "f" is 00101. Only the canonical text parses.
+    // The last character carries 4 unused bits, which must be zero: "q" is
+    // 10000, "r" is 10001. Only the canonical text parses.
     let (head, last) = TICKET_TEXT.split_at(TICKET_TEXT.len() - 1);
-    assert_eq!(last, "e");
+    assert_eq!(last, "q");
     assert_eq!(
-        format!("{head}f").parse::<Ticket>(),
+        format!("{head}r").parse::<Ticket>(),
         Err(TicketError::Encoding)
     );
     // Padding is not part of the text form.

@@ -1007,13 +1007,15 @@ fn ticket() -> impl Strategy<Value = Ticket> {
         file_id(),
         any::<[u8; 32]>(),
         0..=peershare_proto::manifest::MAX_FILE_SIZE,
+        any::<bool>(),
         text(MAX_NAME_LEN),
         vec(socket_addr(), 0..=MAX_TICKET_ADDRS),
     )
-        .prop_map(|(id, node, size, name, addrs)| Ticket {
+        .prop_map(|(id, node, size, unlisted, name, addrs)| Ticket {
             id,
             node: NodeId(node),
             size,
+            unlisted,
             name,
             addrs,
         })

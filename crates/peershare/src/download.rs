@@ -138,6 +138,9 @@ pub struct DownloadRequest {
     /// any record of an earlier run to the same output is withdrawn.
     pub library: Option<Library>,
     pub share: bool,
+    /// Keep the download, and the finished file, out of the library's
+    /// catalog (the ticket said the file is unlisted).
+    pub unlisted: bool,
 }
 
 /// Live counters a UI can poll.
@@ -654,6 +657,7 @@ pub async fn download(
             size,
             part: std::path::absolute(&part_path).unwrap_or_else(|_| part_path.clone()),
             state: std::path::absolute(&state_path).unwrap_or_else(|_| state_path.clone()),
+            unlisted: req.unlisted,
         };
         let (out, m) = (out.clone(), manifest.clone());
         let published =

@@ -43,6 +43,8 @@ pub enum StoreError {
     KeyPermissions { path: PathBuf, mode: u32 },
     #[error("the trust list is full ({0} nodes); remove some with `peershare trust rm`")]
     TooManyTrusted(usize),
+    #[error("{0} is in this node's data dir, which holds its private key: it is never shared")]
+    InDataDir(PathBuf),
 }
 
 impl StoreError {

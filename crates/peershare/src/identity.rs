@@ -64,17 +64,29 @@ impl Identity {
     /// none. Two processes racing to create it end up with the same key.
     pub fn load_or_create(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(KEY_FILE);
-        match fs::read_to_string(&path) {
-            Ok(pem) => {
-                check_private(&path)?;
-                Self::from_pem(&pem).map_err(|reason| StoreError::Corrupt {
-                    path: path.clone(),
-                    reason,
-                })
+        match Self::load(&path) {
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Self::create(dir, &path)
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Self::create(dir, &path),
-            Err(e) => Err(StoreError::Io { path, source: e }),
+            other => other,
         }
+    }
+
+    /// The key in `path`: a regular file (not a symbolic link) owned by
+    /// this user, that nobody else may read or write.
+    fn load(path: &Path) -> Result<Self, StoreError> {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(StoreError::io(path))?;
+        check_private(path, &f.metadata().map_err(StoreError::io(path))?)?;
+        let mut pem = String::new();
+        io::Read::read_to_string(&mut f, &mut pem).map_err(StoreError::io(path))?;
+        Self::from_pem(&pem).map_err(|reason| StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        })
     }
 
     fn create(dir: &Path, path: &Path) -> Result<Self, StoreError> {
@@ -84,7 +96,7 @@ impl Identity {
                 source: io::Error::other(e.to_string()),
             })?;
         let tmp = dir.join(format!(".{KEY_FILE}.{}.tmp", std::process::id()));
-        let write = || -> io::Result<()> {
+        let write = || -> io::Result<bool> {
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -93,19 +105,21 @@ impl Identity {
             f.write_all(pair.serialize_pem().as_bytes())?;
             f.sync_all()?;
             // A hard link never replaces: if another process got there
-            // first, its key stays and is the one used.
+            // first, its key stays and is the one used (checked like any).
             match fs::hard_link(&tmp, path) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
                 Err(e) => return Err(e),
             }
-            fs::File::open(dir)?.sync_all()
+            fs::File::open(dir)?.sync_all()?;
+            Ok(true)
         };
         let written = write();
         let _ = fs::remove_file(&tmp);
-        written.map_err(StoreError::io(path))?;
-        let pem = fs::read_to_string(path).map_err(StoreError::io(path))?;
-        Self::from_pem(&pem).map_err(|reason| StoreError::Corrupt {
+        if !written.map_err(StoreError::io(path))? {
+            return Self::load(path);
+        }
+        Self::from_pair(&pair).map_err(|reason| StoreError::Corrupt {
             path: path.to_path_buf(),
             reason,
         })
@@ -153,12 +167,22 @@ impl Identity {
     }
 }
 
-/// Refuses a key file that anyone but its owner may read or write.
-fn check_private(path: &Path) -> Result<(), StoreError> {
-    let mode = fs::metadata(path)
-        .map_err(StoreError::io(path))?
-        .permissions()
-        .mode();
+/// Refuses a key file that is not a regular file of this user's, or that
+/// anyone else may read or write.
+fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.permissions().mode();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_file() || meta.uid() != me {
+        return Err(StoreError::Corrupt {
+            path: PathBuf::from(path),
+            reason: format!(
+                "not a regular file of yours (owner uid {}, you are {me}); delete it to make a new node ID",
+                meta.uid()
+            ),
+        });
+    }
     if mode & 0o077 != 0 {
         return Err(StoreError::KeyPermissions {
             path: PathBuf::from(path),
@@ -202,6 +226,23 @@ mod tests {
             StoreError::KeyPermissions { mode: 0o644, .. }
         ));
         assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn a_symbolic_link_for_the_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        Identity::load_or_create(elsewhere.path()).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join(KEY_FILE), dir.path().join(KEY_FILE))
+            .unwrap();
+        let err = Identity::load_or_create(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+        // Still the link: nothing replaced it.
+        assert!(
+            fs::symlink_metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .is_symlink()
+        );
     }
 
     #[test]

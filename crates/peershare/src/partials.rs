@@ -155,6 +155,7 @@ mod tests {
                 size: content.len() as u64,
                 part,
                 state,
+                unlisted: false,
             };
             lib.begin_download(&out, &m, d).unwrap();
             ids.push(m.id());

@@ -733,8 +733,8 @@ impl Ctx {
     /// cannot be read trusts nobody.
     async fn trusts(&self, node: NodeId) -> bool {
         let library = self.library.clone();
-        match tokio::task::spawn_blocking(move || library.trusted()).await {
-            Ok(Ok(list)) => list.contains_key(&node),
+        match tokio::task::spawn_blocking(move || library.is_trusted(&node)).await {
+            Ok(Ok(trusted)) => trusted,
             Ok(Err(e)) => {
                 tracing::warn!("cannot read the trust list, so trusting nobody: {e}");
                 false
@@ -1160,7 +1160,7 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
             continue;
         }
         let Some(id) = d.file_id() else { continue };
-        if unlisted.contains(&id) {
+        if d.unlisted || unlisted.contains(&id) {
             continue;
         }
         by_id.entry(id).or_insert_with(|| {

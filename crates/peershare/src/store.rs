@@ -120,6 +120,10 @@ pub struct Download {
     pub part: PathBuf,
     /// Its state file: which chunks are verified and on disk.
     pub state: PathBuf,
+    /// Kept out of the catalog (it came from an unlisted ticket), and so is
+    /// the finished file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlisted: bool,
 }
 
 impl Download {
@@ -153,7 +157,14 @@ fn mtime_ns(meta: &fs::Metadata) -> i128 {
 pub struct Library {
     dir: PathBuf,
     cache: Arc<Mutex<Option<Cached>>>,
+    /// The trust list's node IDs, by the stamp of `trust.json` they were
+    /// read at: a server asks for every connection.
+    trust_cache: Arc<Mutex<Option<(FileStamp, TrustedSet)>>>,
 }
+
+/// A file's inode, mtime (ns) and length: changes when it is replaced.
+type FileStamp = (u64, i128, u64);
+type TrustedSet = Arc<std::collections::BTreeSet<NodeId>>;
 
 #[derive(Debug)]
 struct Cached {
@@ -169,6 +180,7 @@ impl Library {
         Ok(Self {
             dir,
             cache: Arc::new(Mutex::new(None)),
+            trust_cache: Arc::default(),
         })
     }
 
@@ -202,6 +214,27 @@ impl Library {
             .into_iter()
             .filter_map(|(id, t)| Some((id.parse().ok()?, t)))
             .collect())
+    }
+
+    /// True when `node` is on the trust list. One `stat` when the list has
+    /// not changed since the last call; read again when it has.
+    pub fn is_trusted(&self, node: &NodeId) -> Result<bool, StoreError> {
+        let path = self.dir.join(TRUST_FILE);
+        let stamp = match fs::metadata(&path) {
+            Ok(m) => (m.ino(), mtime_ns(&m), m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, 0, 0),
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        let mut cache = self.trust_cache.lock().expect("trust cache lock");
+        if let Some((at, ids)) = cache.as_ref()
+            && *at == stamp
+        {
+            return Ok(ids.contains(node));
+        }
+        let ids: TrustedSet = Arc::new(self.trusted()?.into_keys().collect());
+        let found = ids.contains(node);
+        *cache = Some((stamp, ids));
+        Ok(found)
     }
 
     /// Adds `node` to the trust list (or renames it). False if it was
@@ -252,13 +285,20 @@ impl Library {
                 reason: format!("unknown format {}", file.format),
             });
         }
-        if let Some(bad) = file.nodes.keys().find(|k| k.parse::<NodeId>().is_err()) {
-            return Err(StoreError::Corrupt {
-                path,
-                reason: format!("{bad:?} is not a node ID"),
-            });
+        // Keys as written by hand may be upper case or padded: one
+        // canonical key per node, so `distrust` finds what `trusted` sees.
+        let mut nodes = BTreeMap::new();
+        for (key, t) in file.nodes {
+            let id: NodeId = key.parse().map_err(|_| StoreError::Corrupt {
+                path: path.clone(),
+                reason: format!("{key:?} is not a node ID"),
+            })?;
+            nodes.entry(id.to_string()).or_insert(t);
         }
-        Ok(file)
+        Ok(TrustFile {
+            format: file.format,
+            nodes,
+        })
     }
 
     fn write_trust(&self, mut file: TrustFile) -> Result<(), StoreError> {
@@ -388,6 +428,26 @@ impl Library {
         for p in paths {
             collect(p, &mut found)?;
         }
+        // Never the data dir itself: it holds this node's private key (and
+        // whom it trusts). A file named there is refused; a folder holding
+        // the data dir is shared without it.
+        let data_dir = fs::canonicalize(&self.dir).map_err(StoreError::io(&self.dir))?;
+        for p in paths {
+            if let Ok(abs) = fs::canonicalize(p)
+                && abs.starts_with(&data_dir)
+            {
+                return Err(StoreError::InDataDir(abs));
+            }
+        }
+        let before = found.len();
+        found.retain(|(path, _)| !path.starts_with(&data_dir));
+        if found.len() < before {
+            tracing::warn!(
+                "not sharing {} file(s) in the data dir {}",
+                before - found.len(),
+                data_dir.display()
+            );
+        }
         let current = self.snapshot()?;
         let mut todo = Vec::new();
         let mut new_entries = Vec::new();
@@ -503,7 +563,7 @@ impl Library {
                 path,
                 size: meta.len(),
                 mtime_ns: mtime_ns(&meta),
-                unlisted: false,
+                unlisted: d.unlisted,
             })
         } else {
             None
@@ -883,6 +943,7 @@ mod tests {
             size: content.len() as u64,
             part: out.with_extension("part"),
             state: out.with_extension("state"),
+            unlisted: false,
         };
         // Withdrawn by output path (spelled another way, before the file
         // exists), then by ID.
@@ -1011,6 +1072,44 @@ mod tests {
         assert_eq!(
             fs::read_to_string(l.dir().join(TRUST_FILE)).unwrap(),
             "not json"
+        );
+    }
+
+    #[test]
+    fn the_data_dir_is_never_shared() {
+        let d = tempfile::tempdir().unwrap();
+        let l = Library::open(d.path().join("home/data")).unwrap();
+        l.identity().unwrap();
+        fs::write(d.path().join("home/notes.txt"), b"mine").unwrap();
+        // A folder holding the data dir: everything but the data dir.
+        let shared = l
+            .share(&[d.path().join("home")], &ShareProgress::default())
+            .unwrap();
+        let names: Vec<_> = shared.iter().map(|s| s.entry.name.as_str()).collect();
+        assert_eq!(names, ["home/notes.txt"]);
+        // The key itself, or the data dir, named directly: refused.
+        for p in [
+            d.path().join("home/data/node.key"),
+            d.path().join("home/data"),
+        ] {
+            let err = l.share(&[p], &ShareProgress::default()).unwrap_err();
+            assert!(matches!(err, StoreError::InDataDir(_)), "{err}");
+            assert!(err.to_string().contains("private key"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_hand_written_trust_list_is_read_canonically() {
+        let (_d, l) = lib();
+        let id = NodeId([0xab; 32]);
+        let upper = id.to_string().to_uppercase();
+        let text = format!(r#"{{"format":1,"nodes":{{"{upper}":{{"name":"x"}}," {id}":{{}}}}}}"#);
+        fs::write(l.dir().join(TRUST_FILE), text).unwrap();
+        assert_eq!(l.trusted().unwrap().len(), 1);
+        assert!(l.distrust(id).unwrap());
+        assert!(
+            l.trusted().unwrap().is_empty(),
+            "removed whatever its spelling"
         );
     }
 }

@@ -177,7 +177,9 @@ impl Tls {
     }
 
     /// The client side of the handshake, as one stream: for tests that
-    /// speak the protocol by hand (and badly).
+    /// speak the protocol by hand (and badly). Always TLS, without the read
+    /// buffer of [`Tls::connect`].
+    #[doc(hidden)]
     pub async fn client_stream(
         &self,
         tcp: TcpStream,
@@ -327,5 +329,122 @@ impl ClientCertVerifier for NodeCertVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         vec![SignatureScheme::ED25519]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::net::TcpListener;
+
+    /// Both ends of a fresh loopback TCP connection.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (c.unwrap(), s.unwrap().0)
+    }
+
+    fn verifier() -> Arc<NodeCertVerifier> {
+        Arc::new(NodeCertVerifier {
+            algs: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        })
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// A self-signed ECDSA P-256 certificate: a valid certificate, but not
+    /// a node's.
+    fn ecdsa() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])
+            .unwrap()
+            .self_signed(&pair)
+            .unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pair.serialize_der()));
+        (cert.der().clone(), key)
+    }
+
+    /// Client settings like ours, with `cert` as the client certificate.
+    fn client_with(
+        cert: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
+    ) -> Arc<rustls::ClientConfig> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier());
+        let mut config = match cert {
+            Some((c, k)) => builder.with_client_auth_cert(vec![c], k).unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Arc::new(config)
+    }
+
+    /// Runs a client handshake with `config` against a real node server;
+    /// returns what the server's `accept` made of it.
+    async fn server_sees(config: Arc<rustls::ClientConfig>) -> std::io::Result<Secured> {
+        let server = Tls::ephemeral();
+        let (c, s) = pair().await;
+        let client = async {
+            let name = ServerName::try_from(SERVER_NAME).unwrap();
+            // TLS 1.3: the client's last flight (its certificate, if any,
+            // and Finished) is sent when this returns; the server judges
+            // it from the socket whatever the client does next.
+            let _ = tokio_rustls::TlsConnector::from(config)
+                .connect(name, c)
+                .await;
+        };
+        let (_, accepted) = tokio::join!(client, server.accept(s));
+        accepted
+    }
+
+    #[tokio::test]
+    async fn both_sides_prove_their_node_ids() {
+        let (a, b) = (Tls::ephemeral(), Tls::ephemeral());
+        let (c, s) = pair().await;
+        let (client, server) = tokio::join!(a.connect(c), b.accept(s));
+        assert_eq!(client.unwrap().peer, Some(b.node_id()));
+        assert_eq!(server.unwrap().peer, Some(a.node_id()));
+    }
+
+    #[tokio::test]
+    async fn a_client_without_a_certificate_is_refused() {
+        assert!(server_sees(client_with(None)).await.is_err());
+        // The same settings with a node certificate are accepted.
+        let me = Identity::generate();
+        let accepted = server_sees(client_with(Some((me.cert(), me.key())))).await;
+        assert_eq!(accepted.unwrap().peer, Some(me.node_id()));
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_that_is_not_ed25519_is_refused() {
+        assert!(server_sees(client_with(Some(ecdsa()))).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_server_certificate_that_is_not_ed25519_is_refused() {
+        let me = Identity::generate();
+        let (cert, key) = ecdsa();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(verifier())
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        let (c, s) = pair().await;
+        let server = async {
+            let _ = tokio_rustls::TlsAcceptor::from(Arc::new(config))
+                .accept(s)
+                .await;
+        };
+        let tls = Tls::new(&me);
+        let (connected, _) = tokio::join!(tls.connect(c), server);
+        assert!(connected.is_err());
     }
 }

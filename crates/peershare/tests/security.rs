@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::*;
 use peershare::{ClientConfig, PeerConn, PeerError, ServerConfig, ShareProgress, Tls};
@@ -336,4 +337,52 @@ async fn a_peer_reported_mid_download_must_be_the_node_reported() {
         "{s:?}"
     );
     drop(tx);
+}
+
+#[tokio::test]
+async fn an_unlisted_download_stays_unlisted_where_it_lands() {
+    let content = data(2 * 1024 * 1024, 10);
+    let source = Node::start(
+        &[("secret.bin", &content)],
+        ServerConfig {
+            max_upload_rate: Some(2_000_000),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let me = Node::start(&[], ServerConfig::default()).await;
+    let out = me.path("secret.bin");
+    let mut req = request(id_of(&content), vec![source.addr], &out);
+    req.library = Some(me.lib.clone());
+    req.tls = me.tls.clone();
+    req.unlisted = true;
+    req.config.checkpoint_interval = Duration::from_millis(100);
+    let progress = Arc::new(peershare::Progress::default());
+    let dl = tokio::spawn(fetch_with(req, progress.clone()));
+    wait_for("some chunks", 20, || {
+        progress.verified.load(Ordering::Relaxed) > 256 * 1024
+    })
+    .await;
+    // While it downloads, it is recorded (and served by ID), not listed.
+    let snap = me.lib.snapshot().unwrap();
+    assert!(snap.downloads.values().all(|d| d.unlisted));
+    assert_eq!(snap.downloads.len(), 1);
+    let conn = connect(me.addr, None).await.unwrap();
+    assert!(conn.catalog().await.unwrap().is_empty());
+    let (holding, _) = conn.have(id_of(&content), false).await.unwrap();
+    assert!(!matches!(holding, peershare_proto::wire::Holding::All));
+    dl.await.unwrap().unwrap();
+    // Done: shared, unlisted.
+    let snap = me.lib.snapshot().unwrap();
+    assert!(snap.files.values().all(|e| e.unlisted) && snap.files.len() == 1);
+    let conn = connect(me.addr, None).await.unwrap();
+    assert!(conn.catalog().await.unwrap().is_empty());
+    let out2 = tempfile::tempdir().unwrap();
+    fetch(request(
+        id_of(&content),
+        vec![me.addr],
+        &out2.path().join("f"),
+    ))
+    .await
+    .unwrap();
 }

@@ -51,6 +51,7 @@ async fn partial_node_with(
             size: content.len() as u64,
             part,
             state,
+            unlisted: false,
         },
     )
     .unwrap();

@@ -127,6 +127,7 @@ pub fn request(id: FileId, peers: Vec<SocketAddr>, out: &Path) -> DownloadReques
         more_peers: None,
         library: None,
         share: true,
+        unlisted: false,
     }
 }
 
