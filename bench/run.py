@@ -5,6 +5,12 @@ Usage (from the workspace root):
 
     cargo build --release && python3 bench/run.py [--size-mib 1024] [--runs 5] [--json]
 
+What TLS costs: also build with the `insecure-plaintext` feature into its own
+target dir, and measure both (and socat) interleaved in one invocation:
+
+    cargo build --release -p peershare-cli --features insecure-plaintext --target-dir target/plaintext
+    python3 bench/run.py --plaintext-binary   # = target/plaintext/release/peershare
+
 Standard library only (Python 3.11+). Linux only (uses os.wait4 rusage and
 /proc/net/tcp). See bench/README.md for what is measured and how.
 """
@@ -31,6 +37,17 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BINARY = REPO_ROOT / "target" / "release" / "peershare"
 DEFAULT_WORK_DIR = Path("/tmp/peershare-bench")
+
+# The TLS-vs-plaintext comparison (--plaintext-binary): a build with the
+# `insecure-plaintext` cargo feature skips TLS when this variable is 1 for
+# both serve and get, and then says so on stderr (checked on every run).
+DEFAULT_PLAINTEXT_BINARY = REPO_ROOT / "target" / "plaintext" / "release" / "peershare"
+PLAINTEXT_BUILD = ("cargo build --release -p peershare-cli --features insecure-plaintext "
+                   "--target-dir target/plaintext")
+PLAINTEXT_ENV = "PEERSHARE_INSECURE_PLAINTEXT"
+PLAINTEXT_WARNING = "connections are NOT encrypted"
+TLS_TOOL = "peershare"  # the default, measured build: TLS 1.3 (the targets apply to it)
+PLAIN_TOOL = "peershare-plaintext"
 
 MB = 1_000_000
 MIB = 1 << 20
@@ -123,13 +140,14 @@ class Child:
 _children: list[Child] = []
 
 
-def spawn(argv: list, stdout, stderr) -> Child:
+def spawn(argv: list, stdout, stderr, env: dict | None = None) -> Child:
     """Prepares argv with stdin /dev/null and the given stdout/stderr (file
     objects, fds or subprocess.DEVNULL); it starts on Child.go(). See above
-    for why through /bin/sh."""
+    for why through /bin/sh. `env`: the program's whole environment (None:
+    this process's)."""
     argv = [str(a) for a in argv]
     if not _subreaper:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env)
         p.returncode = 0  # reaped with os.wait4 by us; Popen must never wait
         c = Child(p.pid, argv, None)
         _children.append(c)
@@ -141,7 +159,7 @@ def spawn(argv: list, stdout, stderr) -> Child:
               f'echo $! >&{pid_w}')
     try:
         sh = subprocess.Popen(["/bin/sh", "-c", script, "sh", *argv], stdin=subprocess.DEVNULL,
-                              stdout=stdout, stderr=stderr, pass_fds=(go_r, pid_w))
+                              stdout=stdout, stderr=stderr, pass_fds=(go_r, pid_w), env=env)
     except BaseException:
         for fd in (pid_r, pid_w, go_r, go_w):
             os.close(fd)
@@ -164,8 +182,8 @@ def spawn(argv: list, stdout, stderr) -> Child:
     return c
 
 
-def start(argv: list, stdout, stderr) -> Child:
-    c = spawn(argv, stdout, stderr)
+def start(argv: list, stdout, stderr, env: dict | None = None) -> Child:
+    c = spawn(argv, stdout, stderr, env)
     c.go()
     return c
 
@@ -377,8 +395,51 @@ def tail(path: Path, n: int = 2000) -> str:
 
 
 @dataclass
+class Variant:
+    """A peershare build to measure: the release binary (TLS) or, for the
+    comparison, an `insecure-plaintext` build run with PLAINTEXT_ENV=1. Each
+    has its own data dirs (so its own `share` of the source)."""
+    tool: str  # TLS_TOOL or PLAIN_TOOL
+    binary: Path
+    plaintext: bool
+    serve_dir: Path
+    get_dir: Path
+    file_id: str = ""
+
+    @property
+    def env(self) -> dict:
+        """The environment of its serve and get: ours, PLAINTEXT_ENV=1 for
+        the plaintext variant and never set for the TLS one."""
+        env = {k: v for k, v in os.environ.items() if k != PLAINTEXT_ENV}
+        if self.plaintext:
+            env[PLAINTEXT_ENV] = "1"
+        return env
+
+    @property
+    def log_tag(self) -> str:
+        return "-plaintext" if self.plaintext else ""
+
+
+def check_encryption(v: Variant, logs: dict[str, Path]) -> None:
+    """Makes sure a run was what it claims: the plaintext variant's serve
+    and get both warn that they do not encrypt (else the binary lacks the
+    feature and the run was TLS after all), the TLS variant's never do."""
+    for what, path in logs.items():
+        try:
+            warned = PLAINTEXT_WARNING in path.read_text(errors="replace")
+        except OSError:
+            warned = False
+        if v.plaintext and not warned:
+            raise BenchError(f"{v.binary} {what} did not print {PLAINTEXT_WARNING!r} with "
+                             f"{PLAINTEXT_ENV}=1: not built with --features insecure-plaintext? "
+                             f"Build it with `{PLAINTEXT_BUILD}`.")
+        if not v.plaintext and warned:
+            raise BenchError(f"{v.binary} {what} ran without TLS although {PLAINTEXT_ENV} was unset")
+
+
+@dataclass
 class Run:
-    tool: str  # "peershare", "socat", "socat+fsync"
+    tool: str  # "peershare" (TLS), "peershare-plaintext", "socat", "socat+fsync"
     wall: float  # seconds
     cpu_sender: float  # CPU seconds
     cpu_receiver: float
@@ -391,7 +452,7 @@ class Run:
         return self.cpu_sender + self.cpu_receiver
 
 
-def share(binary: Path, serve_dir: Path, src: Path, size: int) -> tuple[str, dict]:
+def share(binary: Path, serve_dir: Path, src: Path, size: int, env: dict | None = None) -> tuple[str, dict]:
     """`peershare share` on a fresh data dir (so it really hashes); timed."""
     if serve_dir.exists():
         shutil.rmtree(serve_dir)
@@ -399,7 +460,7 @@ def share(binary: Path, serve_dir: Path, src: Path, size: int) -> tuple[str, dic
     out_path = serve_dir.parent / "share.out"
     err_path = serve_dir.parent / "share.err"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        p = spawn([binary, "--data-dir", serve_dir, "-q", "share", "--json", src], out, err)
+        p = spawn([binary, "--data-dir", serve_dir, "-q", "share", "--json", src], out, err, env)
         t0 = time.perf_counter()
         p.go()
         code, cpu, rss = reap(p, RUN_TIMEOUT)
@@ -420,13 +481,15 @@ def share(binary: Path, serve_dir: Path, src: Path, size: int) -> tuple[str, dic
     }
 
 
-def start_server(binary: Path, serve_dir: Path, log_path: Path) -> tuple[Child, int, int]:
+def start_server(binary: Path, serve_dir: Path, log_path: Path,
+                 env: dict | None = None) -> tuple[Child, int, int]:
     """Starts `peershare serve` on a free loopback port; returns it, the port
     and the read end of its stdout (close it after the server exits)."""
     r, w = os.pipe()
     try:
         with open(log_path, "wb") as err:
-            p = start([binary, "--data-dir", serve_dir, "serve", "--no-discovery", "--listen", "127.0.0.1:0"], w, err)
+            p = start([binary, "--data-dir", serve_dir, "serve", "--no-discovery", "--listen", "127.0.0.1:0"],
+                      w, err, env)
     except BaseException:
         os.close(r)
         raise
@@ -457,30 +520,32 @@ def start_server(binary: Path, serve_dir: Path, log_path: Path) -> tuple[Child, 
     return p, port, r
 
 
-def run_peershare(binary: Path, serve_dir: Path, get_dir: Path, file_id: str, out: Path,
-                  logs: Path, size: int, sha: str, full_verify: bool, index: int) -> Run:
+def run_peershare(v: Variant, out: Path, logs: Path, size: int, sha: str, full_verify: bool,
+                  index: int) -> Run:
     remove_output(out)
     settle()
-    server, port, server_out = start_server(binary, serve_dir, logs / f"serve-{index}.err")
+    env = v.env
+    serve_err = logs / f"serve{v.log_tag}-{index}.err"
+    server, port, server_out = start_server(v.binary, v.serve_dir, serve_err, env)
     try:
-        get_out, get_err = logs / f"get-{index}.out", logs / f"get-{index}.err"
+        get_out, get_err = logs / f"get{v.log_tag}-{index}.out", logs / f"get{v.log_tag}-{index}.err"
         with open(get_out, "wb") as o, open(get_err, "wb") as e:
-            g = spawn([binary, "--data-dir", get_dir, "-q", "get", file_id,
-                       "--peer", f"127.0.0.1:{port}", "-o", out, "--json"], o, e)
+            g = spawn([v.binary, "--data-dir", v.get_dir, "-q", "get", v.file_id,
+                       "--peer", f"127.0.0.1:{port}", "-o", out, "--json"], o, e, env)
             t0 = time.perf_counter()
             g.go()
             g_code, g_cpu, g_rss = reap(g, RUN_TIMEOUT)
             wall = time.perf_counter() - t0
         if g_code != 0:
-            raise BenchError(f"peershare get failed (exit {g_code}): {tail(get_err)}")
+            raise BenchError(f"{v.tool} get failed (exit {g_code}): {tail(get_err)}")
         server.signal(signal.SIGTERM)
         s_code, s_cpu, s_rss = reap(server, 30.0)
     finally:
         os.close(server_out)
     if s_code != 0:
-        log(f"warning: peershare serve exited with {s_code} after SIGTERM: "
-            f"{tail(logs / f'serve-{index}.err')}")
-    verify(out, size, sha, "peershare", full_verify)
+        log(f"warning: {v.tool} serve exited with {s_code} after SIGTERM: {tail(serve_err)}")
+    check_encryption(v, {"serve": serve_err, "get": get_err})
+    verify(out, size, sha, v.tool, full_verify)
     extra = {"server_exit": s_code}
     try:
         summary = json.loads(get_out.read_text())
@@ -488,7 +553,7 @@ def run_peershare(binary: Path, serve_dir: Path, get_dir: Path, file_id: str, ou
         extra["bytes_received"] = summary.get("bytes_received")
     except ValueError:
         pass
-    return Run("peershare", wall, s_cpu, g_cpu, s_rss, g_rss, extra)
+    return Run(v.tool, wall, s_cpu, g_cpu, s_rss, g_rss, extra)
 
 
 def run_socat(src: Path, out: Path, logs: Path, size: int, sha: str, full_verify: bool,
@@ -550,6 +615,8 @@ def summarize(runs: list[Run], size: int) -> dict:
         "mb_per_s_median": statistics.median(size / MB / w for w in walls),
         "mib_per_s_median": statistics.median(size / MIB / w for w in walls),
         "cpu_s_per_gib_median": statistics.median(r.cpu_total / gib for r in runs),
+        "cpu_sender_s_per_gib_median": statistics.median(r.cpu_sender / gib for r in runs),
+        "cpu_receiver_s_per_gib_median": statistics.median(r.cpu_receiver / gib for r in runs),
         "cpu_sender_s_median": statistics.median(r.cpu_sender for r in runs),
         "cpu_receiver_s_median": statistics.median(r.cpu_receiver for r in runs),
         "rss_sender_mib_median": statistics.median(r.rss_sender_mib for r in runs),
@@ -582,8 +649,91 @@ def loadavg() -> str:
         return "?"
 
 
+def tls_cost(summaries: dict[str, dict], pairs: list[tuple[Run, Run]], size: int) -> dict | None:
+    """TLS against plaintext, from the same invocation: ratios of medians,
+    and the median of per-round ratios (TLS and plaintext runs of the same
+    round, so slow drift cancels). None without the plaintext variant."""
+    if PLAIN_TOOL not in summaries:
+        return None
+    t, p = summaries[TLS_TOOL], summaries[PLAIN_TOOL]
+    so, sf = summaries["socat"], summaries["socat+fsync"]
+    gib = size / GIB
+    paired = [pt.wall / tl.wall for tl, pt in pairs]  # = TLS MB/s / plaintext MB/s
+    paired_cpu = [(tl.cpu_total - pt.cpu_total) / gib for tl, pt in pairs]
+
+    def variant(s: dict) -> dict:
+        return {
+            "mb_per_s_median": s["mb_per_s_median"],
+            "mib_per_s_median": s["mib_per_s_median"],
+            "x_socat": s["mb_per_s_median"] / so["mb_per_s_median"],
+            "x_socat_fsync": s["mb_per_s_median"] / sf["mb_per_s_median"],
+            "cpu_get_s_per_gib_median": s["cpu_receiver_s_per_gib_median"],
+            "cpu_serve_s_per_gib_median": s["cpu_sender_s_per_gib_median"],
+            "cpu_total_s_per_gib_median": s["cpu_s_per_gib_median"],
+            "rss_serve_mib_median": s["rss_sender_mib_median"],
+            "rss_serve_mib_max": s["rss_sender_mib_max"],
+            "rss_get_mib_median": s["rss_receiver_mib_median"],
+            "rss_get_mib_max": s["rss_receiver_mib_max"],
+        }
+
+    return {
+        "tls": variant(t),
+        "plaintext": variant(p),
+        "throughput_ratio_tls_over_plaintext": t["mb_per_s_median"] / p["mb_per_s_median"],
+        "throughput_ratio_paired_median": statistics.median(paired),
+        "throughput_ratio_paired_min": min(paired),
+        "throughput_ratio_paired_max": max(paired),
+        "cpu_ratio_tls_over_plaintext": t["cpu_s_per_gib_median"] / p["cpu_s_per_gib_median"],
+        "cpu_extra_s_per_gib": t["cpu_s_per_gib_median"] - p["cpu_s_per_gib_median"],
+        "cpu_extra_s_per_gib_paired_median": statistics.median(paired_cpu),
+        "cpu_extra_get_s_per_gib": t["cpu_receiver_s_per_gib_median"] - p["cpu_receiver_s_per_gib_median"],
+        "cpu_extra_serve_s_per_gib": t["cpu_sender_s_per_gib_median"] - p["cpu_sender_s_per_gib_median"],
+    }
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    print(fmt(header))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(fmt(r))
+
+
+def print_tls_cost(cost: dict, env: dict) -> None:
+    print(f"TLS cost: {TLS_TOOL} (TLS 1.3, the release build) vs {PLAIN_TOOL} (--features insecure-plaintext, "
+          f"{PLAINTEXT_ENV}=1 for serve and get), interleaved in the same invocation; medians.")
+    header = ["variant", "MB/s", "MiB/s", "x socat", "x socat+fsync", "CPU s/GiB get", "serve", "total",
+              "RSS serve MiB med/max", "RSS get MiB med/max"]
+    rows = []
+    for name, v in (("TLS", cost["tls"]), ("plaintext", cost["plaintext"])):
+        rows.append([name, f"{v['mb_per_s_median']:.0f}", f"{v['mib_per_s_median']:.0f}",
+                     f"{v['x_socat']:.2f}x", f"{v['x_socat_fsync']:.2f}x",
+                     f"{v['cpu_get_s_per_gib_median']:.2f}", f"{v['cpu_serve_s_per_gib_median']:.2f}",
+                     f"{v['cpu_total_s_per_gib_median']:.2f}",
+                     f"{v['rss_serve_mib_median']:.1f}/{v['rss_serve_mib_max']:.1f}",
+                     f"{v['rss_get_mib_median']:.1f}/{v['rss_get_mib_max']:.1f}"])
+    t, p = cost["tls"], cost["plaintext"]
+    rows.append(["TLS/plaintext", f"{cost['throughput_ratio_tls_over_plaintext']:.2f}x", "", "", "",
+                 f"{t['cpu_get_s_per_gib_median'] / p['cpu_get_s_per_gib_median']:.2f}x",
+                 f"{t['cpu_serve_s_per_gib_median'] / p['cpu_serve_s_per_gib_median']:.2f}x",
+                 f"{cost['cpu_ratio_tls_over_plaintext']:.2f}x", "", ""])
+    print_table(header, rows)
+    print()
+    print(f"TLS/plaintext throughput: {cost['throughput_ratio_tls_over_plaintext']:.2f}x (ratio of medians); "
+          f"per round {cost['throughput_ratio_paired_median']:.2f}x median, "
+          f"{cost['throughput_ratio_paired_min']:.2f}-{cost['throughput_ratio_paired_max']:.2f}x range.")
+    print(f"TLS adds {cost['cpu_extra_s_per_gib']:+.2f} CPU s/GiB (get {cost['cpu_extra_get_s_per_gib']:+.2f}, "
+          f"serve {cost['cpu_extra_serve_s_per_gib']:+.2f}; per round {cost['cpu_extra_s_per_gib_paired_median']:+.2f} "
+          f"median). CPU columns are medians of each column, so get + serve need not equal total.")
+
+
 def print_report(size: int, share_info: dict, summaries: dict[str, dict], targets: list[dict],
-                 rss_floor: float, env: dict) -> None:
+                 rss_floor: float, env: dict, cost: dict | None = None) -> None:
     ps = summaries["peershare"]
     print()
     print(f"File: {size / MIB:.0f} MiB ({size / MB:.1f} MB), loopback 127.0.0.1, "
@@ -591,9 +741,16 @@ def print_report(size: int, share_info: dict, summaries: dict[str, dict], target
     print(f"Binary: {env['binary']} (built {env['binary_mtime']}).")
     print(f"Machine: {env['cpus']} CPUs; load average before {env['load_before']}, after {env['load_after']}; "
           f"work dir on {env['filesystem']}.")
+    if cost is not None:
+        print(f"Plaintext: {env['plaintext_binary']} (built {env['plaintext_binary_mtime']}), "
+              f"{PLAINTEXT_ENV}=1.")
     print(f"Hashing (peershare share, once): {share_info['wall_s']:.2f} s = "
           f"{share_info['mb_per_s']:.0f} MB/s ({share_info['mib_per_s']:.0f} MiB/s), "
           f"CPU {share_info['cpu_s']:.2f} s, peak RSS {share_info['peak_rss_mib']:.1f} MiB")
+    if cost is not None and env.get("plaintext_hashing"):
+        h = env["plaintext_hashing"]
+        print(f"Hashing ({PLAIN_TOOL} share, once, into its own data dir): {h['wall_s']:.2f} s = "
+              f"{h['mb_per_s']:.0f} MB/s, CPU {h['cpu_s']:.2f} s")
     print()
     header = ["tool", "wall s", "min s", "max s", "MB/s", "MiB/s", "ps ratio",
               "CPU s/GiB", "RSS send MiB", "RSS recv MiB"]
@@ -604,22 +761,20 @@ def print_report(size: int, share_info: dict, summaries: dict[str, dict], target
                      f"{s['mb_per_s_median']:.0f}", f"{s['mib_per_s_median']:.0f}", f"{ratio:.2f}x",
                      f"{s['cpu_s_per_gib_median']:.2f}", f"{s['rss_sender_mib_median']:.1f}",
                      f"{s['rss_receiver_mib_median']:.1f}"])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-
-    def fmt(cells):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    print(fmt(header))
-    print("  ".join("-" * w for w in widths))
-    for r in rows:
-        print(fmt(r))
+    print_table(header, rows)
     print()
     print("ps ratio = peershare MB/s / this row's MB/s. peershare: sender = serve, receiver = get.")
+    if cost is not None:
+        print(f"{TLS_TOOL} = TLS 1.3 (release build); {PLAIN_TOOL} = the same code without TLS "
+              f"(its ps ratio is TLS/plaintext).")
     print("CPU = user+sys of both processes (os.wait4 rusage); RSS = ru_maxrss per process "
           f"(measurement floor {rss_floor:.1f} MiB).")
     print("socat+fsync = the same socat transfers plus an fsync of the output (peershare fsyncs its output).")
     print()
-    print("Targets:")
+    if cost is not None:
+        print_tls_cost(cost, env)
+        print()
+    print("Targets (peershare with TLS):")
     for t in targets:
         print(f"  [{'PASS' if t['pass'] else 'FAIL'}] {t['name']}: {t['value']}")
 
@@ -658,6 +813,12 @@ def main() -> int:
                     help=f"where the test file (cached) and outputs go (default {DEFAULT_WORK_DIR})")
     ap.add_argument("--binary", type=Path, default=DEFAULT_BINARY,
                     help="peershare binary (default target/release/peershare)")
+    ap.add_argument("--plaintext-binary", type=Path, nargs="?", const=DEFAULT_PLAINTEXT_BINARY, default=None,
+                    metavar="PATH",
+                    help="also measure this build of peershare with --features insecure-plaintext, run with "
+                         f"{PLAINTEXT_ENV}=1, interleaved with the others, to report what TLS costs "
+                         "(PATH defaults to target/plaintext/release/peershare; build it with "
+                         f"`{PLAINTEXT_BUILD}`)")
     ap.add_argument("--verify", choices=["all", "first"], default="all",
                     help="SHA-256 check of every output (all, default) or only the first of each "
                          "tool (first; later runs check the size only)")
@@ -669,6 +830,17 @@ def main() -> int:
     binary = args.binary.resolve()
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         die(f"{binary} not found: run `cargo build --release` first")
+    plain_binary = None
+    if args.plaintext_binary is not None:
+        plain_binary = args.plaintext_binary.resolve()
+        if not (plain_binary.is_file() and os.access(plain_binary, os.X_OK)):
+            die(f"{plain_binary} not found: run `{PLAINTEXT_BUILD}` first")
+        if plain_binary == binary:
+            die("--plaintext-binary must be a separate build (with --features insecure-plaintext)", 2)
+        skew = plain_binary.stat().st_mtime - binary.stat().st_mtime
+        if abs(skew) > 600:
+            log(f"warning: the plaintext binary was built {abs(skew) / 60:.0f} min "
+                f"{'after' if skew > 0 else 'before'} {binary.name}: are both built from the same source?")
     if shutil.which("socat") is None:
         die("socat is not installed: run `apt-get install socat` (or your system's equivalent)")
     if sys.platform != "linux":
@@ -688,28 +860,43 @@ def main() -> int:
     if free + (size if src_exists else 0) < need:
         die(f"{work} needs about {need / GIB:.1f} GiB free (source + two outputs), has {free / GIB:.1f} GiB")
 
-    serve_dir = work / "serve-data"
-    get_dir = work / "get-data"
     logs = work / "logs"
-    out_ps = work / "out-peershare.bin"
+    out_ps = work / "out-peershare.bin"  # both peershare variants (one at a time)
     out_socat = work / "out-socat.bin"
-    if get_dir.exists():
-        shutil.rmtree(get_dir)
-    get_dir.mkdir()
+    variants = [Variant(TLS_TOOL, binary, False, work / "serve-data", work / "get-data")]
+    if plain_binary is not None:
+        variants.append(Variant(PLAIN_TOOL, plain_binary, True, work / "serve-data-plaintext",
+                                work / "get-data-plaintext"))
+    for v in variants:
+        if v.get_dir.exists():
+            shutil.rmtree(v.get_dir)
+        v.get_dir.mkdir()
     if logs.exists():
         shutil.rmtree(logs)
     logs.mkdir()
 
     load_before = loadavg()
-    binary_mtime = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(binary.stat().st_mtime))
+
+    def mtime(path: Path) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
+
     src, sha = ensure_source(work, args.size_mib)
     read_through(src)  # page cache warm for hashing and every transfer alike
 
-    log(f"hashing: peershare share {src.name} ...")
-    file_id, share_info = share(binary, serve_dir, src, size)
-    log(f"  {share_info['wall_s']:.2f} s, {share_info['mb_per_s']:.0f} MB/s; id {file_id}")
+    share_infos = {}
+    for v in variants:
+        log(f"hashing: {v.tool} share {src.name} ...")
+        v.file_id, share_infos[v.tool] = share(v.binary, v.serve_dir, src, size, v.env)
+        log(f"  {share_infos[v.tool]['wall_s']:.2f} s, {share_infos[v.tool]['mb_per_s']:.0f} MB/s; id {v.file_id}")
+    if len({v.file_id for v in variants}) != 1:
+        raise BenchError(f"the variants give the file different IDs: {[v.file_id for v in variants]}")
+    share_info = share_infos[TLS_TOOL]
 
-    results: dict[str, list[Run]] = {"peershare": [], "socat": [], "socat+fsync": []}
+    by_tool = {v.tool: v for v in variants}
+    tools = [v.tool for v in variants] + ["socat"]
+    results: dict[str, list[Run]] = {tool: [] for tool in tools}
+    results["socat+fsync"] = []
+    pairs: list[tuple[Run, Run]] = []  # (TLS, plaintext) of each recorded round
     warmups: list[dict] = []
     total = args.warmup + args.runs
     for k in range(total):
@@ -717,44 +904,58 @@ def main() -> int:
         i = k - args.warmup  # recorded run index; alternation continues through warm-ups
         label = f"warm-up {k + 1}/{args.warmup}" if warm else f"run {i + 1}/{args.runs}"
         full = args.verify == "all" or k == 0
-        order = ["peershare", "socat"] if k % 2 == 0 else ["socat", "peershare"]
+        # A B C, then C B A, ...: with two tools ABBA; every tool's mean
+        # position over two rounds is the same, so drift hits all alike.
+        order = tools if k % 2 == 0 else tools[::-1]
+        round_runs: dict[str, Run] = {}
         for tool in order:
-            if tool == "peershare":
-                r = run_peershare(binary, serve_dir, get_dir, file_id, out_ps, logs, size, sha, full, k)
-                log(f"{label} peershare:   {r.wall:7.3f} s  {size / MB / r.wall:7.0f} MB/s  "
-                    f"CPU {r.cpu_total:5.2f} s  RSS serve {r.rss_sender_mib:6.1f} MiB get {r.rss_receiver_mib:6.1f} MiB"
+            if tool in by_tool:
+                r = run_peershare(by_tool[tool], out_ps, logs, size, sha, full, k)
+                log(f"{label} {tool + ':':20s} {r.wall:7.3f} s  {size / MB / r.wall:7.0f} MB/s  "
+                    f"CPU {r.cpu_total:5.2f} s (serve {r.cpu_sender:5.2f} get {r.cpu_receiver:5.2f})  "
+                    f"RSS serve {r.rss_sender_mib:6.1f} MiB get {r.rss_receiver_mib:6.1f} MiB"
                     f"  (get reports {r.extra.get('get_reported_seconds') or 0:.3f} s)")
                 runs = [r]
             else:
                 a, b = run_socat(src, out_socat, logs, size, sha, full, k)
-                log(f"{label} socat:       {a.wall:7.3f} s  {size / MB / a.wall:7.0f} MB/s  "
-                    f"CPU {a.cpu_total:5.2f} s  RSS send {a.rss_sender_mib:6.1f} MiB recv {a.rss_receiver_mib:6.1f} MiB"
+                log(f"{label} {'socat:':20s} {a.wall:7.3f} s  {size / MB / a.wall:7.0f} MB/s  "
+                    f"CPU {a.cpu_total:5.2f} s (send {a.cpu_sender:5.2f} recv {a.cpu_receiver:5.2f})  "
+                    f"RSS send {a.rss_sender_mib:6.1f} MiB recv {a.rss_receiver_mib:6.1f} MiB"
                     f"  (+fsync {b.wall:.3f} s)")
                 runs = [a, b]
             for r in runs:
+                round_runs[r.tool] = r
                 if warm:
-                    warmups.append(dict(asdict(r), cpu_total=r.cpu_total))
+                    warmups.append(dict(asdict(r), cpu_total=r.cpu_total, round=k))
                 else:
                     results[r.tool].append(r)
+        if not warm and PLAIN_TOOL in round_runs:
+            pairs.append((round_runs[TLS_TOOL], round_runs[PLAIN_TOOL]))
     remove_output(out_ps)
     remove_output(out_socat)
 
     summaries = {tool: summarize(runs, size) for tool, runs in results.items()}
     targets = evaluate_targets(summaries)
+    cost = tls_cost(summaries, pairs, size)
     env = {"cpus": os.cpu_count(), "load_before": load_before, "load_after": loadavg(),
-           "filesystem": filesystem(work), "binary": str(binary), "binary_mtime": binary_mtime,
+           "filesystem": filesystem(work), "binary": str(binary), "binary_mtime": mtime(binary),
            "warmup": args.warmup}
-    print_report(size, share_info, summaries, targets, floor, env)
+    if plain_binary is not None:
+        env.update(plaintext_binary=str(plain_binary), plaintext_binary_mtime=mtime(plain_binary),
+                   plaintext_hashing=share_infos[PLAIN_TOOL])
+    print_report(size, share_info, summaries, targets, floor, env, cost)
 
     if args.json:
         doc = {
             "size_bytes": size,
             "runs": args.runs,
             "binary": str(binary),
+            "plaintext_binary": str(plain_binary) if plain_binary else None,
             "rss_floor_mib": floor,
             "machine": env,
             "hashing": share_info,
             "summary": summaries,
+            "tls_cost": cost,
             "targets": targets,
             "warmup": warmups,
             "raw": {tool: [dict(asdict(r), cpu_total=r.cpu_total) for r in runs] for tool, runs in results.items()},

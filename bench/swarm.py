@@ -363,6 +363,24 @@ def stop_seeders(seeders: list[Seeder], quiet: bool = False) -> list[tuple[int, 
     return results
 
 
+def check_encryption(binary: Path, err_paths: list[Path]) -> None:
+    """With --plaintext every serve and get must have said it does not
+    encrypt (else the binary lacks the insecure-plaintext feature and the
+    run was TLS after all); without it, none may have."""
+    plaintext = os.environ.get(common.PLAINTEXT_ENV) == "1"
+    for path in err_paths:
+        try:
+            warned = common.PLAINTEXT_WARNING in path.read_text(errors="replace")
+        except OSError:
+            warned = False
+        if plaintext and not warned:
+            raise BenchError(f"{binary} did not print {common.PLAINTEXT_WARNING!r} ({path.name}): "
+                             f"--plaintext needs a build with --features insecure-plaintext: "
+                             f"`{common.PLAINTEXT_BUILD}`, then --bin target/plaintext/release/peershare")
+        if not plaintext and warned:
+            raise BenchError(f"{path.name}: ran without TLS although {common.PLAINTEXT_ENV} was unset")
+
+
 def run_once(binary: Path, sc: Scenario, seed_dirs: list[Path], file_id: str, work: Path,
              logs: Path, size: int, sha: str, index: int) -> dict:
     """One download of the file by a fresh `get` (fresh data dir, fresh output)
@@ -398,6 +416,7 @@ def run_once(binary: Path, sc: Scenario, seed_dirs: list[Path], file_id: str, wo
         stopped = stop_seeders(seeders)
     if g_code != 0:
         raise BenchError(f"peershare get failed (exit {g_code}): {tail(get_err)}")
+    check_encryption(binary, [get_err] + [s.err_path for s in seeders])
     verify(out, size, sha)
     common.remove_output(out)
     shutil.rmtree(get_dir, ignore_errors=True)
@@ -534,7 +553,7 @@ def print_report(size: int, summaries: dict[str, dict], targets: list[dict], not
     print()
     print(f"File: {size / MIB:g} MiB ({size / MB:.1f} MB), loopback 127.0.0.1, {env['runs']} run(s) per "
           f"scenario after {env['warmup']} warm-up, interleaved; medians unless noted.")
-    print(f"Binary: {env['binary']} (built {env['binary_mtime']}).")
+    print(f"Binary: {env['binary']} (built {env['binary_mtime']}); connections: {env['encryption']}.")
     print(f"Machine: {env['cpus']} CPUs; load average before {env['load_before']}, after "
           f"{env['load_after']}; work dir on {env['filesystem']}.")
     h = env["hashing"]
@@ -596,6 +615,9 @@ def main() -> int:
                     help="a fresh temporary directory is made (and removed) inside it (default /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, source file)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write all results as JSON to FILE")
+    ap.add_argument("--plaintext", action="store_true",
+                    help=f"run every serve and get with {common.PLAINTEXT_ENV}=1 (no TLS); needs --bin of a "
+                         "build with --features insecure-plaintext (checked on every run)")
     args = ap.parse_args()
     if args.runs < 1 or args.warmup < 0:
         ap.error("--runs must be at least 1, --warmup at least 0")
@@ -615,6 +637,11 @@ def main() -> int:
         log("warning: cannot become a child subreaper (prctl): peak RSS values are floored at this "
             "Python process's own peak RSS")
     floor = common.rusage_floor()
+    # Inherited by every program started (spawn's default environment).
+    if args.plaintext:
+        os.environ[common.PLAINTEXT_ENV] = "1"
+    else:
+        os.environ.pop(common.PLAINTEXT_ENV, None)
 
     size = args.size
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -680,7 +707,8 @@ def bench(args, binary: Path, scenarios: list[Scenario], size: int, work: Path, 
     targets, notes = evaluate_targets(summaries)
     env = {"cpus": os.cpu_count(), "load_before": load_before, "load_after": common.loadavg(),
            "filesystem": common.filesystem(work), "binary": str(binary), "binary_mtime": binary_mtime,
-           "runs": args.runs, "warmup": args.warmup, "rss_floor_mib": floor, "hashing": hashing}
+           "runs": args.runs, "warmup": args.warmup, "rss_floor_mib": floor, "hashing": hashing,
+           "encryption": f"none ({common.PLAINTEXT_ENV}=1)" if args.plaintext else "TLS 1.3"}
     print_report(size, summaries, targets, notes, env)
 
     if args.json:
