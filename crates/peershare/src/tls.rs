@@ -33,10 +33,6 @@ use crate::identity::{Identity, node_id_from_spki};
 /// The application protocol named in the handshake.
 pub const ALPN: &[u8] = b"peershare/1";
 
-/// Bytes read from the socket at once beneath a client's TLS session
-/// (see [`Tls::connect`]); one such buffer per connection to a peer.
-pub const CLIENT_READ_BUFFER: usize = 256 * 1024;
-
 /// The name a client asks for; certificates are not checked against it.
 const SERVER_NAME: &str = "peershare";
 
@@ -159,14 +155,7 @@ impl Tls {
                 peer: None,
             });
         }
-        // rustls reads at most one record (16 KiB, often 4 KiB) per call:
-        // a buffer beneath it turns those into few large socket reads on
-        // the path that carries the chunks.
-        let buffered = tokio::io::BufReader::with_capacity(CLIENT_READ_BUFFER, tcp);
-        let name = ServerName::try_from(SERVER_NAME).expect("a valid DNS name");
-        let stream = tokio_rustls::TlsConnector::from(self.inner.client.clone())
-            .connect(name, buffered)
-            .await?;
+        let stream = self.client_stream(tcp).await?;
         let peer = peer_of(stream.get_ref().1.peer_certificates())?;
         let (r, w) = tokio::io::split(stream);
         Ok(Secured {
@@ -177,8 +166,7 @@ impl Tls {
     }
 
     /// The client side of the handshake, as one stream: for tests that
-    /// speak the protocol by hand (and badly). Always TLS, without the read
-    /// buffer of [`Tls::connect`].
+    /// speak the protocol by hand (and badly). Always TLS.
     #[doc(hidden)]
     pub async fn client_stream(
         &self,
