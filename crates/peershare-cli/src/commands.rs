@@ -538,12 +538,19 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
     let tls = open_tls(&lib)?;
     let node_id = tls.node_id();
     let mut addrs = resolve_peers(&a.peers).await?;
+    // Peers found on the LAN must be the nodes they announced.
+    let mut expect: std::collections::HashMap<SocketAddr, NodeId> = Default::default();
     if addrs.is_empty() {
         let found = lan::look(dir, node_id, &a.look).await?;
         if found.is_empty() {
             return Err(lan::nothing_found(&a.look));
         }
         addrs = found.iter().map(|f| f.addr).collect();
+        expect.extend(
+            found
+                .iter()
+                .filter_map(|f| Some((f.addr, f.node_id.parse().ok()?))),
+        );
     }
     // A peer given twice is asked once and listed once.
     let mut seen = std::collections::HashSet::new();
@@ -554,8 +561,9 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
     let mut set = tokio::task::JoinSet::new();
     for addr in addrs {
         let tls = tls.clone();
+        let pinned = expect.get(&addr).copied();
         set.spawn(async move {
-            let conn = PeerConn::connect(addr, &tls, None, ClientConfig::default()).await?;
+            let conn = PeerConn::connect(addr, &tls, pinned, ClientConfig::default()).await?;
             conn.catalog().await.map(|c| (addr, c))
         });
     }

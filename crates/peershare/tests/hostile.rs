@@ -569,3 +569,27 @@ async fn silent_connections_give_way_to_newcomers() {
     assert_eq!(node.stats.refused_busy.load(Ordering::Relaxed), 0);
     drop(silent);
 }
+
+/// After its handshake, a connection that asks nothing is closed once
+/// `idle_timeout` has passed, freeing its slot.
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let config = ServerConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let node = Node::start(&[("f", b"x")], config).await;
+    let mut s = handshaken(node.addr).await;
+    let started = Instant::now();
+    let got = read_until_closed(&mut s).await;
+    assert!(got.is_empty(), "{got:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    wait_for("the slot to free", 10, || {
+        node.stats.connections_active.load(Ordering::Relaxed) == 0
+    })
+    .await;
+}
