@@ -74,6 +74,10 @@ pub struct ServerConfig {
     /// Connections in their handshake at once; a new one evicts the oldest
     /// (see `Handshaking`), so silent connections cannot lock others out.
     pub max_pending_handshakes: usize,
+    /// When every connection slot is taken, a newcomer closes the
+    /// connection that has asked nothing for longest, if that is at least
+    /// this long; otherwise it is refused as busy.
+    pub min_idle_to_evict: Duration,
     /// Connections from one remote IP address at once; more are refused
     /// with `Busy`, so one host cannot take every slot.
     pub max_connections_per_ip: usize,
@@ -104,6 +108,7 @@ impl Default for ServerConfig {
         Self {
             max_connections: 256,
             max_pending_handshakes: 128,
+            min_idle_to_evict: Duration::from_secs(10),
             max_connections_per_ip: 32,
             max_requests_in_flight: 4,
             trusted_only: false,
@@ -129,6 +134,8 @@ pub struct ServerStats {
     pub refused_untrusted: AtomicU64,
     /// Pending handshakes closed to make room for newer connections.
     pub handshakes_evicted: AtomicU64,
+    /// Idle established connections closed to make room for newcomers.
+    pub idle_evicted: AtomicU64,
     /// Frames read after handshakes (requests and cancels).
     pub requests_received: AtomicU64,
     pub malformed: AtomicU64,
@@ -152,6 +159,7 @@ struct Ctx {
     listen_port: u16,
     config: ServerConfig,
     stats: Arc<ServerStats>,
+    established: Established,
     upload: Option<Mutex<TokenBucket>>,
     epoch: Instant,
     catalog: Mutex<Option<CachedCatalog>>,
@@ -173,6 +181,7 @@ impl Server {
                 listen_port,
                 config,
                 stats: Arc::default(),
+                established: Established::default(),
                 upload,
                 epoch,
                 catalog: Mutex::new(None),
@@ -357,6 +366,99 @@ async fn refuse_busy(ctx: &Ctx, stream: TcpStream, scope: &str) {
     .await;
 }
 
+/// A connection slot: a free one, or one made by closing the established
+/// connection idle the longest (at least `min_idle_to_evict`), or none.
+async fn take_slot(ctx: &Ctx, slots: &Arc<Semaphore>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(permit) = slots.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    let min_idle = ctx.config.min_idle_to_evict.as_millis() as u64;
+    if !ctx.established.kick_idlest(ctx.now_ms(), min_idle) {
+        return None;
+    }
+    ctx.stats.idle_evicted.fetch_add(1, Ordering::Relaxed);
+    // Its task ends at once; another newcomer may take the slot first.
+    tokio::time::timeout(Duration::from_secs(1), slots.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
+/// One established connection: when it last asked something (ms since
+/// the server started) and what closes it.
+struct Listed {
+    heard: Arc<AtomicU64>,
+    kick: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+type EstablishedTable = Arc<Mutex<HashMap<u64, Listed>>>;
+
+/// The established connections, for making room (see [`take_slot`]).
+/// Bounded by `max_connections`.
+#[derive(Default)]
+struct Established {
+    table: EstablishedTable,
+    next: AtomicU64,
+}
+
+/// A connection's entry in [`Established`]; removed on drop.
+struct ListedGuard {
+    table: EstablishedTable,
+    id: u64,
+}
+
+impl Established {
+    /// Lists a connection heard from at `now`: its entry, its last-heard
+    /// clock to update, and what says it was closed for a newcomer.
+    fn list(
+        &self,
+        now: u64,
+    ) -> (
+        ListedGuard,
+        Arc<AtomicU64>,
+        tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let heard = Arc::new(AtomicU64::new(now));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.table.lock().expect("established lock").insert(
+            id,
+            Listed {
+                heard: heard.clone(),
+                kick: Some(tx),
+            },
+        );
+        let guard = ListedGuard {
+            table: self.table.clone(),
+            id,
+        };
+        (guard, heard, rx)
+    }
+
+    /// Closes the connection idle the longest, if at least `min_idle` ms;
+    /// false when none is.
+    fn kick_idlest(&self, now: u64, min_idle: u64) -> bool {
+        let mut table = self.table.lock().expect("established lock");
+        let idlest = table
+            .values_mut()
+            .filter(|l| l.kick.is_some())
+            .map(|l| (l.heard.load(Ordering::Relaxed), l))
+            .filter(|(heard, _)| now.saturating_sub(*heard) >= min_idle)
+            .min_by_key(|(heard, _)| *heard);
+        match idlest.and_then(|(_, l)| l.kick.take()) {
+            Some(kick) => kick.send(()).is_ok(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for ListedGuard {
+    fn drop(&mut self) {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.remove(&self.id);
+    }
+}
+
 type HandshakeQueue =
     Arc<Mutex<std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>>>;
 
@@ -468,7 +570,7 @@ async fn serve_connection(
             }
         };
         let mut writer = FrameWriter::new(secured.writer);
-        let Ok(permit) = slots.try_acquire_owned() else {
+        let Some(permit) = take_slot(ctx, &slots).await else {
             ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
             let _ = writer.send(&busy("in all")).await;
             let _ = writer.shutdown().await;
@@ -561,6 +663,9 @@ async fn serve_connection(
         return;
     }
 
+    // Listed among the established connections, so that a newcomer finding
+    // every slot taken can close the one idle the longest.
+    let (_listed, heard, mut kicked) = ctx.established.list(ctx.now_ms());
     let (tx, mut rx) = mpsc::channel::<Pending>(ctx.config.max_requests_in_flight.max(1));
     let (push_tx, mut push_rx) = mpsc::channel::<Message>(MAX_HAVE_SUBSCRIPTIONS);
     let conn = Arc::new(ConnState::new(push_tx));
@@ -568,6 +673,9 @@ async fn serve_connection(
     let _end_subscriptions = EndSubscriptions(conn.clone());
     let read_conn = conn.clone();
     // Owns `tx`: when it ends, the write side drains what is queued and stops.
+    // Busy is asking or being answered: a slow client whose next requests
+    // wait unread behind its answers is not idle.
+    let answered = heard.clone();
     let read_side = async move {
         let mut last_heard = Instant::now();
         loop {
@@ -598,6 +706,7 @@ async fn serve_connection(
                 Ok(Ok(Some(m))) => m,
             };
             last_heard = Instant::now();
+            heard.store(ctx.now_ms(), Ordering::Relaxed);
             ctx.stats.requests_received.fetch_add(1, Ordering::Relaxed);
             let pending = respond(ctx, &read_conn, msg);
             if matches!(pending, Pending::Nothing) {
@@ -646,6 +755,7 @@ async fn serve_connection(
                         if !send_chunk_paced(ctx, &mut writer, req_id, index, &data, idle).await {
                             return;
                         }
+                        answered.store(ctx.now_ms(), Ordering::Relaxed);
                         ctx.stats.chunks_served.fetch_add(1, Ordering::Relaxed);
                         ctx.stats
                             .bytes_served
@@ -664,6 +774,7 @@ async fn serve_connection(
             if !matches!(sent, Ok(Ok(()))) || fatal {
                 return;
             }
+            answered.store(ctx.now_ms(), Ordering::Relaxed);
         }
     };
     // The read side ends first on EOF: queued answers drain, then the write
@@ -678,6 +789,10 @@ async fn serve_connection(
                 _ = &mut read_side, if reading => reading = false,
                 _ = &mut write_side => break,
                 _ = stop.changed() => break,
+                _ = &mut kicked => {
+                    tracing::debug!(%addr, "closed, idle, to make room for a newcomer");
+                    break;
+                }
             }
         }
     }
@@ -729,6 +844,11 @@ async fn send_chunk_paced<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 impl Ctx {
+    /// Milliseconds since the server started.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     /// True when `node` is on the library's trust list. A trust list that
     /// cannot be read trusts nobody.
     async fn trusts(&self, node: NodeId) -> bool {

@@ -593,3 +593,25 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     })
     .await;
 }
+
+/// With every slot taken, a newcomer closes the established connection
+/// that has been idle the longest (past `min_idle_to_evict`), so
+/// connections that handshake and then idle cannot lock others out; one
+/// that is busy is never closed for it.
+#[tokio::test]
+async fn an_idle_connection_makes_room_for_a_newcomer() {
+    let config = ServerConfig {
+        max_connections: 2,
+        min_idle_to_evict: Duration::ZERO,
+        ..ServerConfig::default()
+    };
+    let content = data(300_000, 14);
+    let node = Node::start(&[("f", &content)], config).await;
+    let mut oldest = handshaken(node.addr).await;
+    let _newer = handshaken(node.addr).await;
+    // A third client: the idlest (the first) is closed, the third served.
+    honest_download_works(&node, &content).await;
+    assert!(read_until_closed(&mut oldest).await.is_empty());
+    assert_eq!(node.stats.idle_evicted.load(Ordering::Relaxed), 1);
+    assert_eq!(node.stats.refused_busy.load(Ordering::Relaxed), 0);
+}
