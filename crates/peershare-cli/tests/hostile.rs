@@ -448,28 +448,14 @@ fn slowloris_a_thousand_silent_connections_are_cheap_and_closed_after_the_handsh
     let hs = defaults.handshake_timeout;
     let deadline = hs + CLOSE_MARGIN;
     let started = Instant::now();
-    let mut idle = Vec::with_capacity(IDLE);
-    while idle.len() < IDLE {
-        let (opened_tx, opened_rx) = mpsc::channel();
-        let batch = idle.len()..(idle.len() + BATCH).min(IDLE);
-        for i in batch.clone() {
-            let from = attacker(i / PER_ADDRESS);
-            idle.push(rt.spawn(silent(i, from, addr, deadline, opened_tx.clone())));
-        }
-        drop(opened_tx);
-        for _ in batch {
-            opened_rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("every silent connection is opened")
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
+    let idle = open_silent(&rt, addr, IDLE, PER_ADDRESS, BATCH, deadline, |opened| {
         // Accepted by the server, not just queued by the kernel.
         wait_until(
             "the server to accept the silent connections",
             hs / 4,
-            || held() >= idle.len(),
+            || held() >= opened,
         );
-    }
+    });
     let opened_in = started.elapsed();
     let holding = Mem::of(pid);
 
@@ -552,24 +538,18 @@ fn slowloris_with_default_limits_cannot_lock_an_honest_client_out() {
     let before = Mem::of(pid);
     let rt = runtime();
     let hs = defaults.handshake_timeout;
-    let mut idle = Vec::with_capacity(IDLE);
     let mut most_held = 0;
-    while idle.len() < IDLE {
-        let (opened_tx, opened_rx) = mpsc::channel();
-        let batch = idle.len()..(idle.len() + BATCH).min(IDLE);
-        for i in batch.clone() {
-            let from = attacker(i / PER_ADDRESS);
-            idle.push(rt.spawn(silent(i, from, addr, hs + CLOSE_MARGIN, opened_tx.clone())));
-        }
-        drop(opened_tx);
-        for _ in batch {
-            opened_rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("every silent connection is opened")
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-        most_held = most_held.max(held());
-    }
+    let idle = open_silent(
+        &rt,
+        addr,
+        IDLE,
+        PER_ADDRESS,
+        BATCH,
+        hs + CLOSE_MARGIN,
+        |_| {
+            most_held = most_held.max(held());
+        },
+    );
     // The attack goes on: every silent connection is open on its side.
     let took = t.honest_get("under-default-slowloris");
     let during = Mem::of(pid);
@@ -607,6 +587,39 @@ fn slowloris_with_default_limits_cannot_lock_an_honest_client_out() {
         mib(before.rss),
         mib(after.hwm)
     );
+}
+
+/// Opens `n` silent connections to `to`, `per_address` from each attacker
+/// address, `batch` at a time, each watched by a task (see [`silent`]) that
+/// expects the server to close it within `limit`; `after_batch` runs with
+/// the count opened so far once each batch is open.
+fn open_silent(
+    rt: &tokio::runtime::Runtime,
+    to: SocketAddr,
+    n: usize,
+    per_address: usize,
+    batch: usize,
+    limit: Duration,
+    mut after_batch: impl FnMut(usize),
+) -> Vec<tokio::task::JoinHandle<Result<Duration, String>>> {
+    let mut idle = Vec::with_capacity(n);
+    while idle.len() < n {
+        let (opened_tx, opened_rx) = mpsc::channel();
+        let range = idle.len()..(idle.len() + batch).min(n);
+        for i in range.clone() {
+            let from = attacker(i / per_address);
+            idle.push(rt.spawn(silent(i, from, to, limit, opened_tx.clone())));
+        }
+        drop(opened_tx);
+        for _ in range {
+            opened_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("every silent connection is opened")
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        after_batch(idle.len());
+    }
+    idle
 }
 
 /// Silent connection `i`, from `from`: says on `opened` that it is open,

@@ -164,11 +164,23 @@ pub struct Library {
 
 /// A file's inode, mtime (ns) and length: changes when it is replaced.
 type FileStamp = (u64, i128, u64);
+
+/// `path`'s stamp; all zero while it does not exist.
+fn file_stamp(path: &Path) -> Result<FileStamp, StoreError> {
+    match fs::metadata(path) {
+        Ok(m) => Ok((m.ino(), mtime_ns(&m), m.len())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok((0, 0, 0)),
+        Err(e) => Err(StoreError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
 type TrustedSet = Arc<std::collections::BTreeSet<NodeId>>;
 
 #[derive(Debug)]
 struct Cached {
-    stamp: (u64, i128, u64),
+    stamp: FileStamp,
     snapshot: Arc<Snapshot>,
 }
 
@@ -219,12 +231,7 @@ impl Library {
     /// True when `node` is on the trust list. One `stat` when the list has
     /// not changed since the last call; read again when it has.
     pub fn is_trusted(&self, node: &NodeId) -> Result<bool, StoreError> {
-        let path = self.dir.join(TRUST_FILE);
-        let stamp = match fs::metadata(&path) {
-            Ok(m) => (m.ino(), mtime_ns(&m), m.len()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, 0, 0),
-            Err(e) => return Err(StoreError::Io { path, source: e }),
-        };
+        let stamp = file_stamp(&self.dir.join(TRUST_FILE))?;
         let mut cache = self.trust_cache.lock().expect("trust cache lock");
         if let Some((at, ids)) = cache.as_ref()
             && *at == stamp
@@ -321,12 +328,7 @@ impl Library {
 
     /// The current library, re-read only when `library.json` changed.
     pub fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
-        let path = self.library_path();
-        let stamp = match fs::metadata(&path) {
-            Ok(m) => (m.ino(), mtime_ns(&m), m.len()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, 0, 0),
-            Err(e) => return Err(StoreError::Io { path, source: e }),
-        };
+        let stamp = file_stamp(&self.library_path())?;
         let mut cache = self.cache.lock().expect("library cache lock");
         if let Some(c) = cache.as_ref()
             && c.stamp == stamp
