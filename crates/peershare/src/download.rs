@@ -1024,20 +1024,30 @@ pub async fn download(
         c.await.expect("checkpoint task does not panic")?;
     }
     if let Some(err) = failure {
-        if written.count() > 0 {
-            let (f, p) = (file.clone(), state_path.clone());
-            let w = written.clone();
-            let id = req.id;
-            tokio::task::spawn_blocking(move || {
-                f.file.sync_data().map_err(disk(&p))?;
-                store_state(&p, &id, size, &w).map_err(|e| DownloadError::Disk {
-                    path: p.clone(),
-                    source: io::Error::other(e.to_string()),
+        let (f, p) = (file.clone(), state_path.clone());
+        let w = written.clone();
+        let id = req.id;
+        tokio::task::spawn_blocking(move || {
+            // Aborted fetches' writes may still be queued on the blocking
+            // pool, each holding the file: none lands after this, and the
+            // lock goes now, so running the same command again at once
+            // is not told a download is in progress.
+            f.close();
+            let recorded = if w.count() > 0 {
+                f.file.sync_data().map_err(disk(&p)).and_then(|()| {
+                    store_state(&p, &id, size, &w).map_err(|e| DownloadError::Disk {
+                        path: p.clone(),
+                        source: io::Error::other(e.to_string()),
+                    })
                 })
-            })
-            .await
-            .expect("checkpoint does not panic")?;
-        }
+            } else {
+                Ok(())
+            };
+            let _ = f.file.unlock();
+            recorded
+        })
+        .await
+        .expect("checkpoint does not panic")?;
         return Err(err);
     }
 
