@@ -63,13 +63,20 @@ fn open_library(dir: &Path) -> Result<Library, Failure> {
     Library::open(dir).map_err(store_failure)
 }
 
+/// `PEERSHARE_INSECURE_PLAINTEXT=1`: only a build with the
+/// `insecure-plaintext` feature asks.
+#[cfg(feature = "insecure-plaintext")]
+fn plaintext_requested() -> bool {
+    std::env::var("PEERSHARE_INSECURE_PLAINTEXT").is_ok_and(|v| v == "1")
+}
+
 /// This node's TLS endpoint, from its key in the data dir (created on
 /// first use). A build with the `insecure-plaintext` feature (benchmarks
 /// only) skips encryption when `PEERSHARE_INSECURE_PLAINTEXT=1`.
 fn open_tls(lib: &Library) -> Result<Tls, Failure> {
     let identity = lib.identity().map_err(store_failure)?;
     #[cfg(feature = "insecure-plaintext")]
-    if std::env::var("PEERSHARE_INSECURE_PLAINTEXT").is_ok_and(|v| v == "1") {
+    if plaintext_requested() {
         eprintln!(
             "peershare: warning: PEERSHARE_INSECURE_PLAINTEXT: connections are NOT encrypted"
         );
@@ -280,7 +287,7 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
     let tls = open_tls(&lib)?;
     let node_id = tls.node_id();
     #[cfg(feature = "insecure-plaintext")]
-    if a.trusted_only && std::env::var("PEERSHARE_INSECURE_PLAINTEXT").is_ok_and(|v| v == "1") {
+    if a.trusted_only && plaintext_requested() {
         return Err(Failure::new(
             exit::USAGE,
             "--trusted-only needs encryption: without it nobody's node ID is proven",

@@ -467,17 +467,7 @@ fn slowloris_a_thousand_silent_connections_are_cheap_and_closed_after_the_handsh
     );
     let during = Mem::of(pid);
 
-    let closed: Vec<Duration> = rt.block_on(async {
-        let mut closed = Vec::with_capacity(IDLE);
-        for task in idle {
-            closed.push(
-                task.await
-                    .expect("connection task")
-                    .unwrap_or_else(|e| panic!("{e}")),
-            );
-        }
-        closed
-    });
+    let closed = all_closed(&rt, idle);
     wait_until(
         "the server to release every silent connection",
         RELEASE_DEADLINE,
@@ -553,13 +543,7 @@ fn slowloris_with_default_limits_cannot_lock_an_honest_client_out() {
     // The attack goes on: every silent connection is open on its side.
     let took = t.honest_get("under-default-slowloris");
     let during = Mem::of(pid);
-    let closed: Vec<Duration> = rt.block_on(async {
-        let mut closed = Vec::with_capacity(IDLE);
-        for task in idle {
-            closed.push(task.await.expect("task").unwrap_or_else(|e| panic!("{e}")));
-        }
-        closed
-    });
+    let closed = all_closed(&rt, idle);
     wait_until(
         "the server to release every silent connection",
         RELEASE_DEADLINE,
@@ -620,6 +604,25 @@ fn open_silent(
         after_batch(idle.len());
     }
     idle
+}
+
+/// Waits for every silent connection's task: how long after opening the
+/// server closed each (a task that saw otherwise fails the test).
+fn all_closed(
+    rt: &tokio::runtime::Runtime,
+    idle: Vec<tokio::task::JoinHandle<Result<Duration, String>>>,
+) -> Vec<Duration> {
+    rt.block_on(async {
+        let mut closed = Vec::with_capacity(idle.len());
+        for task in idle {
+            closed.push(
+                task.await
+                    .expect("connection task")
+                    .unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        closed
+    })
 }
 
 /// Silent connection `i`, from `from`: says on `opened` that it is open,

@@ -426,18 +426,14 @@ impl Library {
         progress: &ShareProgress,
         unlisted: bool,
     ) -> Result<Vec<Shared>, StoreError> {
-        let mut found = Vec::new();
-        for p in paths {
-            collect(p, &mut found)?;
-        }
         // Never the data dir itself: it holds this node's private key (and
         // whom it trusts). A file named there is refused; a folder holding
         // the data dir is shared without it.
         let data_dir = fs::canonicalize(&self.dir).map_err(StoreError::io(&self.dir))?;
+        let mut found = Vec::new();
         for p in paths {
-            if let Ok(abs) = fs::canonicalize(p)
-                && abs.starts_with(&data_dir)
-            {
+            let abs = collect(p, &mut found)?;
+            if abs.starts_with(&data_dir) {
                 return Err(StoreError::InDataDir(abs));
             }
         }
@@ -677,7 +673,8 @@ pub struct ShareProgress {
 /// Finds the regular files under `path` with their shared names: a file
 /// given directly is named by its file name; files in a folder by the
 /// folder's name plus their relative path.
-fn collect(path: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<(), StoreError> {
+/// Adds the files at or under `path` to `out`; returns `path` resolved.
+fn collect(path: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<PathBuf, StoreError> {
     let abs = fs::canonicalize(path).map_err(StoreError::io(path))?;
     let meta = fs::metadata(&abs).map_err(StoreError::io(&abs))?;
     let base = abs
@@ -685,13 +682,13 @@ fn collect(path: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<(), StoreErr
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "root".into());
     if meta.is_file() {
-        out.push((abs, base));
-        Ok(())
+        out.push((abs.clone(), base));
     } else if meta.is_dir() {
-        walk(&abs, &base, out)
+        walk(&abs, &base, out)?;
     } else {
-        Err(StoreError::NotAFile(abs))
+        return Err(StoreError::NotAFile(abs));
     }
+    Ok(abs)
 }
 
 fn walk(dir: &Path, prefix: &str, out: &mut Vec<(PathBuf, String)>) -> Result<(), StoreError> {

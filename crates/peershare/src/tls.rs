@@ -50,6 +50,32 @@ pub struct Secured {
     pub peer: Option<NodeId>,
 }
 
+impl Secured {
+    /// A plaintext (benchmark) connection: TCP's own halves, no lock
+    /// between them, nothing proven.
+    fn plain(tcp: TcpStream) -> Self {
+        let (r, w) = tcp.into_split();
+        Secured {
+            reader: Box::new(r),
+            writer: Box::new(w),
+            peer: None,
+        }
+    }
+
+    /// A TLS stream's read and write halves, boxed, with the proven `peer`.
+    fn halves<S>(stream: S, peer: Option<NodeId>) -> Self
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (r, w) = tokio::io::split(stream);
+        Secured {
+            reader: Box::new(r),
+            writer: Box::new(w),
+            peer,
+        }
+    }
+}
+
 /// This node's TLS endpoint: its identity and both directions' settings.
 /// Cheap to clone.
 #[derive(Clone)]
@@ -148,21 +174,11 @@ impl Tls {
     /// The client side of the handshake.
     pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<Secured> {
         if self.is_plaintext() {
-            let (r, w) = tcp.into_split();
-            return Ok(Secured {
-                reader: Box::new(r),
-                writer: Box::new(w),
-                peer: None,
-            });
+            return Ok(Secured::plain(tcp));
         }
         let stream = self.client_stream(tcp).await?;
         let peer = peer_of(stream.get_ref().1.peer_certificates())?;
-        let (r, w) = tokio::io::split(stream);
-        Ok(Secured {
-            reader: Box::new(r),
-            writer: Box::new(w),
-            peer: Some(peer),
-        })
+        Ok(Secured::halves(stream, Some(peer)))
     }
 
     /// The client side of the handshake, as one stream: for tests that
@@ -181,23 +197,13 @@ impl Tls {
     /// The server side of the handshake.
     pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<Secured> {
         if self.is_plaintext() {
-            let (r, w) = tcp.into_split();
-            return Ok(Secured {
-                reader: Box::new(r),
-                writer: Box::new(w),
-                peer: None,
-            });
+            return Ok(Secured::plain(tcp));
         }
         let stream = tokio_rustls::TlsAcceptor::from(self.inner.server.clone())
             .accept(tcp)
             .await?;
         let peer = peer_of(stream.get_ref().1.peer_certificates())?;
-        let (r, w) = tokio::io::split(stream);
-        Ok(Secured {
-            reader: Box::new(r),
-            writer: Box::new(w),
-            peer: Some(peer),
-        })
+        Ok(Secured::halves(stream, Some(peer)))
     }
 }
 
