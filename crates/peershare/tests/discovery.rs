@@ -242,11 +242,16 @@ async fn a_flood_of_changes_is_reported_once_per_interval() {
             .send_to(&p.encode(), ("127.0.0.1", port))
             .await
             .unwrap();
+        // In bursts the socket's receive buffer can hold, so that a busy
+        // machine drops none of them (it did: the test flaked under load).
+        if i % 100 == 99 {
+            let sent = i as u64 + 1;
+            wait_for("the burst to be received", || {
+                handle.stats().received >= sent
+            })
+            .await;
+        }
     }
-    wait_for("the flood to be received", || {
-        handle.stats().received >= 1500
-    })
-    .await;
     let elapsed = started.elapsed();
     let reported = calls.load(Ordering::Relaxed);
     let intervals = (elapsed.as_millis() / config(port).interval.as_millis()) as u64 + 2;
