@@ -787,6 +787,9 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
             DownloadError::OutputExists(_)
             | DownloadError::InProgress(_)
             | DownloadError::NoSpace { .. }
+            | DownloadError::NotAPlainFile { .. }
+            | DownloadError::DiskFull { .. }
+            | DownloadError::SyncFailed { .. }
             | DownloadError::Disk { .. } => exit::LOCAL,
             DownloadError::UnsafeName(_) => exit::FAILURE,
             DownloadError::AllSourcesFailed(_) => exit::FAILURE,

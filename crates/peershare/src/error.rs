@@ -147,6 +147,27 @@ pub enum DownloadError {
     InProgress(PathBuf),
     #[error("not enough disk space for {} ({needed} bytes needed); free some space or choose another place with -o", .path.display())]
     NoSpace { path: PathBuf, needed: u64 },
+    #[error(
+        "the disk is full: cannot write {}; free some space, then run the same command again to resume (the verified chunks are kept)",
+        .path.display()
+    )]
+    DiskFull { path: PathBuf },
+    #[error(
+        "{} {why}; peershare never writes through one: remove it, or choose another name with -o",
+        .path.display()
+    )]
+    NotAPlainFile { path: PathBuf, why: String },
+    #[error(
+        "the disk reported an error saving {} ({source}); what was written since the last \
+         checkpoint may be lost, so it is fetched again: run the same command again (if this keeps \
+         happening, check the disk)",
+        .path.display()
+    )]
+    SyncFailed {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot write {}: {source}", .path.display())]
     Disk {
         path: PathBuf,

@@ -812,18 +812,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    /// Makes temporary names unique within the process.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let tmp = dir.join(format!(
-        ".{}.{}.{nanos}.tmp",
+        ".{}.{}.{}.{nanos}.tmp",
         path.file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default(),
-        std::process::id()
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
     ));
-    let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
+    let fail = |e| StoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    // A new file, never an existing one nor through a symbolic link
+    // planted under the temporary name (which is then left alone).
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(fail)?;
+    let mut write = || -> io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -831,10 +844,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);
-        StoreError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }
+        fail(e)
     })
 }
 

@@ -22,13 +22,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use super::join::{Joined, Joins, Ready, join_peer};
-use super::part_file::{self, PartFile, Target, finish, no_space_or, spawn_checkpoint};
+use super::part_file::{self, PartFile, Target, finish, spawn_checkpoint, write_error};
 use super::{
     DownloadRequest, DownloadSummary, Output, PeerProgress, PeerReport, Progress, Reported,
 };
 use crate::client::{HaveWatch, PeerConn};
 use crate::error::{DownloadError, PeerError};
-use crate::partial::{Bitmap, store_state};
+use crate::partial::Bitmap;
 use crate::store::Download;
 
 /// Times a lost peer is reconnected during one download, at most.
@@ -167,6 +167,13 @@ pub(super) async fn run<C: Future<Output = ()> + ?Sized>(
     mut cancel: Pin<&mut C>,
 ) -> Result<DownloadSummary, DownloadError> {
     let start = Instant::now();
+    // A run killed while finishing left the complete file: when this node
+    // knows the manifest and the output's name, no peer is needed for it.
+    if let Some((target, manifest)) = local_target(&req).await
+        && let Some(done) = finish_interrupted(&req, &target, &manifest, &progress, start).await?
+    {
+        return Ok(done);
+    }
     let mut joins = Joins::new(&req);
     let mut addrs = req.peers.clone();
     let mut seen = std::collections::HashSet::new();
@@ -206,16 +213,19 @@ pub(super) async fn run<C: Future<Output = ()> + ?Sized>(
     let manifest = first.manifest.clone();
     progress.total.store(manifest.size(), Ordering::Relaxed);
     let target = target(&req, &first.conn).await?;
+    if let Some(done) = finish_interrupted(&req, &target, &manifest, &progress, start).await? {
+        return Ok(done);
+    }
     if !req.force && target.out.symlink_metadata().is_ok() {
         return Err(DownloadError::OutputExists(target.out));
     }
-    let (file, done) = {
+    let opened = {
         let (t, id, m) = (target.clone(), req.id, manifest.clone());
         tokio::task::spawn_blocking(move || part_file::open(&t, &id, &m))
             .await
             .expect("opening the part file does not panic")?
     };
-    let mut session = Session::new(req, progress, start, joins, manifest, target, file, done);
+    let mut session = Session::new(req, progress, start, joins, manifest, target, opened);
     session.record_in_library().await;
     session.add_slot(first);
     session.drive(cancel).await
@@ -243,6 +253,107 @@ async fn target(req: &DownloadRequest, source: &PeerConn) -> Result<Target, Down
             Ok(Target::new(name, d.join(base)))
         }
     }
+}
+
+/// The output and manifest of the request as far as this node knows them
+/// without asking a peer: the library's stored manifest, and the output's
+/// name when `-o FILE` or the request gives it.
+async fn local_target(req: &DownloadRequest) -> Option<(Target, Manifest)> {
+    let lib = req.library.clone()?;
+    let id = req.id;
+    let manifest = tokio::task::spawn_blocking(move || lib.manifest(&id))
+        .await
+        .ok()?
+        .ok()??;
+    let target = match (&req.output, &req.name) {
+        (Output::File(p), name) => {
+            let name = name.clone().unwrap_or_else(|| {
+                p.file_name()
+                    .map_or_else(|| req.id.to_string(), |n| n.to_string_lossy().into())
+            });
+            Target::new(name, p.clone())
+        }
+        (Output::Dir(d), Some(name)) => {
+            let base = safe_file_name(name).ok()?;
+            Target::new(name.clone(), d.join(base))
+        }
+        (Output::Dir(_), None) => return None,
+    };
+    Some((target, manifest))
+}
+
+/// Completes a download whose finishing step was interrupted (see
+/// [`part_file::recover`]): the library is brought up to date, and the
+/// summary says the whole file was already there. `None` when the output
+/// is not such a file.
+async fn finish_interrupted(
+    req: &DownloadRequest,
+    target: &Target,
+    manifest: &Manifest,
+    progress: &Progress,
+    start: Instant,
+) -> Result<Option<DownloadSummary>, DownloadError> {
+    let (lib, share) = (req.library.clone(), req.share);
+    let (t, m, id, unlisted) = (target.clone(), manifest.clone(), req.id, req.unlisted);
+    let shared = tokio::task::spawn_blocking(move || {
+        // The library vouches for a file it shares at that path as this
+        // download's, unchanged since.
+        let vouched = lib.as_ref().is_some_and(|l| {
+            let path = std::fs::canonicalize(&t.out).ok();
+            let snap = l.snapshot().ok();
+            let entry = path.and_then(|p| snap.and_then(|s| s.files.get(&p).cloned()));
+            let meta = std::fs::metadata(&t.out).ok();
+            entry.is_some_and(|e| e.id == id.to_string() && meta.is_some_and(|m| e.matches(&m)))
+        });
+        if !part_file::recover(&t, &m, vouched)? {
+            return Ok::<_, DownloadError>(None);
+        }
+        let Some(lib) = lib else {
+            return Ok(Some(false));
+        };
+        let record = Download {
+            id: id.to_string(),
+            name: t.name.clone(),
+            size: m.size(),
+            part: std::path::absolute(&t.part).unwrap_or_else(|_| t.part.clone()),
+            state: std::path::absolute(&t.state).unwrap_or_else(|_| t.state.clone()),
+            unlisted,
+        };
+        let published = if !share {
+            lib.end_download(&t.out, false).map(|_| false)
+        } else if vouched {
+            lib.end_download(&t.out, true).map(|_| true)
+        } else {
+            lib.begin_download(&t.out, &m, record)
+                .and_then(|()| lib.end_download(&t.out, true))
+                .map(|e| e.is_some())
+        };
+        Ok(Some(published.unwrap_or_else(|e| {
+            tracing::warn!("the file is complete but could not be shared: {e}");
+            false
+        })))
+    })
+    .await
+    .expect("recovery does not panic")?;
+    let Some(shared) = shared else {
+        return Ok(None);
+    };
+    progress.total.store(manifest.size(), Ordering::Relaxed);
+    progress.verified.store(manifest.size(), Ordering::Relaxed);
+    Ok(Some(DownloadSummary {
+        id: req.id.to_string(),
+        name: target.name.clone(),
+        path: target.out.clone(),
+        size: manifest.size(),
+        chunks: manifest.chunk_count(),
+        bytes_received: 0,
+        bytes_resumed: manifest.size(),
+        seconds: start.elapsed().as_secs_f64(),
+        peers: Vec::new(),
+        duplicate_requests: 0,
+        peak_in_flight: 0,
+        shared,
+    }))
 }
 
 /// The shared name of `id` in a peer's catalog.
@@ -297,9 +408,9 @@ impl Session {
         joins: Joins,
         manifest: Manifest,
         target: Target,
-        file: PartFile,
-        done: Bitmap,
+        opened: part_file::Opened,
     ) -> Self {
+        let part_file::Opened { file, done } = opened;
         let size = manifest.size();
         let chunk_size = manifest.chunk_size();
         let max_window = (req.config.window_bytes / chunk_size as u64).clamp(2, 64) as u32;
@@ -650,10 +761,7 @@ impl Session {
             // Every request in flight on the lost connection reports it;
             // `lose_peer` acts once.
             Outcome::Peer(e) => self.lose_peer(ev.slot, ev.key, e.to_string(), now),
-            Outcome::Disk(e) => {
-                let t = &self.target;
-                return Next::Break(Some(no_space_or(e, &t.out, self.size(), &t.part)));
-            }
+            Outcome::Disk(e) => return Next::Break(Some(write_error(&self.target.part, e))),
         }
         self.slots[ev.slot].note_drop(&self.sched);
         self.publish_progress();
@@ -865,19 +973,10 @@ impl Session {
         let (id, size) = (self.req.id, self.size());
         tokio::task::spawn_blocking(move || {
             f.close();
-            let recorded = if w.count() > 0 {
-                f.file
-                    .sync_data()
-                    .map_err(|source| DownloadError::Disk {
-                        path: p.clone(),
-                        source,
-                    })
-                    .and_then(|()| {
-                        store_state(&p, &id, size, &w).map_err(|e| DownloadError::Disk {
-                            path: p.clone(),
-                            source: io::Error::other(e.to_string()),
-                        })
-                    })
+            // After a failed sync nothing is recorded (the state file is
+            // gone): the next run starts from what it can verify.
+            let recorded = if w.count() > 0 && !f.sync_failed() {
+                f.checkpoint(&p, &id, size, &w)
             } else {
                 Ok(())
             };
@@ -900,23 +999,16 @@ impl Session {
             // Endgame losers' writes may still be queued: none lands after this.
             file.close();
             let mut shared = false;
-            finish(
-                &file.file,
-                &target.part,
-                &target.state,
-                &target.out,
-                force,
-                || {
-                    if let Some(lib) = library {
-                        match lib.end_download(&target.out, true) {
-                            Ok(entry) => shared = entry.is_some(),
-                            Err(e) => {
-                                tracing::warn!("the file is complete but could not be shared: {e}")
-                            }
+            finish(&file, &target, force, || {
+                if let Some(lib) = library {
+                    match lib.end_download(&target.out, true) {
+                        Ok(entry) => shared = entry.is_some(),
+                        Err(e) => {
+                            tracing::warn!("the file is complete but could not be shared: {e}")
                         }
                     }
-                },
-            )?;
+                }
+            })?;
             Ok::<bool, DownloadError>(shared)
         })
         .await
