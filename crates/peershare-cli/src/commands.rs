@@ -513,7 +513,12 @@ async fn resolve_peers(list: &[String]) -> Result<Vec<SocketAddr>, Failure> {
 
 fn peer_failure(e: &PeerError) -> u8 {
     match e {
-        PeerError::Connect { .. } | PeerError::Timeout { .. } => exit::UNREACHABLE,
+        PeerError::Connect { .. }
+        | PeerError::Timeout { .. }
+        | PeerError::Stalled { .. }
+        | PeerError::TooSlow { .. } => exit::UNREACHABLE,
+        // Refused as busy, and still busy after the retries.
+        e if e.is_busy() => exit::UNREACHABLE,
         PeerError::Remote {
             code: peershare_proto::wire::ErrorCode::NotTrusted,
             ..
@@ -545,19 +550,20 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
     let tls = open_tls(&lib)?;
     let node_id = tls.node_id();
     let mut addrs = resolve_peers(&a.peers).await?;
-    // Peers found on the LAN must be the nodes they announced.
-    let mut expect: std::collections::HashMap<SocketAddr, NodeId> = Default::default();
+    // Peers found on the LAN must be one of the nodes announced there (a
+    // forged announcement beside the real one changes nothing).
+    let mut announced: std::collections::HashMap<SocketAddr, Vec<NodeId>> = Default::default();
     if addrs.is_empty() {
         let found = lan::look(dir, node_id, &a.look).await?;
         if found.is_empty() {
             return Err(lan::nothing_found(&a.look));
         }
         addrs = found.iter().map(|f| f.addr).collect();
-        expect.extend(
-            found
-                .iter()
-                .filter_map(|f| Some((f.addr, f.node_id.parse().ok()?))),
-        );
+        for f in &found {
+            if let Ok(node) = f.node_id.parse() {
+                announced.entry(f.addr).or_default().push(node);
+            }
+        }
     }
     // A peer given twice is asked once and listed once.
     let mut seen = std::collections::HashSet::new();
@@ -568,9 +574,17 @@ async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
     let mut set = tokio::task::JoinSet::new();
     for addr in addrs {
         let tls = tls.clone();
-        let pinned = expect.get(&addr).copied();
+        let nodes = announced.get(&addr).cloned().unwrap_or_default();
         set.spawn(async move {
-            let conn = PeerConn::connect(addr, &tls, pinned, ClientConfig::default()).await?;
+            let conn = PeerConn::connect(addr, &tls, None, ClientConfig::default()).await?;
+            let got = conn.remote().node_id;
+            if !nodes.is_empty() && !nodes.contains(&got) {
+                return Err(PeerError::WrongNode {
+                    addr,
+                    expected: nodes[0],
+                    got,
+                });
+            }
             conn.catalog().await.map(|c| (addr, c))
         });
     }
@@ -666,6 +680,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     let cancel = shutdown_signal()?;
     tokio::pin!(cancel);
     let mut expect = std::collections::HashMap::new();
+    let mut announced = Vec::new();
     let mut unlisted = false;
     let (id, name, mut peers) = match a.what.parse::<FileId>() {
         Ok(id) => (id, None, Vec::new()),
@@ -703,9 +718,10 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
             return Err(lan::nothing_found(&a.look));
         }
         for f in &found {
-            // An announcement names a node: hold whoever answers to it.
+            // An announcement names a node: whoever answers there must be
+            // one of the nodes announced there.
             if let Ok(node) = f.node_id.parse() {
-                expect.entry(f.addr).or_insert(node);
+                announced.push((f.addr, node));
             }
             peers.push(f.addr);
         }
@@ -760,6 +776,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
         force: a.force,
         tls,
         expect,
+        announced,
         config: DownloadConfig {
             max_download_rate: a.max_download_rate,
             ..DownloadConfig::default()
@@ -948,6 +965,23 @@ fn id(dir: &Path, json: bool) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::printable;
+
+    /// Regression (issue 10.8): a peer still busy after the retries ended
+    /// `get` with status 1, not the README's 3 for "no peer could be
+    /// reached".
+    #[test]
+    fn a_peer_that_stays_busy_is_unreachable() {
+        use peershare_proto::wire::ErrorCode;
+        let addr = "127.0.0.1:9000".parse().unwrap();
+        let busy = peershare::PeerError::Remote {
+            addr,
+            code: ErrorCode::Busy,
+            message: "too many connections".into(),
+        };
+        assert_eq!(super::peer_failure(&busy), crate::exit::UNREACHABLE);
+        let silent = peershare::PeerError::Stalled { addr, secs: 8 };
+        assert_eq!(super::peer_failure(&silent), crate::exit::UNREACHABLE);
+    }
 
     #[test]
     fn peer_text_cannot_forge_lines_or_drive_the_terminal() {

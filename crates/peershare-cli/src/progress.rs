@@ -142,11 +142,21 @@ struct PeerRates {
 }
 
 impl PeerRates {
-    /// "ADDR RATE/s, ADDR (partial) RATE/s, ..." for the live peers.
+    /// "ADDR RATE/s, ADDR (partial) RATE/s, ..." for the live peers, and
+    /// "ADDR silent, reconnecting (N s)" for those being reconnected.
     fn line(&mut self, c: &Progress) -> String {
         let now = Instant::now();
         let peers = c.per_peer.lock().map(|p| p.clone()).unwrap_or_default();
         let mut parts = Vec::new();
+        for p in &peers {
+            if let Some(lost) = p.reconnecting {
+                parts.push(format!(
+                    "{} lost, reconnecting ({} s)",
+                    p.addr,
+                    lost.as_secs()
+                ));
+            }
+        }
         for p in peers.iter().filter(|p| p.live) {
             let (then, before) = self.last.insert(p.addr, (now, p.bytes)).unwrap_or((now, 0));
             let secs = now.duration_since(then).as_secs_f64();

@@ -34,23 +34,31 @@ pub struct ClientConfig {
     /// TCP connect plus handshake.
     pub connect_timeout: Duration,
     /// Longest silence while answers are awaited: after it the connection
-    /// counts as dead. Measured between bytes, not per request, so a slow
-    /// peer with many queued requests is not mistaken for a dead one.
-    pub request_timeout: Duration,
+    /// counts as dead (a dead path, a hung peer), within seconds rather
+    /// than after TCP's retransmission backoff. Measured between bytes, not
+    /// per request, so a slow peer with many queued requests is not
+    /// mistaken for a dead one.
+    pub stall_timeout: Duration,
+    /// While answers are awaited, each such period must bring at least
+    /// `MIN_PROGRESS_BYTES`, or the connection counts as dead: a peer that
+    /// trickles a few bytes now and then is as good as gone.
+    pub progress_window: Duration,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(8),
+            progress_window: Duration::from_secs(20),
         }
     }
 }
 
-/// Bytes a peer must deliver per `request_timeout` while answers are
-/// awaited, or its connection counts as dead (it is trickling).
-pub const MIN_PROGRESS_BYTES: u64 = 4 * 1024;
+/// Bytes a peer must deliver per `progress_window` while answers are
+/// awaited (about 800 B/s with the defaults), or its connection counts as
+/// dead (it is trickling).
+pub const MIN_PROGRESS_BYTES: u64 = 16 * 1024;
 /// Most catalog entries kept from one peer, whatever its pages hold.
 pub const MAX_CATALOG_ENTRIES: usize = 100_000;
 /// Most catalog pages fetched from one peer; bounds a catalog's memory.
@@ -197,8 +205,7 @@ impl PeerConn {
             closed: None,
         }));
         let (outbox, rx) = mpsc::channel(OUTBOX);
-        let stall = config.request_timeout;
-        let read_task = tokio::spawn(read_loop(addr, reader, shared.clone(), stall));
+        let read_task = tokio::spawn(read_loop(addr, reader, shared.clone(), config));
         let write_task = tokio::spawn(write_loop(writer, rx, shared.clone()));
         Ok(Self {
             addr,
@@ -419,10 +426,11 @@ async fn read_loop(
     addr: SocketAddr,
     mut reader: FrameReader<crate::tls::BoxRead>,
     shared: Arc<Mutex<Shared>>,
-    stall: Duration,
+    config: ClientConfig,
 ) {
+    let (stall, window) = (config.stall_timeout, config.progress_window);
     let received = reader.received();
-    let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + stall, stall);
+    let mut watchdog = tokio::time::interval_at(tokio::time::Instant::now() + window, window);
     let mut mark = 0;
     let mut was_waiting = false;
     loop {
@@ -437,8 +445,8 @@ async fn read_loop(
                 // Judge only a whole period of waiting: requests sent just
                 // before this tick have had no time yet.
                 if waiting && was_waiting && now - mark < MIN_PROGRESS_BYTES {
-                    let secs = stall.as_secs();
-                    close(&shared, "too slow".into(), || PeerError::Timeout { addr, secs });
+                    let secs = window.as_secs();
+                    close(&shared, "too slow".into(), || PeerError::TooSlow { addr, secs });
                     return;
                 }
                 mark = now;
@@ -453,7 +461,7 @@ async fn read_loop(
                     continue;
                 }
                 let secs = stall.as_secs();
-                close(&shared, "stalled".into(), || PeerError::Timeout {
+                close(&shared, "stalled".into(), || PeerError::Stalled {
                     addr,
                     secs,
                 });

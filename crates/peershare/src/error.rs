@@ -67,6 +67,12 @@ pub enum PeerError {
     },
     #[error("{addr} did not answer within {secs} s")]
     Timeout { addr: SocketAddr, secs: u64 },
+    #[error("{addr} went silent for {secs} s with answers awaited (the path to it may be down)")]
+    Stalled { addr: SocketAddr, secs: u64 },
+    #[error(
+        "{addr} sent less than a trickle in {secs} s with answers awaited; treating it as gone"
+    )]
+    TooSlow { addr: SocketAddr, secs: u64 },
     #[error("{addr} sent a malformed message: {source}")]
     Protocol {
         addr: SocketAddr,
@@ -118,6 +124,27 @@ pub enum PeerError {
 }
 
 impl PeerError {
+    /// True when the peer refused the connection as busy (too many
+    /// connections): worth asking again later.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            PeerError::Remote {
+                code: ErrorCode::Busy,
+                ..
+            } | PeerError::Ended {
+                code: ErrorCode::Busy,
+                ..
+            }
+        )
+    }
+
+    /// True when nothing listens at the address (the connection was
+    /// refused): the peer is not running there now.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, PeerError::Connect { source, .. } if source.kind() == io::ErrorKind::ConnectionRefused)
+    }
+
     /// True when the peer answered that it does not have the thing asked.
     pub fn is_not_found(&self) -> bool {
         matches!(

@@ -567,7 +567,7 @@ async fn a_peer_given_up_on_rejoins_when_it_is_back() {
     wait_for("B given up on", 20, || {
         b_bytes(&progress)
             .and_then(|(_, d)| d)
-            .is_some_and(|d| d.contains("reconnections failed"))
+            .is_some_and(|d| d.contains("reconnecting failed"))
     })
     .await;
     let before = b_bytes(&progress).unwrap().0;

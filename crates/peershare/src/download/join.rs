@@ -25,6 +25,30 @@ pub const REJOIN_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest wait between two askings of the same address.
 pub const MAX_REJOIN_BACKOFF: Duration = Duration::from_secs(60);
 
+/// Retries of an address that answered busy wait this long at first,
+/// doubling (with jitter) to `MAX_BUSY_BACKOFF`.
+pub const BUSY_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between two tries of a busy address.
+pub const MAX_BUSY_BACKOFF: Duration = Duration::from_secs(16);
+/// Node IDs remembered as announced at one address (a spoofed flood of
+/// announcements must not grow memory).
+pub const MAX_ANNOUNCED_PER_ADDR: usize = 8;
+
+/// Who must answer at an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Expect {
+    /// Anyone (an address given by hand).
+    Any,
+    /// Exactly this node (a ticket names it): another is refused before a
+    /// word is sent.
+    Node(NodeId),
+    /// One of the nodes announced there. Announcements are unauthenticated,
+    /// so a forged one may sit beside the real one: any of them proven is
+    /// accepted, and a node that is none of them is refused for now but
+    /// asked again when reported again (no single packet can stop it).
+    OneOf(Vec<NodeId>),
+}
+
 /// How a peer's first contact ended.
 pub(super) enum Joined {
     /// Connected, and has (some of) the file: its manifest, checked against
@@ -36,6 +60,8 @@ pub(super) enum Joined {
     Myself,
     /// Could not connect.
     Unreachable(PeerError),
+    /// Refused as busy (it serves too many connections): asked again.
+    Busy(PeerError),
     /// Connected, then failed (bad manifest, protocol error, silence).
     Failed(PeerError),
 }
@@ -48,22 +74,58 @@ pub(super) struct Ready {
     pub have: Option<HaveWatch>,
 }
 
+/// A peer's first contact: connect (the node there as `pin` says), check
+/// it is not this node, then its manifest (checked against `id`) and which
+/// chunks it holds, all within `deadline`: a peer that trickles its
+/// manifest must not hold a download.
 pub(super) async fn join_peer(
     addr: SocketAddr,
     id: FileId,
     tls: Tls,
-    expect: Option<NodeId>,
+    expect: Expect,
+    config: ClientConfig,
+    deadline: Duration,
+) -> Joined {
+    match tokio::time::timeout(deadline, contact(addr, id, tls, expect, config)).await {
+        Ok(joined) => joined,
+        Err(_) => Joined::Failed(PeerError::Timeout {
+            addr,
+            secs: deadline.as_secs(),
+        }),
+    }
+}
+
+async fn contact(
+    addr: SocketAddr,
+    id: FileId,
+    tls: Tls,
+    expect: Expect,
     config: ClientConfig,
 ) -> Joined {
-    let conn = match PeerConn::connect(addr, &tls, expect, config).await {
+    let node = match &expect {
+        Expect::Node(n) => Some(*n),
+        Expect::Any | Expect::OneOf(_) => None,
+    };
+    let conn = match PeerConn::connect(addr, &tls, node, config).await {
         Ok(c) => c,
         // Someone else answers there: asking again will not help.
         Err(e @ PeerError::WrongNode { .. }) => return Joined::Failed(e),
+        Err(e) if e.is_busy() => return Joined::Busy(e),
         Err(e) => return Joined::Unreachable(e),
     };
-    if conn.remote().node_id == tls.node_id() {
+    let proven = conn.remote().node_id;
+    if proven == tls.node_id() {
         // Our own server (found by discovery): it holds nothing we lack.
         return Joined::Myself;
+    }
+    if let Expect::OneOf(announced) = &expect
+        && !announced.contains(&proven)
+    {
+        return Joined::Failed(PeerError::WrongNode {
+            addr,
+            expected: announced[0],
+            got: proven,
+        });
     }
     let manifest = match conn.manifest(id).await {
         Ok(m) => m,
@@ -95,9 +157,14 @@ pub(super) struct Joins {
     settled: HashSet<SocketAddr>,
     failed_once: HashSet<SocketAddr>,
     retry_at: RetryAt,
-    /// The node expected at each address: the request's, then the first
-    /// node reported there.
-    pins: HashMap<SocketAddr, NodeId>,
+    /// The node each address must be (a ticket's)...
+    expect: HashMap<SocketAddr, NodeId>,
+    /// ...or else one of the nodes announced there.
+    announced: HashMap<SocketAddr, Vec<NodeId>>,
+    /// Busy addresses: when they first said so, and the next wait.
+    busy: HashMap<SocketAddr, (Duration, Duration)>,
+    /// How long busy addresses are retried.
+    retry_busy_for: Duration,
     /// Why peers that connected could not take part, once per address.
     pub failures: Vec<String>,
     /// Why peers could not be reached, once per address.
@@ -108,28 +175,60 @@ pub(super) struct Joins {
 
 impl Joins {
     pub fn new(req: &DownloadRequest) -> Self {
-        Self {
+        let mut joins = Self {
             joining: JoinSet::new(),
             trying: HashSet::new(),
             settled: HashSet::new(),
             failed_once: HashSet::new(),
             retry_at: RetryAt::new(),
-            pins: req.expect.clone(),
+            expect: req.expect.clone(),
+            announced: HashMap::new(),
+            busy: HashMap::new(),
+            retry_busy_for: req.config.retry_busy_for,
             failures: Vec::new(),
             unreachable: Vec::new(),
             not_found: 0,
+        };
+        for &(addr, node) in &req.announced {
+            joins.announce(addr, node);
+        }
+        joins
+    }
+
+    /// `node` was announced at `addr`.
+    fn announce(&mut self, addr: SocketAddr, node: NodeId) {
+        let nodes = self.announced.entry(addr).or_default();
+        if !nodes.contains(&node) && nodes.len() < MAX_ANNOUNCED_PER_ADDR {
+            nodes.push(node);
+        }
+    }
+
+    /// Who must answer at `addr`.
+    pub fn expected(&self, addr: SocketAddr) -> Expect {
+        match (self.expect.get(&addr), self.announced.get(&addr)) {
+            (Some(n), _) => Expect::Node(*n),
+            (None, Some(nodes)) if !nodes.is_empty() => Expect::OneOf(nodes.clone()),
+            _ => Expect::Any,
         }
     }
 
     /// Asks `addr` to join, unless it is being asked already.
     pub fn ask(&mut self, addr: SocketAddr, req: &DownloadRequest) {
+        self.ask_after(addr, Duration::ZERO, req);
+    }
+
+    /// Asks `addr` to join after `delay`.
+    fn ask_after(&mut self, addr: SocketAddr, delay: Duration, req: &DownloadRequest) {
         if !self.trying.insert(addr) {
             return;
         }
-        let expect = self.pins.get(&addr).copied();
+        let expect = self.expected(addr);
         let (id, tls, config) = (req.id, req.tls.clone(), req.config.client.clone());
-        self.joining
-            .spawn(tagged(addr, join_peer(addr, id, tls, expect, config)));
+        let deadline = req.config.join_timeout;
+        self.joining.spawn(tagged(addr, async move {
+            tokio::time::sleep(delay).await;
+            join_peer(addr, id, tls, expect, config, deadline).await
+        }));
     }
 
     /// True while some address is being asked.
@@ -137,14 +236,37 @@ impl Joins {
         !self.joining.is_empty()
     }
 
-    /// Records how `addr`'s contact ended; a ready peer is handed back.
-    pub fn settle(&mut self, addr: SocketAddr, joined: Joined, now: Duration) -> Option<Ready> {
+    /// Records how `addr`'s contact ended; a ready peer is handed back. A
+    /// busy one is asked again after a backoff, for `retry_busy_for`.
+    pub fn settle(
+        &mut self,
+        addr: SocketAddr,
+        joined: Joined,
+        now: Duration,
+        req: &DownloadRequest,
+    ) -> Option<Ready> {
         self.trying.remove(&addr);
         match joined {
             Joined::Ready(r) => {
                 self.settled.insert(addr);
                 self.retry_at.remove(&addr);
+                self.busy.remove(&addr);
                 return Some(r);
+            }
+            Joined::Busy(e) => {
+                let (since, wait) = *self.busy.entry(addr).or_insert((now, BUSY_BACKOFF));
+                if now.saturating_sub(since) < self.retry_busy_for {
+                    tracing::info!("{e}; asking again in about {} s", wait.as_secs());
+                    self.busy
+                        .insert(addr, (since, (wait * 2).min(MAX_BUSY_BACKOFF)));
+                    self.ask_after(addr, jitter(wait), req);
+                } else {
+                    self.busy.remove(&addr);
+                    self.backoff(addr, now);
+                    if self.failed_once.insert(addr) {
+                        self.unreachable.push(e);
+                    }
+                }
             }
             Joined::Myself => {
                 self.settled.insert(addr);
@@ -183,7 +305,7 @@ impl Joins {
     ) {
         for &(addr, node) in reported {
             if let Some(node) = node {
-                self.pins.entry(addr).or_insert(node);
+                self.announce(addr, node);
             }
         }
         let all = reported
@@ -219,6 +341,16 @@ impl Joins {
         out.extend(self.unreachable.iter().map(|e| e.to_string()));
         out
     }
+}
+
+/// `wait`, give or take a quarter, so that many downloaders refused at
+/// once do not all come back at the same instant.
+fn jitter(wait: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    let r = (h.finish() % 1000) as f64 / 1000.0; // 0..1
+    wait.mul_f64(0.75 + r / 2.0)
 }
 
 async fn tagged<T>(addr: SocketAddr, f: impl Future<Output = T>) -> (SocketAddr, T) {

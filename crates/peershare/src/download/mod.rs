@@ -57,8 +57,13 @@ use crate::error::DownloadError;
 use crate::store::Library;
 use crate::tls::Tls;
 
-pub use join::{MAX_REJOIN_BACKOFF, REJOIN_BACKOFF};
-pub use session::MAX_RECONNECTS;
+pub use join::{
+    BUSY_BACKOFF, MAX_ANNOUNCED_PER_ADDR, MAX_BUSY_BACKOFF, MAX_REJOIN_BACKOFF, REJOIN_BACKOFF,
+};
+pub use session::{
+    MAX_FRUITLESS_RECONNECTS, MAX_RECONNECT_BACKOFF, MAX_REFUSED_RECONNECTS, RECONNECT_BACKOFF,
+    RECONNECT_CONNECT_TIMEOUT,
+};
 
 /// Where to save.
 #[derive(Debug, Clone)]
@@ -93,6 +98,19 @@ pub struct DownloadConfig {
     pub checkpoint_bytes: u64,
     /// Total download rate, bytes/s.
     pub max_download_rate: Option<u64>,
+    /// Time a peer's first contact (connect, manifest, which chunks it
+    /// holds) may take; a peer that trickles its manifest is dropped.
+    pub join_timeout: Duration,
+    /// The download fails when no peer has delivered a byte of the file
+    /// for this long (whatever joins or reconnections are pending).
+    pub progress_timeout: Duration,
+    /// A lost peer is reconnected (backoff from `RECONNECT_BACKOFF` to
+    /// `MAX_RECONNECT_BACKOFF`) for this long after it was lost, unless
+    /// nothing listens there any more (`MAX_REFUSED_RECONNECTS`).
+    pub reconnect_for: Duration,
+    /// A peer that refuses the connection as busy is asked again (backoff
+    /// from `BUSY_BACKOFF` to `MAX_BUSY_BACKOFF`) for this long.
+    pub retry_busy_for: Duration,
 }
 
 impl Default for DownloadConfig {
@@ -106,6 +124,10 @@ impl Default for DownloadConfig {
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_bytes: 256 * 1024 * 1024,
             max_download_rate: None,
+            join_timeout: Duration::from_secs(60),
+            progress_timeout: Duration::from_secs(180),
+            reconnect_for: Duration::from_secs(180),
+            retry_busy_for: Duration::from_secs(180),
         }
     }
 }
@@ -130,6 +152,10 @@ pub struct DownloadRequest {
     /// The node expected at an address (a ticket names its node): a peer
     /// there that proves another identity is refused.
     pub expect: HashMap<SocketAddr, NodeId>,
+    /// Nodes announced at addresses (LAN discovery; an address may appear
+    /// with several): a peer there must prove one of them, unless `expect`
+    /// names the node there.
+    pub announced: Vec<(SocketAddr, NodeId)>,
     pub config: DownloadConfig,
     /// Addresses learned while the download runs (e.g. by discovery), with
     /// the node announced there if known: any not yet tried joins the
@@ -172,6 +198,9 @@ pub struct PeerProgress {
     pub partial: bool,
     /// Why it no longer takes part, when it does not.
     pub dropped: Option<String>,
+    /// Its connection was lost (silent, closed) and it is being
+    /// reconnected: since how long.
+    pub reconnecting: Option<Duration>,
 }
 
 /// What one peer contributed.

@@ -21,7 +21,7 @@ use peershare_proto::wire::Holding;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
-use super::join::{Joined, Joins, Ready, join_peer};
+use super::join::{Expect, Joined, Joins, Ready, join_peer};
 use super::part_file::{self, PartFile, Target, finish, spawn_checkpoint, write_error};
 use super::{
     DownloadRequest, DownloadSummary, Output, PeerProgress, PeerReport, Progress, Reported,
@@ -31,10 +31,21 @@ use crate::error::{DownloadError, PeerError};
 use crate::partial::Bitmap;
 use crate::store::Download;
 
-/// Times a lost peer is reconnected during one download, at most.
-pub const MAX_RECONNECTS: u32 = 3;
-/// Wait before the first reconnection; doubles for each further one.
-const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+/// Wait before the first reconnection of a lost peer; doubles for each
+/// further one, to `MAX_RECONNECT_BACKOFF`.
+pub const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest wait between two reconnections: a path that comes back is used
+/// again within about this (plus a connect), however long it was down.
+pub const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
+/// Reconnections in a row that find nobody there (connection refused, or
+/// a peer that no longer has the file) before a peer is given up on.
+pub const MAX_REFUSED_RECONNECTS: u32 = 5;
+/// Reconnections that succeed but are lost again before the peer delivers
+/// a chunk (it stalls whenever asked) before it is given up on.
+pub const MAX_FRUITLESS_RECONNECTS: u32 = 3;
+/// Connect timeout of a reconnection (at most the configured one): while a
+/// path is down, attempts follow each other instead of waiting on TCP.
+pub const RECONNECT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 enum Outcome {
     Verified,
@@ -72,8 +83,14 @@ struct Slot {
     report: PeerReport,
     /// The latest error from this peer, for the report if it is dropped.
     last_error: Option<String>,
-    /// Reconnections tried after its connection was lost.
+    /// Reconnections tried since it last delivered a chunk (for backoff).
     reconnects: u32,
+    /// Of those, the ones in a row that found nobody there.
+    refused: u32,
+    /// Of those, the ones that succeeded (it was lost again since).
+    fruitless: u32,
+    /// When it was lost, if it has not delivered a chunk since.
+    lost_at: Option<Duration>,
     /// A reconnection is under way.
     reconnecting: bool,
 }
@@ -94,8 +111,29 @@ impl Slot {
             key,
             last_error: None,
             reconnects: 0,
+            refused: 0,
+            fruitless: 0,
+            lost_at: None,
             reconnecting: false,
         }
+    }
+
+    /// Whether a lost peer is worth another reconnection at `now`.
+    fn may_reconnect(&self, now: Duration, req: &DownloadRequest) -> bool {
+        let lost_for = self
+            .lost_at
+            .map_or(Duration::ZERO, |t| now.saturating_sub(t));
+        self.refused < MAX_REFUSED_RECONNECTS
+            && self.fruitless < MAX_FRUITLESS_RECONNECTS
+            && lost_for < req.config.reconnect_for
+    }
+
+    /// It delivered a verified chunk: its reconnections are for the next loss.
+    fn delivered(&mut self) {
+        self.reconnects = 0;
+        self.refused = 0;
+        self.fruitless = 0;
+        self.lost_at = None;
     }
 
     /// Records, once, why the peer was dropped.
@@ -127,15 +165,25 @@ impl Slot {
         slot_no: usize,
         req: &DownloadRequest,
     ) -> impl Future<Output = (usize, Joined)> + Send + 'static {
-        let delay = RECONNECT_BACKOFF * 2u32.pow(self.reconnects);
+        let delay = RECONNECT_BACKOFF
+            .saturating_mul(2u32.saturating_pow(self.reconnects))
+            .min(MAX_RECONNECT_BACKOFF);
         self.reconnects += 1;
         self.reconnecting = true;
         let (addr, id, tls) = (self.report.addr, req.id, req.tls.clone());
-        let expect = req.expect.get(&addr).copied();
-        let config = req.config.client.clone();
+        let expect = req
+            .expect
+            .get(&addr)
+            .map_or(Expect::Any, |n| Expect::Node(*n));
+        let mut config = req.config.client.clone();
+        config.connect_timeout = config.connect_timeout.min(RECONNECT_CONNECT_TIMEOUT);
+        let deadline = req.config.join_timeout;
         async move {
             tokio::time::sleep(delay).await;
-            (slot_no, join_peer(addr, id, tls, expect, config).await)
+            (
+                slot_no,
+                join_peer(addr, id, tls, expect, config, deadline).await,
+            )
         }
     }
 }
@@ -195,7 +243,7 @@ pub(super) async fn run<C: Future<Output = ()> + ?Sized>(
         };
         let Some(joined) = next else { break None };
         let (addr, joined) = joined.expect("join task does not panic");
-        if let Some(ready) = joins.settle(addr, joined, start.elapsed()) {
+        if let Some(ready) = joins.settle(addr, joined, start.elapsed(), &req) {
             break Some(ready);
         }
     };
@@ -397,6 +445,9 @@ struct Session {
     last_checkpoint: Instant,
     /// Bytes verified since the last checkpoint started.
     unsynced: u64,
+    /// Bytes received from peers as last seen, and when that count last
+    /// grew: the progress watchdog.
+    received_mark: (u64, Duration),
 }
 
 impl Session {
@@ -465,6 +516,7 @@ impl Session {
             checkpoint: None,
             last_checkpoint: Instant::now(),
             unsynced: 0,
+            received_mark: (0, start.elapsed()),
         }
     }
 
@@ -650,6 +702,20 @@ impl Session {
     /// Whether the download is complete, or cannot go on.
     fn check_status(&mut self, now: Duration) -> Next {
         let status = self.sched.status();
+        let received = self.progress.received.load(Ordering::Relaxed);
+        if received != self.received_mark.0 {
+            self.received_mark = (received, now);
+        }
+        let timeout = self.req.config.progress_timeout;
+        if status != Status::Complete && now.saturating_sub(self.received_mark.1) >= timeout {
+            // Whatever joins or reconnections are pending: nothing came.
+            let mut reasons = vec![format!(
+                "no peer sent any of the file for {} s",
+                timeout.as_secs()
+            )];
+            reasons.extend(self.reasons());
+            return Next::Break(Some(DownloadError::AllSourcesFailed(reasons)));
+        }
         if status != Status::Starved {
             self.starved_since = None;
         }
@@ -686,6 +752,11 @@ impl Session {
         if all_corrupt && !self.slots.is_empty() {
             return DownloadError::AllSourcesCorrupt;
         }
+        DownloadError::AllSourcesFailed(self.reasons())
+    }
+
+    /// Why peers could not take part, or stopped taking part.
+    fn reasons(&self) -> Vec<String> {
         let mut reasons = self.joins.reasons();
         reasons.extend(self.slots.iter().filter_map(|s| {
             s.report
@@ -693,7 +764,7 @@ impl Session {
                 .as_ref()
                 .map(|d| format!("{}: {d}", s.report.addr))
         }));
-        DownloadError::AllSourcesFailed(reasons)
+        reasons
     }
 
     /// Starts a durable checkpoint when one is due.
@@ -726,6 +797,7 @@ impl Session {
             (self.paced_until > now).then_some(self.paced_until),
             self.starved_since
                 .map(|t| t + self.req.config.starved_timeout),
+            Some(self.received_mark.1 + self.req.config.progress_timeout),
         ]
         .into_iter()
         .flatten()
@@ -780,8 +852,7 @@ impl Session {
         slot.report.bytes += len;
         slot.report.chunks += 1;
         if key == slot.key {
-            // It works again: its reconnections are for the next loss.
-            slot.reconnects = 0;
+            slot.delivered();
         }
         // Their requests for this chunk are moot: the client sends
         // `Cancel` as each is dropped.
@@ -847,8 +918,11 @@ impl Session {
             }
             *k != key
         });
-        if first && !slot.reconnecting && slot.reconnects < MAX_RECONNECTS {
-            tracing::info!("{why}; reconnecting");
+        if first {
+            slot.lost_at.get_or_insert(now);
+        }
+        if first && !slot.reconnecting && slot.may_reconnect(now, &self.req) {
+            tracing::warn!("{why}; reconnecting");
             self.reconnecting.spawn(slot.reconnect(slot_no, &self.req));
         } else if first {
             tracing::warn!("{why}");
@@ -858,35 +932,53 @@ impl Session {
         }
     }
 
-    /// A reconnection attempt ended.
+    /// A reconnection attempt ended. One that found nobody there counts
+    /// towards `MAX_REFUSED_RECONNECTS`; others (a dead path, a busy peer)
+    /// go on while the peer has been lost for less than `reconnect_for`.
     fn on_reconnected(&mut self, slot_no: usize, result: Joined) -> Next {
-        let result = match result {
-            Joined::Ready(ready) => Ok(ready),
-            Joined::NotFound | Joined::Myself => Err("it no longer shares the file".to_owned()),
-            Joined::Unreachable(e) | Joined::Failed(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok(ready) => {
-                tracing::info!(peer = %self.slots[slot_no].report.addr, "reconnected");
+        let now = self.now();
+        let slot = &mut self.slots[slot_no];
+        let e = match result {
+            Joined::Ready(ready) => {
+                tracing::info!(peer = %slot.report.addr, "reconnected");
+                slot.fruitless += 1;
+                slot.refused = 0;
                 self.resume_slot(slot_no, ready);
+                self.publish_progress();
+                return Next::Continue(());
             }
-            Err(e) if self.slots[slot_no].reconnects < MAX_RECONNECTS => {
-                let slot = &mut self.slots[slot_no];
-                slot.last_error = Some(e);
-                self.reconnecting.spawn(slot.reconnect(slot_no, &self.req));
+            Joined::NotFound | Joined::Myself => {
+                slot.refused += 1;
+                "it no longer shares the file".to_owned()
             }
-            Err(e) => {
-                tracing::warn!("{e}; giving up on this peer");
-                let slot = &mut self.slots[slot_no];
-                slot.reconnecting = false;
-                slot.report.dropped = Some(format!(
-                    "disconnected, and {MAX_RECONNECTS} reconnections failed: {e}"
-                ));
-                slot.last_error = Some(e);
-                // Should discovery report it again, it may rejoin.
-                let addr = slot.report.addr;
-                self.joins.unsettle(addr);
+            Joined::Unreachable(e) if e.is_refused() => {
+                slot.refused += 1;
+                e.to_string()
             }
+            Joined::Failed(e) => {
+                slot.refused += 1;
+                e.to_string()
+            }
+            Joined::Unreachable(e) | Joined::Busy(e) => {
+                slot.refused = 0;
+                e.to_string()
+            }
+        };
+        if slot.may_reconnect(now, &self.req) {
+            slot.last_error = Some(e);
+            self.reconnecting.spawn(slot.reconnect(slot_no, &self.req));
+        } else {
+            tracing::warn!("{e}; giving up on this peer");
+            let lost_for = slot.lost_at.map_or(0, |t| now.saturating_sub(t).as_secs());
+            slot.reconnecting = false;
+            slot.report.dropped = Some(format!(
+                "disconnected, and reconnecting failed for {lost_for} s ({} tries): {e}",
+                slot.reconnects
+            ));
+            slot.last_error = Some(e);
+            // Should discovery report it again, it may rejoin.
+            let addr = slot.report.addr;
+            self.joins.unsettle(addr);
         }
         self.publish_progress();
         Next::Continue(())
@@ -895,7 +987,7 @@ impl Session {
     /// A peer asked to join answered.
     fn on_joined(&mut self, addr: SocketAddr, joined: Joined) -> Next {
         let now = self.now();
-        let Some(ready) = self.joins.settle(addr, joined, now) else {
+        let Some(ready) = self.joins.settle(addr, joined, now, &self.req) else {
             return Next::Continue(());
         };
         debug_assert_eq!(
@@ -912,7 +1004,7 @@ impl Session {
                 // its failures kept.
                 tracing::info!(peer = %addr, "rejoined the download");
                 self.resume_slot(slot_no, ready);
-                self.slots[slot_no].reconnects = 0;
+                self.slots[slot_no].delivered();
                 self.publish_progress();
             }
             None => {
@@ -925,17 +1017,23 @@ impl Session {
 
     /// Live peer count and per-peer bytes, for the display.
     fn publish_progress(&self) {
+        let now = self.now();
         let live = |s: &Slot| self.sched.dropped(s.key).is_none();
         let n = self.slots.iter().filter(|s| live(s)).count();
         self.progress.peers.store(n as u64, Ordering::Relaxed);
         let mut per = self.progress.per_peer.lock().expect("progress lock");
         per.clear();
-        per.extend(self.slots.iter().map(|s| PeerProgress {
-            addr: s.report.addr,
-            bytes: s.report.bytes,
-            live: live(s),
-            partial: s.report.partial,
-            dropped: s.report.dropped.clone(),
+        per.extend(self.slots.iter().map(|s| {
+            PeerProgress {
+                addr: s.report.addr,
+                bytes: s.report.bytes,
+                live: live(s),
+                partial: s.report.partial,
+                dropped: s.report.dropped.clone(),
+                reconnecting: s
+                    .reconnecting
+                    .then(|| now.saturating_sub(s.lost_at.unwrap_or(now))),
+            }
         }));
     }
 

@@ -123,6 +123,7 @@ pub fn request(id: FileId, peers: Vec<SocketAddr>, out: &Path) -> DownloadReques
         force: false,
         tls: Tls::ephemeral(),
         expect: Default::default(),
+        announced: Vec::new(),
         config: DownloadConfig::default(),
         more_peers: None,
         library: None,
