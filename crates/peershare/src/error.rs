@@ -20,8 +20,14 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    #[error("{path} is damaged ({reason}); move it away to start with an empty library")]
-    Corrupt { path: PathBuf, reason: String },
+    /// A file of the data dir that does not parse. `remedy` says what to do
+    /// about that file (each file has its own: see [`crate::store::remedy`]).
+    #[error("{path} is damaged ({reason}); {remedy}")]
+    Corrupt {
+        path: PathBuf,
+        reason: String,
+        remedy: &'static str,
+    },
     #[error("{path}: {source}")]
     Manifest {
         path: PathBuf,

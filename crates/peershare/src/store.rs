@@ -49,6 +49,22 @@ const TRUST_FORMAT: u32 = 1;
 /// Most nodes on a trust list; `trust add` refuses more.
 pub const MAX_TRUSTED: usize = 10_000;
 
+/// What to do about a damaged file of the data dir, per file
+/// ([`StoreError::Corrupt`]'s `remedy`).
+pub mod remedy {
+    /// `library.json`.
+    pub const LIBRARY: &str =
+        "move it away to start with an empty library (then share your files again)";
+    /// `trust.json`.
+    pub const TRUST: &str = "fix it, or move it away to start with an empty trust list \
+         (then `peershare trust add` the nodes you trust again)";
+    /// A stored manifest.
+    pub const MANIFEST: &str = "delete it, then share the file again";
+    /// `node.key`.
+    pub const KEY: &str = "put back a copy of the key if you have one, or delete it to make \
+         a new node ID (nodes that trust this one must then trust the new ID)";
+}
+
 /// A node on the trust list.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trusted {
@@ -277,29 +293,29 @@ impl Library {
 
     fn read_trust(&self) -> Result<TrustFile, StoreError> {
         let path = self.dir.join(TRUST_FILE);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
+        // Bytes, not text: a file that is not UTF-8 is damaged like any
+        // other that does not parse.
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TrustFile::default()),
             Err(e) => return Err(StoreError::Io { path, source: e }),
         };
-        let file: TrustFile = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        let damaged = |reason: String| StoreError::Corrupt {
             path: path.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+            remedy: remedy::TRUST,
+        };
+        let file: TrustFile = serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
         if file.format != TRUST_FORMAT {
-            return Err(StoreError::Corrupt {
-                path,
-                reason: format!("unknown format {}", file.format),
-            });
+            return Err(damaged(format!("unknown format {}", file.format)));
         }
         // Keys as written by hand may be upper case or padded: one
         // canonical key per node, so `distrust` finds what `trusted` sees.
         let mut nodes = BTreeMap::new();
         for (key, t) in file.nodes {
-            let id: NodeId = key.parse().map_err(|_| StoreError::Corrupt {
-                path: path.clone(),
-                reason: format!("{key:?} is not a node ID"),
-            })?;
+            let id: NodeId = key
+                .parse()
+                .map_err(|_| damaged(format!("{key:?} is not a node ID")))?;
             nodes.entry(id.to_string()).or_insert(t);
         }
         Ok(TrustFile {
@@ -358,11 +374,13 @@ impl Library {
         let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
+            remedy: remedy::LIBRARY,
         })?;
         if snap.format != LIBRARY_FORMAT {
             return Err(StoreError::Corrupt {
                 path,
                 reason: format!("unknown format {}", snap.format),
+                remedy: remedy::LIBRARY,
             });
         }
         Ok(snap)
@@ -400,6 +418,7 @@ impl Library {
             Ok(_) => Err(StoreError::Corrupt {
                 path,
                 reason: "manifest does not hash to its file ID".into(),
+                remedy: remedy::MANIFEST,
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Io { path, source: e }),
@@ -1072,6 +1091,15 @@ mod tests {
             fs::read_to_string(l.dir().join(TRUST_FILE)).unwrap(),
             "not json"
         );
+        // Not even text: damaged all the same, not an I/O error.
+        fs::write(l.dir().join(TRUST_FILE), b"\xff\xfe{\x00").unwrap();
+        assert!(matches!(
+            l.trusted(),
+            Err(StoreError::Corrupt {
+                remedy: remedy::TRUST,
+                ..
+            })
+        ));
     }
 
     #[test]
