@@ -45,6 +45,9 @@ pub const MAX_NAME_LEN: usize = 1024;
 pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
 /// A catalog page holds entries up to about this many bytes.
 pub const CATALOG_PAGE_BUDGET: usize = 256 * 1024;
+/// Most entries a node lists in its catalog, all pages together; a client
+/// keeps no more than this from one peer.
+pub const MAX_CATALOG_ENTRIES: usize = 100_000;
 
 /// Message kinds (the byte after the length prefix).
 pub mod kind {

@@ -31,9 +31,9 @@ use peershare_proto::ticket::{
 };
 use peershare_proto::wire::{
     CATALOG_PAGE_BUDGET, CatalogEntry, DecodeError, ErrorCode, Hello, Holding, LEN_PREFIX, MAGIC,
-    MAX_ERROR_MESSAGE_LEN, MAX_FRAME_LEN, MAX_NAME_LEN, MAX_REQUEST_FRAME_LEN, Message,
-    PROTOCOL_VERSION, capability, catalog_entry_len, chunk_header, decode_body, decode_frame,
-    entry_flags, kind,
+    MAX_CATALOG_ENTRIES, MAX_ERROR_MESSAGE_LEN, MAX_FRAME_LEN, MAX_NAME_LEN, MAX_REQUEST_FRAME_LEN,
+    Message, PROTOCOL_VERSION, capability, catalog_entry_len, chunk_header, decode_body,
+    decode_frame, entry_flags, kind,
 };
 
 /// Parses an annotated hex dump: `#` starts a comment that runs to the end
@@ -798,6 +798,7 @@ fn constants_match_the_spec_table() {
     assert_eq!(MAX_NAME_LEN, 1024);
     assert_eq!(MAX_ERROR_MESSAGE_LEN, 1024);
     assert_eq!(CATALOG_PAGE_BUDGET, 262_144);
+    assert_eq!(MAX_CATALOG_ENTRIES, 100_000);
     assert_eq!(ID_LEN, 32);
     assert_eq!(MANIFEST_VERSION, 1);
     assert_eq!(MANIFEST_HEADER_LEN, 10);
@@ -1240,6 +1241,7 @@ fn the_spec_constants_table_is_the_code() {
             number(MAX_ERROR_MESSAGE_LEN as u64),
         ),
         ("CATALOG_PAGE_BUDGET", number(CATALOG_PAGE_BUDGET as u64)),
+        ("MAX_CATALOG_ENTRIES", number(MAX_CATALOG_ENTRIES as u64)),
         ("ID_LEN", number(ID_LEN as u64)),
         ("MANIFEST_VERSION", number(MANIFEST_VERSION.into())),
         ("MANIFEST_HEADER_LEN", number(MANIFEST_HEADER_LEN as u64)),

@@ -18,7 +18,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use peershare_proto::manifest::Manifest;
 use peershare_proto::wire::{
-    CatalogEntry, DecodeError, Hello, Holding, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, capability,
+    CatalogEntry, DecodeError, Hello, Holding, MAX_CATALOG_ENTRIES, MAX_FRAME_LEN, Message,
+    PROTOCOL_VERSION, capability,
 };
 use peershare_proto::{FileId, NodeId};
 use tokio::net::TcpStream;
@@ -51,10 +52,11 @@ impl Default for ClientConfig {
 /// Bytes a peer must deliver per `request_timeout` while answers are
 /// awaited, or its connection counts as dead (it is trickling).
 pub const MIN_PROGRESS_BYTES: u64 = 4 * 1024;
-/// Most catalog entries kept from one peer, whatever its pages hold.
-pub const MAX_CATALOG_ENTRIES: usize = 100_000;
-/// Most catalog pages fetched from one peer; bounds a catalog's memory.
-pub const MAX_CATALOG_PAGES: usize = 256;
+/// Most catalog pages fetched from one peer: enough for a whole catalog of
+/// `MAX_CATALOG_ENTRIES` entries of the longest names, and for the page
+/// after it (so a peer that lists more is seen to), as the reference
+/// server pages them (`a_full_catalog_of_the_longest_names_is_fetched_whole`).
+pub const MAX_CATALOG_PAGES: usize = 512;
 /// Requests queued for writing per connection.
 const OUTBOX: usize = 256;
 
@@ -283,7 +285,9 @@ impl PeerConn {
         }
     }
 
-    /// The peer's whole catalog (all pages, de-duplicated by file ID).
+    /// The peer's whole catalog (all pages, de-duplicated by file ID), or
+    /// its first [`MAX_CATALOG_ENTRIES`] entries (with a warning) when it
+    /// lists more, as no node may.
     pub async fn catalog(&self) -> Result<Vec<CatalogEntry>, PeerError> {
         let mut out: Vec<CatalogEntry> = Vec::new();
         let mut seen = std::collections::HashSet::new();
@@ -295,11 +299,11 @@ impl PeerConn {
             {
                 Message::Catalog { next, entries, .. } => {
                     out.extend(entries.into_iter().filter(|e| seen.insert(e.id)));
-                    if out.len() >= MAX_CATALOG_ENTRIES {
-                        // A catalog this long is hostile or absurd: keep a
-                        // bounded prefix rather than grow without end.
+                    if out.len() > MAX_CATALOG_ENTRIES {
+                        // No node lists this many: hostile or broken. Keep
+                        // a bounded prefix rather than grow without end.
                         out.truncate(MAX_CATALOG_ENTRIES);
-                        tracing::warn!(addr = %self.addr, "catalog longer than {MAX_CATALOG_ENTRIES} files; showing the first ones");
+                        tracing::warn!(addr = %self.addr, "the peer lists more than {MAX_CATALOG_ENTRIES} files, more than any node may; showing the first {MAX_CATALOG_ENTRIES}");
                         return Ok(out);
                     }
                     match next {
@@ -311,7 +315,7 @@ impl PeerConn {
                 _ => return Err(PeerError::Unexpected { addr: self.addr }),
             }
         }
-        tracing::warn!(addr = %self.addr, "catalog longer than {MAX_CATALOG_PAGES} pages; showing the first ones");
+        tracing::warn!(addr = %self.addr, "the peer's catalog goes on past {MAX_CATALOG_PAGES} pages; showing the first {} files", out.len());
         Ok(out)
     }
 
@@ -550,5 +554,29 @@ fn tls_failure(addr: SocketAddr, e: std::io::Error) -> PeerError {
             addr,
             reason: e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use peershare_proto::FileId;
+    use peershare_proto::wire::{CATALOG_PAGE_BUDGET, MAX_NAME_LEN, catalog_entry_len};
+
+    use super::*;
+
+    #[test]
+    fn a_full_catalog_of_the_longest_names_is_fetched_whole() {
+        let longest = catalog_entry_len(&CatalogEntry {
+            id: FileId([0; 32]),
+            size: 0,
+            flags: 0,
+            name: "n".repeat(MAX_NAME_LEN),
+        });
+        // A server fills each page up to the budget (section 8 of
+        // PROTOCOL.md), so a page holds at least this many entries.
+        let per_page = CATALOG_PAGE_BUDGET / longest;
+        let full = MAX_CATALOG_ENTRIES.div_ceil(per_page);
+        // The whole catalog, and the page where an entry too many would be.
+        assert!(MAX_CATALOG_PAGES > full, "{MAX_CATALOG_PAGES} <= {full}");
     }
 }

@@ -51,6 +51,12 @@ pub enum StoreError {
     TooManyTrusted(usize),
     #[error("{0} is in this node's data dir, which holds its private key: it is never shared")]
     InDataDir(PathBuf),
+    #[error(
+        "this node's catalog would list {listed} files, more than the {max} a catalog may hold; \
+         nothing was shared: share with --unlisted (served to whoever has the file ID, not listed), \
+         or unshare some files first"
+    )]
+    CatalogFull { listed: usize, max: usize },
 }
 
 impl StoreError {

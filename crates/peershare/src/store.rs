@@ -34,7 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use peershare_proto::id::{ID_LEN, sha256};
 use peershare_proto::manifest::{Manifest, chunk_count, chunk_size_for};
-use peershare_proto::wire::MAX_NAME_LEN;
+use peershare_proto::wire::{MAX_CATALOG_ENTRIES, MAX_NAME_LEN};
 use peershare_proto::{FileId, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +153,49 @@ impl Snapshot {
     pub fn by_id<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
         self.files.values().filter(move |e| e.id == id)
     }
+
+    /// How many entries a server's catalog of this library lists: one per
+    /// file ID among the listed files, and one per listed download in
+    /// progress of other content that no file shares unlisted (the
+    /// server's rule, `server::catalog_list`). At most
+    /// [`MAX_CATALOG_ENTRIES`]: `share` and `begin_download` refuse more.
+    pub fn listed(&self) -> usize {
+        let mut listed = std::collections::HashSet::new();
+        let mut unlisted = std::collections::HashSet::new();
+        for e in self.files.values().filter(|e| e.name.len() <= MAX_NAME_LEN) {
+            if let Some(id) = e.file_id() {
+                if e.unlisted {
+                    unlisted.insert(id);
+                } else {
+                    listed.insert(id);
+                }
+            }
+        }
+        for d in self.downloads.values() {
+            if let Some(id) = d.file_id()
+                && !d.unlisted
+                && d.name.len() <= MAX_NAME_LEN
+                && !unlisted.contains(&id)
+            {
+                listed.insert(id);
+            }
+        }
+        listed.len()
+    }
+}
+
+/// Refuses an edit that made the catalog longer than it may be (one already
+/// too long, from an older release or a hand edit, may still shrink or
+/// stay as it is).
+fn check_listed(before: usize, snap: &Snapshot) -> Result<(), StoreError> {
+    let after = snap.listed();
+    if after > MAX_CATALOG_ENTRIES && after > before {
+        return Err(StoreError::CatalogFull {
+            listed: after,
+            max: MAX_CATALOG_ENTRIES,
+        });
+    }
+    Ok(())
 }
 
 /// What `share` did with one file.
@@ -389,9 +432,17 @@ impl Library {
     /// Applies `edit` to the library under the writers' lock and publishes
     /// the result atomically.
     fn edit<T>(&self, edit: impl FnOnce(&mut Snapshot) -> T) -> Result<T, StoreError> {
+        self.try_edit(|snap| Ok(edit(snap)))
+    }
+
+    /// [`Library::edit`], publishing nothing when `edit` fails.
+    fn try_edit<T>(
+        &self,
+        edit: impl FnOnce(&mut Snapshot) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let _lock = self.lock()?;
         let mut snap = self.read_library()?;
-        let out = edit(&mut snap);
+        let out = edit(&mut snap)?;
         snap.revision += 1;
         let json = serde_json::to_vec_pretty(&snap).expect("library serializes");
         write_atomic(&self.library_path(), &json)?;
@@ -521,16 +572,31 @@ impl Library {
             });
         }
         if !new_entries.is_empty() {
-            self.edit(|snap| {
+            self.try_edit(|snap| {
+                let before = snap.listed();
                 for e in new_entries {
                     snap.files.insert(e.path.clone(), e);
                 }
+                check_listed(before, snap)
             })?;
         }
         Ok(results
             .into_iter()
             .map(|r| r.expect("every slot filled"))
             .collect())
+    }
+
+    /// Publishes `entries` as they are, in one write: nothing hashed or
+    /// checked, not even the catalog's length. For tests that need a
+    /// library too large to build with `share` (which syncs every manifest
+    /// it writes) or one an older release may have left.
+    #[doc(hidden)]
+    pub fn insert_unchecked(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        self.edit(|snap| {
+            for e in entries {
+                snap.files.insert(e.path.clone(), e);
+            }
+        })
     }
 
     fn manifest_path_exists(&self, e: &Entry) -> bool {
@@ -556,8 +622,10 @@ impl Library {
         if current.downloads.get(&key) == Some(&download) {
             return Ok(());
         }
-        self.edit(|snap| {
+        self.try_edit(|snap| {
+            let before = snap.listed();
             snap.downloads.insert(key, download);
+            check_listed(before, snap)
         })
     }
 
@@ -1123,6 +1191,96 @@ mod tests {
             assert!(matches!(err, StoreError::InDataDir(_)), "{err}");
             assert!(err.to_string().contains("private key"), "{err}");
         }
+    }
+
+    /// `n` entries of distinct made-up content, at paths that need not
+    /// exist (nothing here serves them).
+    fn made_up(n: std::ops::Range<usize>, unlisted: bool) -> Vec<Entry> {
+        n.map(|i| Entry {
+            id: FileId(sha256(&i.to_be_bytes())).to_string(),
+            name: format!("many/{i}"),
+            path: PathBuf::from(format!("/made-up/{unlisted}/{i}")),
+            size: 0,
+            mtime_ns: 0,
+            unlisted,
+        })
+        .collect()
+    }
+
+    #[test]
+    fn the_catalog_lists_each_listed_content_once() {
+        let mut snap = Snapshot::default();
+        let mut add = |e: Entry| snap.files.insert(e.path.clone(), e);
+        let listed = made_up(0..3, false);
+        let unlisted = made_up(3..5, true);
+        for e in listed.iter().chain(&unlisted) {
+            add(e.clone());
+        }
+        // A copy of listed content elsewhere, listed or not: still one.
+        add(Entry {
+            path: "/copy/a".into(),
+            ..listed[0].clone()
+        });
+        add(Entry {
+            path: "/copy/b".into(),
+            unlisted: true,
+            ..listed[1].clone()
+        });
+        assert_eq!(snap.listed(), 3);
+        let download = |e: &Entry, unlisted| Download {
+            id: e.id.clone(),
+            name: e.name.clone(),
+            size: 0,
+            part: "/p".into(),
+            state: "/s".into(),
+            unlisted,
+        };
+        let new = &made_up(5..7, false);
+        for (out, d) in [
+            ("/o/1", download(&new[0], false)),      // new content: listed
+            ("/o/2", download(&new[1], true)),       // unlisted
+            ("/o/3", download(&listed[2], false)),   // a file shares it: once
+            ("/o/4", download(&unlisted[0], false)), // shared unlisted: not listed
+        ] {
+            snap.downloads.insert(out.into(), d);
+        }
+        assert_eq!(snap.listed(), 4);
+    }
+
+    #[test]
+    fn share_and_downloads_refuse_to_list_more_than_a_catalog_may_hold() {
+        let (d, l) = lib();
+        l.insert_unchecked(made_up(0..MAX_CATALOG_ENTRIES, false))
+            .unwrap();
+        let rev = l.snapshot().unwrap().revision;
+        let more = d.path().join("more");
+        fs::write(&more, b"one too many").unwrap();
+        let err = l
+            .share(std::slice::from_ref(&more), &ShareProgress::default())
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::CatalogFull { listed, max: MAX_CATALOG_ENTRIES } if listed == MAX_CATALOG_ENTRIES + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--unlisted"), "{err}");
+        // A download in progress is listed too, unless unlisted.
+        let m = Manifest::from_bytes(b"downloading");
+        let record = |unlisted| Download {
+            id: m.id().to_string(),
+            name: "dl".into(),
+            size: 11,
+            part: d.path().join("dl.part"),
+            state: d.path().join("dl.state"),
+            unlisted,
+        };
+        let out = d.path().join("dl");
+        assert!(matches!(
+            l.begin_download(&out, &m, record(false)),
+            Err(StoreError::CatalogFull { .. })
+        ));
+        assert_eq!(l.snapshot().unwrap().revision, rev, "nothing published");
+        l.begin_download(&out, &m, record(true)).unwrap();
+        assert_eq!(l.snapshot().unwrap().listed(), MAX_CATALOG_ENTRIES);
     }
 
     #[test]

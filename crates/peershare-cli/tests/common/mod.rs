@@ -620,3 +620,90 @@ impl Progress {
         }
     }
 }
+
+/// A peer that lists `entries` in its catalog, paged as the reference
+/// server pages them (as many as fit `CATALOG_PAGE_BUDGET` per page), and
+/// answers nothing else: it stands for a peer whose catalog no honest node
+/// would send (too long, names no node lists). It proves its own node ID in
+/// TLS like any peer, and serves on its own thread until the test ends.
+pub fn catalog_peer(entries: Vec<peershare_proto::wire::CatalogEntry>) -> SocketAddr {
+    use peershare::conn::{FrameReader, FrameWriter};
+    use peershare_proto::wire::{
+        CATALOG_PAGE_BUDGET, Hello, MAX_REQUEST_FRAME_LEN, Message, PROTOCOL_VERSION, capability,
+        catalog_entry_len,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let entries = std::sync::Arc::new(entries);
+    thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let tls = peershare::Tls::ephemeral();
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (tls, entries) = (tls.clone(), entries.clone());
+                tokio::spawn(async move {
+                    let Ok(secured) = tls.accept(tcp).await else {
+                        return;
+                    };
+                    let mut reader = FrameReader::new(secured.reader, MAX_REQUEST_FRAME_LEN);
+                    let mut writer = FrameWriter::new(secured.writer);
+                    while let Ok(Some(m)) = reader.read().await {
+                        let answer = match m {
+                            Message::Hello(_) => Message::Hello(Hello {
+                                version: PROTOCOL_VERSION,
+                                node_id: tls.node_id(),
+                                listen_port: 0,
+                                capabilities: capability::ALL,
+                            }),
+                            Message::GetCatalog { req_id, cursor } => {
+                                let mut page = Vec::new();
+                                let mut used = 0;
+                                let mut i = cursor as usize;
+                                while let Some(e) = entries.get(i) {
+                                    let len = catalog_entry_len(e);
+                                    if !page.is_empty() && used + len > CATALOG_PAGE_BUDGET {
+                                        break;
+                                    }
+                                    used += len;
+                                    page.push(e.clone());
+                                    i += 1;
+                                }
+                                Message::Catalog {
+                                    req_id,
+                                    revision: 1,
+                                    next: (i < entries.len()).then_some(i as u32),
+                                    entries: page,
+                                }
+                            }
+                            _ => continue,
+                        };
+                        if writer.send(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// `n` catalog entries of distinct made-up content, named `prefix` and a
+/// number.
+pub fn made_up_entries(
+    n: std::ops::Range<usize>,
+    prefix: &str,
+) -> Vec<peershare_proto::wire::CatalogEntry> {
+    n.map(|i| peershare_proto::wire::CatalogEntry {
+        id: FileId(peershare_proto::id::sha256(&i.to_be_bytes())),
+        size: i as u64,
+        flags: 0,
+        name: format!("{prefix}{i:06}"),
+    })
+    .collect()
+}
