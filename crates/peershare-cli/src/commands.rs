@@ -111,6 +111,34 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
+/// The name a download from `ticket` is known by: the ticket's, when it is
+/// a valid shared name. A ticket is a peer's text, and a name no node may
+/// list (control characters, `..`, absolute...) is never used: without
+/// `-o` there is then no name to save the file under, and the ticket is
+/// refused (status 2); with `-o` (`output`) the download goes on as if
+/// given the file ID, and a warning says so.
+fn ticket_name(ticket: &Ticket, output: Option<&Path>) -> Result<Option<String>, Failure> {
+    let why = match ticket.shared_name() {
+        Ok(name) => return Ok(Some(name.to_owned())),
+        Err(why) => why,
+    };
+    let name = &ticket.name;
+    if output.is_none() {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "the ticket names the file {name:?}, which {why}: no node lists such a name (the ticket was \
+                 made by a broken or hostile program); to download the file anyway, choose where to \
+                 save it with -o PATH"
+            ),
+        ));
+    }
+    eprintln!(
+        "peershare: warning: ignoring the ticket's name {name:?}, which {why}; downloading as if given only the file ID"
+    );
+    Ok(None)
+}
+
 /// Writes to stdout; a closed pipe (`| head`) ends quietly, not as an error.
 fn out(text: &str) {
     let mut o = io::stdout().lock();
@@ -675,7 +703,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
                 // may answer there.
                 expect.extend(t.addrs.iter().map(|a| (*a, t.node)));
                 unlisted = t.unlisted;
-                (t.id, Some(t.name), t.addrs)
+                (t.id, ticket_name(&t, a.output.as_deref())?, t.addrs)
             }
             Err(t_err) => {
                 let why = if a.what.trim_start().starts_with("ps1") {

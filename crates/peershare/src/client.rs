@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use peershare_proto::manifest::Manifest;
 use peershare_proto::wire::{
     CatalogEntry, DecodeError, Hello, Holding, MAX_CATALOG_ENTRIES, MAX_FRAME_LEN, Message,
-    PROTOCOL_VERSION, capability,
+    PROTOCOL_VERSION, capability, check_shared_name,
 };
 use peershare_proto::{FileId, NodeId};
 use tokio::net::TcpStream;
@@ -287,8 +287,19 @@ impl PeerConn {
 
     /// The peer's whole catalog (all pages, de-duplicated by file ID), or
     /// its first [`MAX_CATALOG_ENTRIES`] entries (with a warning) when it
-    /// lists more, as no node may.
+    /// lists more, as no node may. Entries whose name is not a valid shared
+    /// name ([`check_shared_name`]) are left out, with a warning: no name
+    /// a node may not list gets any further.
     pub async fn catalog(&self) -> Result<Vec<CatalogEntry>, PeerError> {
+        let mut bad = BadNames::default();
+        let out = self.catalog_pages(&mut bad).await;
+        if let Some((name, why)) = &bad.first {
+            tracing::warn!(addr = %self.addr, "the peer lists {} file(s) under names no node may list, left out: {name:?}, which {why}", bad.count);
+        }
+        out
+    }
+
+    async fn catalog_pages(&self, bad: &mut BadNames) -> Result<Vec<CatalogEntry>, PeerError> {
         let mut out: Vec<CatalogEntry> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut cursor = 0;
@@ -298,7 +309,17 @@ impl PeerConn {
                 .await?
             {
                 Message::Catalog { next, entries, .. } => {
-                    out.extend(entries.into_iter().filter(|e| seen.insert(e.id)));
+                    let valid = entries
+                        .into_iter()
+                        .filter(|e| match check_shared_name(&e.name) {
+                            Ok(()) => true,
+                            Err(why) => {
+                                bad.count += 1;
+                                bad.first.get_or_insert_with(|| (e.name.clone(), why));
+                                false
+                            }
+                        });
+                    out.extend(valid.filter(|e| seen.insert(e.id)));
                     if out.len() > MAX_CATALOG_ENTRIES {
                         // No node lists this many: hostile or broken. Keep
                         // a bounded prefix rather than grow without end.
@@ -378,6 +399,14 @@ impl PeerConn {
             _ => Err(PeerError::Unexpected { addr: self.addr }),
         }
     }
+}
+
+/// Catalog entries left out for their names: how many, and the first one
+/// with why it is not a shared name.
+#[derive(Default)]
+struct BadNames {
+    count: usize,
+    first: Option<(String, peershare_proto::wire::NameError)>,
 }
 
 fn close(shared: &Mutex<Shared>, reason: String, make: impl Fn() -> PeerError) {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use peershare_proto::manifest::ManifestError;
 use peershare_proto::ticket::UnsafeName;
-use peershare_proto::wire::{DecodeError, ErrorCode};
+use peershare_proto::wire::{DecodeError, ErrorCode, NameError};
 use peershare_proto::{FileId, NodeId};
 
 /// Errors of the library store (the data dir and the shared files).
@@ -57,6 +57,8 @@ pub enum StoreError {
          or unshare some files first"
     )]
     CatalogFull { listed: usize, max: usize },
+    #[error("{name:?} cannot be a shared name: it {why}, and peers refuse such names; rename it")]
+    BadName { name: String, why: NameError },
 }
 
 impl StoreError {

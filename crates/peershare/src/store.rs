@@ -34,7 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use peershare_proto::id::{ID_LEN, sha256};
 use peershare_proto::manifest::{Manifest, chunk_count, chunk_size_for};
-use peershare_proto::wire::{MAX_CATALOG_ENTRIES, MAX_NAME_LEN};
+use peershare_proto::wire::{MAX_CATALOG_ENTRIES, MAX_NAME_LEN, check_shared_name};
 use peershare_proto::{FileId, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -613,6 +613,7 @@ impl Library {
         manifest: &Manifest,
         download: Download,
     ) -> Result<(), StoreError> {
+        valid_name(&download.name)?;
         let mpath = self.manifest_path(&manifest.id());
         if !mpath.exists() {
             write_atomic(&mpath, &manifest.encode())?;
@@ -768,6 +769,8 @@ fn collect(path: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<PathBuf, Sto
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "root".into());
+    // Named directly: refused. (In a folder, a file is skipped: walk.)
+    valid_name(&base)?;
     if meta.is_file() {
         out.push((abs.clone(), base));
     } else if meta.is_dir() {
@@ -792,15 +795,25 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<(PathBuf, String)>) -> Result<()
         } else if ft.is_dir() {
             walk(&e.path(), &name, out)?;
         } else if ft.is_file() {
-            if name.len() > MAX_NAME_LEN {
-                // Peers could not be told its name: leave it out, loudly.
-                tracing::warn!(path = %e.path().display(), "skipping: its shared name would be longer than {MAX_NAME_LEN} bytes");
+            if let Err(why) = check_shared_name(&name) {
+                // Peers could not be told its name (one too long broke
+                // the whole catalog): leave it out, loudly.
+                tracing::warn!(path = ?e.path(), "skipping: its shared name {name:?} {why}");
                 continue;
             }
             out.push((e.path(), name));
         }
     }
     Ok(())
+}
+
+/// Refuses a name no node may list ([`check_shared_name`]): the library
+/// holds only names its catalog can carry and peers accept.
+fn valid_name(name: &str) -> Result<(), StoreError> {
+    check_shared_name(name).map_err(|why| StoreError::BadName {
+        name: name.to_owned(),
+        why,
+    })
 }
 
 /// Hashes every chunk of every file on all cores. Work is one chunk at a
@@ -927,6 +940,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use peershare_proto::wire::NameError;
+
     use super::*;
 
     fn lib() -> (tempfile::TempDir, Library) {
@@ -1092,6 +1107,56 @@ mod tests {
             .unwrap();
         let names: Vec<_> = s.iter().map(|s| s.entry.name.as_str()).collect();
         assert_eq!(names, ["f/ok.txt"]);
+    }
+
+    #[test]
+    fn names_no_node_may_list_never_enter_the_library() {
+        let (d, l) = lib();
+        let none = ShareProgress::default();
+        let folder = d.path().join("f");
+        fs::create_dir(&folder).unwrap();
+        let evil = folder.join("a\n\u{1b}]0;x\u{7}");
+        fs::write(&evil, b"evil").unwrap();
+        fs::write(folder.join("ok"), b"ok").unwrap();
+        // Named directly: refused, nothing shared.
+        let err = l.share(std::slice::from_ref(&evil), &none).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::BadName {
+                    why: NameError::Control,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!err.to_string().contains('\n'), "{err}");
+        assert!(l.snapshot().unwrap().files.is_empty());
+        // In a folder: skipped.
+        let names: Vec<_> = l
+            .share(&[folder], &none)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.entry.name)
+            .collect();
+        assert_eq!(names, ["f/ok"]);
+        // A download recorded under such a name (an `-o` of the user's) is
+        // not offered, so not shared when done either.
+        let m = Manifest::from_bytes(b"evil");
+        let record = Download {
+            id: m.id().to_string(),
+            name: "x\ny".into(),
+            size: 4,
+            part: d.path().join("p"),
+            state: d.path().join("s"),
+            unlisted: false,
+        };
+        let out = d.path().join("x\ny");
+        assert!(matches!(
+            l.begin_download(&out, &m, record),
+            Err(StoreError::BadName { .. })
+        ));
+        assert!(l.snapshot().unwrap().downloads.is_empty());
     }
 
     #[test]

@@ -336,7 +336,7 @@ async fn an_endless_catalog_is_cut_at_the_limit() {
                                 id: FileId(id),
                                 size: 1,
                                 flags: 0,
-                                name: String::new(),
+                                name: format!("f{n}"),
                             }
                         })
                         .collect();

@@ -1,0 +1,131 @@
+//! Names from peers and from disk never reach the terminal raw (issue #10,
+//! item 9): a ticket's name is used only if it is a valid shared name
+//! (`wire::check_shared_name`), catalog entries under any other name are
+//! left out, the library takes no such name (so no catalog republishes
+//! one), and every command prints names and paths escaped.
+//!
+//! The hostile name holds a newline that would forge an output line and an
+//! OSC sequence that would retitle the terminal.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use peershare_proto::Ticket;
+
+/// A forged line, then "set the terminal's title".
+const EVIL: &str = "a.txt\n0000  1 GiB  fake.iso\x1b]0;pwned\x07";
+
+/// `EVIL` as `printable` shows it.
+const EVIL_SHOWN: &str = "a.txt\\n0000  1 GiB  fake.iso\\u{1b}]0;pwned\\u{7}";
+
+/// Fails if `text` holds a control character other than line ends, or if
+/// a line of it holds the forged line's start.
+#[track_caller]
+fn no_raw_text(what: &str, text: &str) {
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{what} holds a control character:\n{text:?}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("0000  1 GiB")),
+        "{what} has a forged line:\n{text}"
+    );
+}
+
+/// Every line `out` printed, on both streams, is free of raw peer text.
+#[track_caller]
+fn all_clean(out: &Out) {
+    no_raw_text("stdout", &out.stdout);
+    no_raw_text("stderr", &out.stderr);
+}
+
+/// A serving node sharing `content` as `f.bin`, and a ticket for it whose
+/// name is `EVIL` (what a hostile program would hand out).
+fn evil_ticket(sb: &Sandbox, content: &[u8]) -> (Serve, String) {
+    let data = sb.data("srv");
+    let srv = sb.serve(&data, &[]);
+    let shared = sb.share(&data, &[&sb.write("f.bin", content)], Some(srv.addr));
+    let mut t: Ticket = str_field(&shared[0], "ticket").parse().unwrap();
+    t.name = EVIL.into();
+    (srv, t.to_string())
+}
+
+#[test]
+fn a_ticket_whose_name_no_node_may_list_needs_o_and_its_name_is_never_used() {
+    let sb = Sandbox::new();
+    let content = random_bytes(MIB + 3, 90);
+    let (_srv, ticket) = evil_ticket(&sb, &content);
+    let client = sb.data("client");
+
+    // Without -o: nothing to save it under. Refused, nothing written.
+    let cwd = sb.dir("downloads");
+    let mut c = sb.cmd(&get_args(&client, &ticket, &[], None, &["--no-discovery"]));
+    c.current_dir(&cwd);
+    let res = run(c);
+    let msg = res.fails_with(USAGE);
+    all_clean(&res);
+    assert!(msg.contains(EVIL_SHOWN), "{msg}");
+    assert!(msg.contains("-o PATH"), "{msg}");
+    assert_eq!(fs::read_dir(&cwd).unwrap().count(), 0, "nothing written");
+
+    // With -o FILE: the file is saved there, under that name, with a
+    // warning that quotes the ticket's name escaped.
+    let got = sb.path("got.bin");
+    let res = sb.get(&client, &ticket, &[], Some(&got), &["--no-discovery"]);
+    res.ok();
+    all_clean(&res);
+    assert!(
+        res.stderr.contains("ignoring the ticket's name")
+            && res.stderr.contains(&format!("{EVIL:?}")),
+        "{}",
+        res.stderr
+    );
+    assert_same_file(&got, &content);
+    // The library entry is named after the local file, not the ticket.
+    let shared = sb.run_on(&client, &["shared"]);
+    shared.ok();
+    all_clean(&shared);
+    assert!(shared.stdout.contains("  got.bin\n"), "{}", shared.stdout);
+    let json = sb.shared(&client);
+    assert_eq!(sorted_names(&json), ["got.bin"]);
+
+    // With -o DIR: as if given the file ID, so under the name peers list.
+    let dir = sb.dir("into");
+    let res = sb.get(&client, &ticket, &[], Some(&dir), &["--no-discovery"]);
+    res.ok();
+    all_clean(&res);
+    assert_same_file(&dir.join("f.bin"), &content);
+
+    // And this node's catalog never republishes the ticket's name (both
+    // copies are one content, so one entry, under one of their names).
+    let mirror = sb.serve(&client, &[]);
+    let rows = sb.ls(&sb.data("third"), &[&mirror]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let name = str_field(&rows[0], "name");
+    assert!(name == "got.bin" || name == "f.bin", "{name:?}");
+}
+
+#[test]
+fn share_refuses_a_file_named_with_control_characters_and_skips_one_in_a_folder() {
+    let sb = Sandbox::new();
+    let data = sb.data("a");
+    let evil = sb.write(&format!("dir/{EVIL}"), b"evil");
+    sb.write("dir/ok.txt", b"ok");
+
+    let res = sb.run_on(&data, &["share", path_str(&evil)]);
+    let msg = res.fails_with(LOCAL);
+    all_clean(&res);
+    assert!(msg.contains(&format!("{EVIL:?}")), "{msg}");
+    assert!(msg.contains("control character"), "{msg}");
+    assert!(sb.shared(&data).is_empty(), "nothing shared");
+
+    let res = sb.run_on(&data, &["share", path_str(&sb.path("dir"))]);
+    res.ok();
+    all_clean(&res);
+    assert_eq!(res.stdout.lines().count(), 1, "{}", res.stdout);
+    assert!(res.stdout.ends_with("  dir/ok.txt\n"), "{}", res.stdout);
+    assert!(res.stderr.contains("skipping"), "{}", res.stderr);
+    assert_eq!(sorted_names(&sb.shared(&data)), ["dir/ok.txt"]);
+}
