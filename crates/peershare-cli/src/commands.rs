@@ -111,6 +111,12 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
+/// A path made safe to print, as [`printable`]: local paths can hold
+/// control characters too (`-o` names, files from elsewhere).
+fn printable_path(p: &Path) -> String {
+    printable(&p.display().to_string())
+}
+
 /// The name a download from `ticket` is known by: the ticket's, when it is
 /// a valid shared name. A ticket is a peer's text, and a name no node may
 /// list (control characters, `..`, absolute...) is never used: without
@@ -241,7 +247,7 @@ async fn share(dir: &Path, a: ShareArgs, quiet: bool) -> Result<(), Failure> {
             text.push_str(&format!(
                 "{}  {}{}\n",
                 s.entry.id,
-                s.entry.name,
+                printable(&s.entry.name),
                 unlisted_mark(&s.entry)
             ));
         }
@@ -265,14 +271,14 @@ fn unshare(dir: &Path, a: UnshareArgs) -> Result<(), Failure> {
     } else {
         let mut text = String::new();
         for e in &removed.files {
-            text.push_str(&format!("unshared {}  {}\n", e.id, e.name));
+            text.push_str(&format!("unshared {}  {}\n", e.id, printable(&e.name)));
         }
         for (out, d) in &removed.downloads {
             text.push_str(&format!(
                 "no longer offering {}  {} (download in progress to {})\n",
                 d.id,
-                d.name,
-                out.display()
+                printable(&d.name),
+                printable_path(out)
             ));
         }
         out(&text);
@@ -299,7 +305,7 @@ fn shared(dir: &Path, a: SharedArgs) -> Result<(), Failure> {
                 "{}  {:>10}  {}{}\n",
                 f.id,
                 progress::bytes(f.size),
-                f.name,
+                printable(&f.name),
                 unlisted_mark(e)
             ));
         }
@@ -838,7 +844,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
         };
         out(&format!(
             "saved {} ({}, verified) in {:.1} s at {}/s from {} peer{}{resumed}{shared}\n",
-            summary.path.display(),
+            printable_path(&summary.path),
             progress::bytes(summary.size),
             summary.seconds,
             progress::bytes(rate as u64),
@@ -886,9 +892,9 @@ async fn peers(dir: &Path, a: crate::cli::PeersArgs) -> Result<(), Failure> {
     for f in &found {
         text.push_str(&format!(
             "{}  {:<22}  {:<8}  seen {} s ago\n",
-            f.node_id,
+            printable(&f.node_id),
             f.addr.to_string(),
-            f.found_via,
+            printable(&f.found_via),
             f.last_seen_secs
         ));
     }

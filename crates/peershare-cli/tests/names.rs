@@ -12,6 +12,8 @@ mod common;
 use std::fs;
 
 use common::*;
+use peershare::Library;
+use peershare::store::Entry;
 use peershare_proto::Ticket;
 
 /// A forged line, then "set the terminal's title".
@@ -108,6 +110,69 @@ fn a_ticket_whose_name_no_node_may_list_needs_o_and_its_name_is_never_used() {
 }
 
 #[test]
+fn a_name_left_in_the_library_by_an_older_release_is_shown_escaped_and_not_listed() {
+    // An older release's `get -o` kept a ticket's name as it was: the
+    // library still holds it. Every command shows it escaped, and peers
+    // leave it out of the catalog they are sent.
+    let sb = Sandbox::new();
+    let data = sb.data("old");
+    let lib = Library::open(&data).unwrap();
+    let shared = |name: &str| {
+        lib.share(&[sb.write(name, name.as_bytes())], &Default::default())
+            .unwrap()
+            .remove(0)
+            .entry
+    };
+    let evil = Entry {
+        name: EVIL.into(),
+        ..shared("from-an-old-ticket.bin")
+    };
+    shared("fine.txt");
+    lib.insert_unchecked(vec![evil.clone()]).unwrap();
+
+    let out = sb.run_on(&data, &["shared"]);
+    out.ok();
+    all_clean(&out);
+    assert!(out.stdout.contains(EVIL_SHOWN), "{}", out.stdout);
+    let json = sb.shared(&data);
+    assert!(
+        json.iter().any(|v| v["name"] == EVIL),
+        "JSON keeps it exact"
+    );
+
+    let srv = sb.serve(&data, &[]);
+    let client = sb.data("client");
+    let res = sb.run_ls(&client, &[&srv.peer()], &[]);
+    res.ok();
+    all_clean(&res);
+    assert!(res.stdout.contains("  fine.txt  ("), "{}", res.stdout);
+    assert_eq!(res.stdout.lines().count(), 1, "{}", res.stdout);
+    assert!(
+        res.stderr.contains("names no node may list") && res.stderr.contains(&format!("{EVIL:?}")),
+        "the warning quotes it escaped: {}",
+        res.stderr
+    );
+    let rows = sb.ls(&client, &[&srv]);
+    assert_eq!(sorted_names(&rows), ["fine.txt"]);
+    // Asked for by ID, it is still served, and saved under a name of the
+    // downloader's: the peer's for it is none.
+    let out_dir = sb.dir("dl");
+    sb.get(&client, &evil.id, &[&srv.peer()], Some(&out_dir), &[])
+        .ok();
+    assert_same_file(&out_dir.join(&evil.id), b"from-an-old-ticket.bin");
+
+    let out = sb.run_on(&data, &["unshare", path_str(&evil.path)]);
+    out.ok();
+    all_clean(&out);
+    assert!(
+        out.stdout
+            .contains(&format!("unshared {}  {EVIL_SHOWN}\n", evil.id)),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
 fn share_refuses_a_file_named_with_control_characters_and_skips_one_in_a_folder() {
     let sb = Sandbox::new();
     let data = sb.data("a");
@@ -128,4 +193,70 @@ fn share_refuses_a_file_named_with_control_characters_and_skips_one_in_a_folder(
     assert!(res.stdout.ends_with("  dir/ok.txt\n"), "{}", res.stdout);
     assert!(res.stderr.contains("skipping"), "{}", res.stderr);
     assert_eq!(sorted_names(&sb.shared(&data)), ["dir/ok.txt"]);
+}
+
+#[test]
+fn a_download_saved_under_a_name_with_control_characters_is_shown_escaped_and_not_shared() {
+    let sb = Sandbox::new();
+    let srv_data = sb.data("srv");
+    let srv = sb.serve(&srv_data, &[]);
+    let content = random_bytes(300_000, 91);
+    let id = sb.share_one(&srv_data, &sb.write("f.bin", &content));
+    let client = sb.data("client");
+    let out = sb.path(EVIL);
+    let res = sb.get(&client, &id, &[&srv.peer()], Some(&out), &[]);
+    res.ok();
+    all_clean(&res);
+    assert_same_file(&out, &content);
+    let shown = sb.path(EVIL_SHOWN);
+    assert!(
+        res.stdout
+            .starts_with(&format!("saved {} (", shown.display())),
+        "{}",
+        res.stdout
+    );
+    assert_eq!(res.stdout.lines().count(), 1, "{}", res.stdout);
+    // The library takes no name peers would refuse.
+    assert!(!res.stdout.contains("now shared"), "{}", res.stdout);
+    assert!(sb.shared(&client).is_empty());
+}
+
+#[test]
+fn trust_ls_shows_a_label_escaped() {
+    let sb = Sandbox::new();
+    let data = sb.data("a");
+    let friend = sb.run_on(&sb.data("friend"), &["id"]);
+    let friend = friend.ok().stdout.trim().to_owned();
+    sb.run_on(&data, &["trust", "add", &friend, EVIL]).ok();
+    let out = sb.run_on(&data, &["trust", "ls"]);
+    out.ok();
+    all_clean(&out);
+    assert_eq!(out.stdout, format!("{friend}  {EVIL_SHOWN}\n"));
+}
+
+#[test]
+fn peers_shows_what_a_local_serve_recorded_escaped_and_only_real_node_ids() {
+    let sb = Sandbox::new();
+    let data = sb.data("a");
+    let me = sb.run_on(&data, &["id"]);
+    let me = me.ok().stdout.trim().to_owned();
+    let other = "ab".repeat(32);
+    // What a `serve` on this data dir records (this test process stands
+    // for it: the record counts while its process lives), tampered with.
+    let record = serde_json::json!({
+        "pid": std::process::id(),
+        "node_id": me,
+        "written_unix": 0,
+        "peers": [
+            {"node_id": EVIL, "addr": "127.0.0.1:9", "found_via": "announce", "last_seen_secs": 0},
+            {"node_id": other, "addr": "127.0.0.1:10", "found_via": EVIL, "last_seen_secs": 0},
+        ],
+    });
+    fs::write(data.join("peers.json"), record.to_string()).unwrap();
+    let out = sb.run_on(&data, &["peers"]);
+    out.ok();
+    all_clean(&out);
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+    assert!(out.stdout.starts_with(&other), "{}", out.stdout);
+    assert!(out.stdout.contains(EVIL_SHOWN), "{}", out.stdout);
 }
