@@ -97,18 +97,7 @@ fn store_failure(e: StoreError) -> Failure {
 /// control characters (newlines, escape sequences) are shown escaped, so a
 /// peer can neither forge output lines nor drive the terminal.
 pub fn printable(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
-        return s.to_owned();
-    }
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    peershare::error::printable(s).into_owned()
 }
 
 /// A path made safe to print, as [`printable`]: local paths can hold

@@ -260,3 +260,41 @@ fn peers_shows_what_a_local_serve_recorded_escaped_and_only_real_node_ids() {
     assert!(out.stdout.starts_with(&other), "{}", out.stdout);
     assert!(out.stdout.contains(EVIL_SHOWN), "{}", out.stdout);
 }
+
+#[test]
+fn a_peer_s_error_message_is_shown_escaped_in_errors_and_logs() {
+    use peershare_proto::wire::{ErrorCode, Message};
+    let sb = Sandbox::new();
+    // A peer that refuses every connection with a message of its own.
+    let peer = fake_peer(|m, _| match m {
+        Message::Hello(_) => Some(Message::Error {
+            req_id: 0,
+            code: ErrorCode::Busy,
+            message: EVIL.into(),
+        }),
+        _ => None,
+    })
+    .to_string();
+    let client = sb.data("client");
+    let id = "ab".repeat(32);
+    let out = sb.path("out.bin");
+    // -v: the log lines that quote it too.
+    let res = sb.get(&client, &id, &[&peer], Some(&out), &["-v"]);
+    assert!(!res.status.success(), "{}", res.stderr);
+    all_clean(&res);
+    assert!(res.stderr.contains(EVIL_SHOWN), "{}", res.stderr);
+    let res = sb.run_ls(&client, &[&peer], &["-v"]);
+    assert!(!res.status.success(), "{}", res.stderr);
+    all_clean(&res);
+    assert!(res.stderr.contains(EVIL_SHOWN), "{}", res.stderr);
+    // A catalog entry under such a name: left out, the warning escaped.
+    let mut entries = made_up_entries(0..2, "fine-");
+    entries[1].name = EVIL.into();
+    let peer = catalog_peer(entries).to_string();
+    let res = sb.run_ls(&client, &[&peer], &[]);
+    res.ok();
+    all_clean(&res);
+    assert_eq!(res.stdout.lines().count(), 1, "{}", res.stdout);
+    assert!(res.stdout.contains("  fine-000000  ("), "{}", res.stdout);
+    assert!(res.stderr.contains(&format!("{EVIL:?}")), "{}", res.stderr);
+}

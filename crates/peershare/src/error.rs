@@ -2,6 +2,7 @@
 //! "our disk failed", and carries what a caller needs to tell the user what
 //! to do next.
 
+use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,6 +69,27 @@ impl StoreError {
     }
 }
 
+/// Text that came from a peer (names, error messages), made safe to show:
+/// control characters (newlines, escape sequences) are escaped, so a peer
+/// can neither forge lines of output or logs nor drive the terminal. The
+/// errors here that quote a peer's words do so through it.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 /// Errors talking to one peer.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -89,7 +111,7 @@ pub enum PeerError {
     },
     #[error("{addr} is not a peershare peer, or speaks another protocol: {reason}")]
     Handshake { addr: SocketAddr, reason: String },
-    #[error("{addr} answered: {message}")]
+    #[error("{addr} answered: {}", printable(.message))]
     Remote {
         addr: SocketAddr,
         code: ErrorCode,
@@ -109,7 +131,7 @@ pub enum PeerError {
         expected: NodeId,
         got: NodeId,
     },
-    #[error("{addr} ended the connection: {message}")]
+    #[error("{addr} ended the connection: {}", printable(.message))]
     Ended {
         addr: SocketAddr,
         code: ErrorCode,
