@@ -497,7 +497,7 @@ async fn read_loop(
                 code,
                 message,
             })) => {
-                tracing::debug!(%addr, "peer closed the connection: {message}");
+                tracing::debug!(%addr, "peer closed the connection: {message:?}");
                 // About the connection, not any one request: every waiter
                 // learns the connection ended (and why).
                 close(&shared, message.clone(), || PeerError::Ended {
