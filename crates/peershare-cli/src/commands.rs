@@ -97,18 +97,41 @@ fn store_failure(e: StoreError) -> Failure {
 /// control characters (newlines, escape sequences) are shown escaped, so a
 /// peer can neither forge output lines nor drive the terminal.
 pub fn printable(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
-        return s.to_owned();
+    peershare::error::printable(s).into_owned()
+}
+
+/// A path made safe to print, as [`printable`]: local paths can hold
+/// control characters too (`-o` names, files from elsewhere).
+fn printable_path(p: &Path) -> String {
+    printable(&p.display().to_string())
+}
+
+/// The name a download from `ticket` is known by: the ticket's, when it is
+/// a valid shared name. A ticket is a peer's text, and a name no node may
+/// list (control characters, `..`, absolute...) is never used: without
+/// `-o` there is then no name to save the file under, and the ticket is
+/// refused (status 2); with `-o` (`output`) the download goes on as if
+/// given the file ID, and a warning says so.
+fn ticket_name(ticket: &Ticket, output: Option<&Path>) -> Result<Option<String>, Failure> {
+    let why = match ticket.shared_name() {
+        Ok(name) => return Ok(Some(name.to_owned())),
+        Err(why) => why,
+    };
+    let name = &ticket.name;
+    if output.is_none() {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "the ticket names the file {name:?}, which {why}: no node lists such a name (the ticket was \
+                 made by a broken or hostile program); to download the file anyway, choose where to \
+                 save it with -o PATH"
+            ),
+        ));
     }
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    eprintln!(
+        "peershare: warning: ignoring the ticket's name {name:?}, which {why}; downloading as if given only the file ID"
+    );
+    Ok(None)
 }
 
 /// Writes to stdout; a closed pipe (`| head`) ends quietly, not as an error.
@@ -213,7 +236,7 @@ async fn share(dir: &Path, a: ShareArgs, quiet: bool) -> Result<(), Failure> {
             text.push_str(&format!(
                 "{}  {}{}\n",
                 s.entry.id,
-                s.entry.name,
+                printable(&s.entry.name),
                 unlisted_mark(&s.entry)
             ));
         }
@@ -237,14 +260,14 @@ fn unshare(dir: &Path, a: UnshareArgs) -> Result<(), Failure> {
     } else {
         let mut text = String::new();
         for e in &removed.files {
-            text.push_str(&format!("unshared {}  {}\n", e.id, e.name));
+            text.push_str(&format!("unshared {}  {}\n", e.id, printable(&e.name)));
         }
         for (out, d) in &removed.downloads {
             text.push_str(&format!(
                 "no longer offering {}  {} (download in progress to {})\n",
                 d.id,
-                d.name,
-                out.display()
+                printable(&d.name),
+                printable_path(out)
             ));
         }
         out(&text);
@@ -271,7 +294,7 @@ fn shared(dir: &Path, a: SharedArgs) -> Result<(), Failure> {
                 "{}  {:>10}  {}{}\n",
                 f.id,
                 progress::bytes(f.size),
-                f.name,
+                printable(&f.name),
                 unlisted_mark(e)
             ));
         }
@@ -690,7 +713,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
                 // may answer there.
                 expect.extend(t.addrs.iter().map(|a| (*a, t.node)));
                 unlisted = t.unlisted;
-                (t.id, Some(t.name), t.addrs)
+                (t.id, ticket_name(&t, a.output.as_deref())?, t.addrs)
             }
             Err(t_err) => {
                 let why = if a.what.trim_start().starts_with("ps1") {
@@ -830,7 +853,7 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
         };
         out(&format!(
             "saved {} ({}, verified) in {:.1} s at {}/s from {} peer{}{resumed}{shared}\n",
-            summary.path.display(),
+            printable_path(&summary.path),
             progress::bytes(summary.size),
             summary.seconds,
             progress::bytes(rate as u64),
@@ -878,9 +901,9 @@ async fn peers(dir: &Path, a: crate::cli::PeersArgs) -> Result<(), Failure> {
     for f in &found {
         text.push_str(&format!(
             "{}  {:<22}  {:<8}  seen {} s ago\n",
-            f.node_id,
+            printable(&f.node_id),
             f.addr.to_string(),
-            f.found_via,
+            printable(&f.found_via),
             f.last_seen_secs
         ));
     }

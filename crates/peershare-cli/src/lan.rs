@@ -106,6 +106,8 @@ fn local_view(dir: &Path) -> Vec<Found> {
     let age = unix_now().saturating_sub(file.written_unix);
     file.peers
         .into_iter()
+        // serve writes node IDs; anything else is not one of its records.
+        .filter(|f| f.node_id.parse::<NodeId>().is_ok())
         .map(|mut f| {
             f.last_seen_secs += age;
             f

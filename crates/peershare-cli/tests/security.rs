@@ -193,3 +193,61 @@ fn a_ticket_names_its_node_and_an_impostor_at_its_address_is_refused() {
         .ok();
     assert_eq!(fs::read(&out).unwrap(), content);
 }
+
+/// The one error line of `run`, which must fail with status 6 (a local
+/// file problem).
+fn local_error(out: &Out) -> String {
+    out.fails_with(LOCAL)
+}
+
+#[test]
+fn a_damaged_trust_list_is_called_the_trust_list_and_says_what_to_do() {
+    // Regression (issue #10, item 12): a damaged trust.json was called "the
+    // library", and one that is not UTF-8 gave a bare "stream did not
+    // contain valid UTF-8".
+    let sb = Sandbox::new();
+    let data = sb.data("a");
+    node_id(&sb, &data);
+    let list = data.join("trust.json");
+    for garbage in [&b"not json"[..], b"\xff\xfe{\x00"] {
+        fs::write(&list, garbage).unwrap();
+        for args in [&["trust", "ls"][..], &["serve", "--trusted-only"]] {
+            let msg = local_error(&sb.run_on(&data, args));
+            assert!(msg.contains(path_str(&list)), "{args:?}: {msg}");
+            assert!(msg.contains("is damaged"), "{args:?}: {msg}");
+            assert!(msg.contains("empty trust list"), "{args:?}: {msg}");
+            assert!(!msg.contains("library"), "{args:?}: {msg}");
+            assert!(!msg.contains("UTF-8"), "{args:?}: {msg}");
+        }
+        assert_eq!(fs::read(&list).unwrap(), garbage, "left as it was");
+    }
+}
+
+#[test]
+fn a_damaged_key_file_says_that_deleting_it_makes_a_new_node_id() {
+    // Regression (issue #10, item 12): a damaged node.key was called "the
+    // library", and one that is not UTF-8 gave a bare "stream did not
+    // contain valid UTF-8".
+    let sb = Sandbox::new();
+    let data = sb.data("a");
+    let old = node_id(&sb, &data);
+    let key = data.join("node.key");
+    for garbage in [&b"not a key"[..], b"\xff\xfe\x00\x01"] {
+        fs::write(&key, garbage).unwrap();
+        for args in [&["id"][..], &["ls", "--peer", "127.0.0.1:1"]] {
+            let msg = local_error(&sb.run_on(&data, args));
+            assert!(msg.contains(path_str(&key)), "{args:?}: {msg}");
+            assert!(msg.contains("is damaged"), "{args:?}: {msg}");
+            assert!(
+                msg.contains("delete it to make a new node ID"),
+                "{args:?}: {msg}"
+            );
+            assert!(!msg.contains("library"), "{args:?}: {msg}");
+            assert!(!msg.contains("UTF-8"), "{args:?}: {msg}");
+        }
+        assert_eq!(fs::read(&key).unwrap(), garbage, "never replaced");
+    }
+    // Doing as told: a new key, a new node ID.
+    fs::remove_file(&key).unwrap();
+    assert_ne!(node_id(&sb, &data), old);
+}

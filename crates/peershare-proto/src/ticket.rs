@@ -13,7 +13,8 @@
 //! u64       file size
 //! u8        flags: bit 0 = UNLISTED (the sharer keeps it out of catalogs;
 //!           so does a downloader that got it from this ticket); others 0
-//! u16 + ..  name (UTF-8, at most MAX_NAME_LEN bytes)
+//! u16 + ..  name (UTF-8, at most MAX_NAME_LEN bytes; a shared name,
+//!           see wire::check_shared_name, or not to be used)
 //! u8        address count (at most MAX_TICKET_ADDRS)
 //! per address: u8 family (4 or 6), 4 or 16 address bytes, u16 port
 //! ```
@@ -25,7 +26,7 @@ use data_encoding::BASE32_NOPAD;
 
 use crate::id::{FileId, ID_LEN, NodeId};
 use crate::manifest::MAX_FILE_SIZE;
-use crate::wire::MAX_NAME_LEN;
+use crate::wire::{MAX_NAME_LEN, NameError, check_shared_name};
 
 /// Text prefix of every ticket (it also carries the version).
 pub const TICKET_PREFIX: &str = "ps1";
@@ -83,6 +84,14 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The ticket's name, if it is a valid shared name
+    /// ([`check_shared_name`]). A ticket parses whatever its name (its file
+    /// ID and addresses are good), but a name that is not one must not be
+    /// shown, kept or passed on.
+    pub fn shared_name(&self) -> Result<&str, NameError> {
+        check_shared_name(&self.name).map(|()| self.name.as_str())
+    }
+
     /// The binary form. Names and address lists over their limits are cut
     /// (a name on a character boundary), so every ticket made here parses.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -340,6 +349,18 @@ mod tests {
             Ticket::from_bytes(&t.to_bytes()),
             Err(TicketError::Size(MAX_FILE_SIZE + 1))
         );
+    }
+
+    #[test]
+    fn a_ticket_with_a_name_no_node_lists_parses_but_its_name_is_refused() {
+        let evil = Ticket {
+            name: "a.txt\n\u{1b}]0;pwned\u{7}".into(),
+            ..sample()
+        };
+        let back: Ticket = evil.to_string().parse().unwrap();
+        assert_eq!(back, evil);
+        assert_eq!(back.shared_name(), Err(NameError::Control));
+        assert_eq!(sample().shared_name(), Ok("talk.mkv"));
     }
 
     #[test]

@@ -45,6 +45,58 @@ pub const MAX_NAME_LEN: usize = 1024;
 pub const MAX_ERROR_MESSAGE_LEN: usize = 1024;
 /// A catalog page holds entries up to about this many bytes.
 pub const CATALOG_PAGE_BUDGET: usize = 256 * 1024;
+/// Most entries a node lists in its catalog, all pages together; a client
+/// keeps no more than this from one peer.
+pub const MAX_CATALOG_ENTRIES: usize = 100_000;
+
+/// Why a name is not a valid shared name ([`check_shared_name`]). Each
+/// reads after "it".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("is empty")]
+    Empty,
+    #[error("is longer than {MAX_NAME_LEN} bytes")]
+    TooLong,
+    #[error("is absolute (starts with /)")]
+    Absolute,
+    #[error("has an empty, \".\" or \"..\" component")]
+    BadComponent,
+    #[error("contains a control character (a newline, an escape sequence...)")]
+    Control,
+}
+
+/// Checks that `name` is a valid *shared name*: the name a node lists a
+/// file under (catalog entries, tickets; `docs/PROTOCOL.md` section 6.4).
+/// That is one or more `/`-separated components, relative (not starting
+/// with `/`), none of them empty, `.` or `..`, no control character
+/// anywhere (C0, DEL, C1: no newline, tab or escape sequence), and at most
+/// [`MAX_NAME_LEN`] bytes of UTF-8.
+///
+/// A valid shared name is safe to show on one line (it can neither forge
+/// lines nor drive a terminal) and to read as a relative path, but is not
+/// necessarily a safe *local* file name (see
+/// [`crate::ticket::safe_file_name`]).
+pub fn check_shared_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(NameError::Control);
+    }
+    if name.starts_with('/') {
+        return Err(NameError::Absolute);
+    }
+    if name
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(NameError::BadComponent);
+    }
+    Ok(())
+}
 
 /// Message kinds (the byte after the length prefix).
 pub mod kind {
@@ -862,6 +914,52 @@ mod tests {
     #[should_panic(expected = "exceeds MAX_CHUNK_SIZE")]
     fn chunk_header_refuses_oversized_chunks() {
         chunk_header(0, 0, u32::MAX);
+    }
+
+    #[test]
+    fn shared_names() {
+        use NameError::*;
+        let longest = "n".repeat(MAX_NAME_LEN);
+        let too_long = "n".repeat(MAX_NAME_LEN + 1);
+        let wide = "é".repeat(MAX_NAME_LEN / 2); // 2 bytes each
+        let wider = format!("{wide}x");
+        for (name, want) in [
+            ("talk.mkv", Ok(())),
+            ("papers/2024/a.pdf", Ok(())),
+            ("dir/é", Ok(())),
+            ("ÉTÉ été.txt", Ok(())),
+            ("..a/b..", Ok(())),
+            (".hidden/.x", Ok(())),
+            ("back\\slash:colon", Ok(())), // safe_file_name's business
+            ("CON", Ok(())),
+            ("trailing. ", Ok(())),
+            ("right\u{202e}to-left", Ok(())), // a format character, not a control
+            (longest.as_str(), Ok(())),
+            (wide.as_str(), Ok(())),
+            ("", Err(Empty)),
+            (too_long.as_str(), Err(TooLong)),
+            (wider.as_str(), Err(TooLong)),
+            ("/etc/passwd", Err(Absolute)),
+            ("/", Err(Absolute)),
+            ("a//b", Err(BadComponent)),
+            ("a/", Err(BadComponent)),
+            (".", Err(BadComponent)),
+            ("..", Err(BadComponent)),
+            ("a/./b", Err(BadComponent)),
+            ("a/../../b", Err(BadComponent)),
+            ("../x", Err(BadComponent)),
+            ("line\nbreak", Err(Control)),
+            ("a.txt\n0000 1 GiB fake.iso", Err(Control)),
+            ("title\u{1b}]0;pwned\u{7}", Err(Control)),
+            ("tab\there", Err(Control)),
+            ("nul\0", Err(Control)),
+            ("cr\r", Err(Control)),
+            ("del\u{7f}", Err(Control)),
+            ("csi\u{9b}31m", Err(Control)), // C1
+            ("/\n", Err(Control)),          // the first reason found
+        ] {
+            assert_eq!(check_shared_name(name), want, "{name:?}");
+        }
     }
 
     #[test]

@@ -31,9 +31,9 @@ use peershare_proto::ticket::{
 };
 use peershare_proto::wire::{
     CATALOG_PAGE_BUDGET, CatalogEntry, DecodeError, ErrorCode, Hello, Holding, LEN_PREFIX, MAGIC,
-    MAX_ERROR_MESSAGE_LEN, MAX_FRAME_LEN, MAX_NAME_LEN, MAX_REQUEST_FRAME_LEN, Message,
-    PROTOCOL_VERSION, capability, catalog_entry_len, chunk_header, decode_body, decode_frame,
-    entry_flags, kind,
+    MAX_CATALOG_ENTRIES, MAX_ERROR_MESSAGE_LEN, MAX_FRAME_LEN, MAX_NAME_LEN, MAX_REQUEST_FRAME_LEN,
+    Message, PROTOCOL_VERSION, capability, catalog_entry_len, chunk_header, decode_body,
+    decode_frame, entry_flags, kind,
 };
 
 /// Parses an annotated hex dump: `#` starts a comment that runs to the end
@@ -798,6 +798,7 @@ fn constants_match_the_spec_table() {
     assert_eq!(MAX_NAME_LEN, 1024);
     assert_eq!(MAX_ERROR_MESSAGE_LEN, 1024);
     assert_eq!(CATALOG_PAGE_BUDGET, 262_144);
+    assert_eq!(MAX_CATALOG_ENTRIES, 100_000);
     assert_eq!(ID_LEN, 32);
     assert_eq!(MANIFEST_VERSION, 1);
     assert_eq!(MANIFEST_HEADER_LEN, 10);
@@ -1199,6 +1200,91 @@ fn manifest_and_chunk_fields_over_their_limits_are_rejected() {
         .to_frame()
         .is_err()
     );
+}
+
+/// The "Constants" table of docs/PROTOCOL.md, read from the document: each
+/// row's value is the code's (a table asserted only by hand once said
+/// `TICKET_VERSION` 1 while the code sent 2). Numbers are written as the
+/// table writes them: a space between groups of three digits from 10 000
+/// up, a power of two as `2^n`; strings in quotes.
+#[test]
+fn the_spec_constants_table_is_the_code() {
+    fn number(n: u64) -> String {
+        let digits = n.to_string();
+        if n < 10_000 {
+            return digits;
+        }
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(' ');
+            }
+            out.push(c);
+        }
+        out
+    }
+    let code: &[(&str, String)] = &[
+        (
+            "MAGIC",
+            format!("\"{}\"", std::str::from_utf8(&MAGIC).unwrap()),
+        ),
+        ("PROTOCOL_VERSION", number(PROTOCOL_VERSION.into())),
+        ("LEN_PREFIX", number(LEN_PREFIX as u64)),
+        ("MAX_FRAME_LEN", number(MAX_FRAME_LEN.into())),
+        (
+            "MAX_REQUEST_FRAME_LEN",
+            number(MAX_REQUEST_FRAME_LEN.into()),
+        ),
+        ("MAX_NAME_LEN", number(MAX_NAME_LEN as u64)),
+        (
+            "MAX_ERROR_MESSAGE_LEN",
+            number(MAX_ERROR_MESSAGE_LEN as u64),
+        ),
+        ("CATALOG_PAGE_BUDGET", number(CATALOG_PAGE_BUDGET as u64)),
+        ("MAX_CATALOG_ENTRIES", number(MAX_CATALOG_ENTRIES as u64)),
+        ("ID_LEN", number(ID_LEN as u64)),
+        ("MANIFEST_VERSION", number(MANIFEST_VERSION.into())),
+        ("MANIFEST_HEADER_LEN", number(MANIFEST_HEADER_LEN as u64)),
+        ("MIN_CHUNK_SIZE", number(MIN_CHUNK_SIZE.into())),
+        ("MAX_CHUNK_SIZE", number(MAX_CHUNK_SIZE.into())),
+        ("TARGET_CHUNK_COUNT", number(TARGET_CHUNK_COUNT)),
+        ("MAX_CHUNK_COUNT", number(MAX_CHUNK_COUNT)),
+        (
+            "MAX_FILE_SIZE",
+            format!("2^{}", MAX_FILE_SIZE.trailing_zeros()),
+        ),
+        ("MAX_MANIFEST_LEN", number(MAX_MANIFEST_LEN as u64)),
+        ("TICKET_PREFIX", format!("\"{TICKET_PREFIX}\"")),
+        ("TICKET_VERSION", number(TICKET_VERSION.into())),
+        ("MAX_TICKET_ADDRS", number(MAX_TICKET_ADDRS as u64)),
+        ("MAX_TICKET_LEN", number(MAX_TICKET_LEN as u64)),
+    ];
+    assert!(MAX_FILE_SIZE.is_power_of_two());
+    let doc = include_str!("../../../docs/PROTOCOL.md");
+    let table = doc
+        .split_once("### Constants")
+        .expect("the spec has a Constants section")
+        .1;
+    let table = &table[table.find("| Constant").expect("the table follows")..];
+    let mut rows = Vec::new();
+    for line in table.lines().skip(2) {
+        if !line.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`');
+        let value = cells[2].trim_matches('`');
+        rows.push((name.to_owned(), value.to_owned()));
+    }
+    let names: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+    let expected: Vec<&str> = code.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, expected, "the table's constants, in order");
+    for ((name, doc_value), (_, value)) in rows.iter().zip(code) {
+        assert_eq!(
+            doc_value, value,
+            "docs/PROTOCOL.md gives {name} as {doc_value}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

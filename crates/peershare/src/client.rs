@@ -18,7 +18,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use peershare_proto::manifest::Manifest;
 use peershare_proto::wire::{
-    CatalogEntry, DecodeError, Hello, Holding, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, capability,
+    CatalogEntry, DecodeError, Hello, Holding, MAX_CATALOG_ENTRIES, MAX_FRAME_LEN, Message,
+    PROTOCOL_VERSION, capability, check_shared_name,
 };
 use peershare_proto::{FileId, NodeId};
 use tokio::net::TcpStream;
@@ -59,10 +60,11 @@ impl Default for ClientConfig {
 /// awaited (about 800 B/s with the defaults), or its connection counts as
 /// dead (it is trickling).
 pub const MIN_PROGRESS_BYTES: u64 = 16 * 1024;
-/// Most catalog entries kept from one peer, whatever its pages hold.
-pub const MAX_CATALOG_ENTRIES: usize = 100_000;
-/// Most catalog pages fetched from one peer; bounds a catalog's memory.
-pub const MAX_CATALOG_PAGES: usize = 256;
+/// Most catalog pages fetched from one peer: enough for a whole catalog of
+/// `MAX_CATALOG_ENTRIES` entries of the longest names, and for the page
+/// after it (so a peer that lists more is seen to), as the reference
+/// server pages them (`a_full_catalog_of_the_longest_names_is_fetched_whole`).
+pub const MAX_CATALOG_PAGES: usize = 512;
 /// Requests queued for writing per connection.
 const OUTBOX: usize = 256;
 
@@ -290,8 +292,21 @@ impl PeerConn {
         }
     }
 
-    /// The peer's whole catalog (all pages, de-duplicated by file ID).
+    /// The peer's whole catalog (all pages, de-duplicated by file ID), or
+    /// its first [`MAX_CATALOG_ENTRIES`] entries (with a warning) when it
+    /// lists more, as no node may. Entries whose name is not a valid shared
+    /// name ([`check_shared_name`]) are left out, with a warning: no name
+    /// a node may not list gets any further.
     pub async fn catalog(&self) -> Result<Vec<CatalogEntry>, PeerError> {
+        let mut bad = BadNames::default();
+        let out = self.catalog_pages(&mut bad).await;
+        if let Some((name, why)) = &bad.first {
+            tracing::warn!(addr = %self.addr, "the peer lists {} file(s) under names no node may list, left out: {name:?}, which {why}", bad.count);
+        }
+        out
+    }
+
+    async fn catalog_pages(&self, bad: &mut BadNames) -> Result<Vec<CatalogEntry>, PeerError> {
         let mut out: Vec<CatalogEntry> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut cursor = 0;
@@ -301,12 +316,22 @@ impl PeerConn {
                 .await?
             {
                 Message::Catalog { next, entries, .. } => {
-                    out.extend(entries.into_iter().filter(|e| seen.insert(e.id)));
-                    if out.len() >= MAX_CATALOG_ENTRIES {
-                        // A catalog this long is hostile or absurd: keep a
-                        // bounded prefix rather than grow without end.
+                    let valid = entries
+                        .into_iter()
+                        .filter(|e| match check_shared_name(&e.name) {
+                            Ok(()) => true,
+                            Err(why) => {
+                                bad.count += 1;
+                                bad.first.get_or_insert_with(|| (e.name.clone(), why));
+                                false
+                            }
+                        });
+                    out.extend(valid.filter(|e| seen.insert(e.id)));
+                    if out.len() > MAX_CATALOG_ENTRIES {
+                        // No node lists this many: hostile or broken. Keep
+                        // a bounded prefix rather than grow without end.
                         out.truncate(MAX_CATALOG_ENTRIES);
-                        tracing::warn!(addr = %self.addr, "catalog longer than {MAX_CATALOG_ENTRIES} files; showing the first ones");
+                        tracing::warn!(addr = %self.addr, "the peer lists more than {MAX_CATALOG_ENTRIES} files, more than any node may; showing the first {MAX_CATALOG_ENTRIES}");
                         return Ok(out);
                     }
                     match next {
@@ -318,7 +343,7 @@ impl PeerConn {
                 _ => return Err(PeerError::Unexpected { addr: self.addr }),
             }
         }
-        tracing::warn!(addr = %self.addr, "catalog longer than {MAX_CATALOG_PAGES} pages; showing the first ones");
+        tracing::warn!(addr = %self.addr, "the peer's catalog goes on past {MAX_CATALOG_PAGES} pages; showing the first {} files", out.len());
         Ok(out)
     }
 
@@ -381,6 +406,14 @@ impl PeerConn {
             _ => Err(PeerError::Unexpected { addr: self.addr }),
         }
     }
+}
+
+/// Catalog entries left out for their names: how many, and the first one
+/// with why it is not a shared name.
+#[derive(Default)]
+struct BadNames {
+    count: usize,
+    first: Option<(String, peershare_proto::wire::NameError)>,
 }
 
 fn close(shared: &Mutex<Shared>, reason: String, make: impl Fn() -> PeerError) {
@@ -472,7 +505,7 @@ async fn read_loop(
                 code,
                 message,
             })) => {
-                tracing::debug!(%addr, "peer closed the connection: {message}");
+                tracing::debug!(%addr, "peer closed the connection: {message:?}");
                 // About the connection, not any one request: every waiter
                 // learns the connection ended (and why).
                 close(&shared, message.clone(), || PeerError::Ended {
@@ -558,5 +591,29 @@ fn tls_failure(addr: SocketAddr, e: std::io::Error) -> PeerError {
             addr,
             reason: e.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use peershare_proto::FileId;
+    use peershare_proto::wire::{CATALOG_PAGE_BUDGET, MAX_NAME_LEN, catalog_entry_len};
+
+    use super::*;
+
+    #[test]
+    fn a_full_catalog_of_the_longest_names_is_fetched_whole() {
+        let longest = catalog_entry_len(&CatalogEntry {
+            id: FileId([0; 32]),
+            size: 0,
+            flags: 0,
+            name: "n".repeat(MAX_NAME_LEN),
+        });
+        // A server fills each page up to the budget (section 8 of
+        // PROTOCOL.md), so a page holds at least this many entries.
+        let per_page = CATALOG_PAGE_BUDGET / longest;
+        let full = MAX_CATALOG_ENTRIES.div_ceil(per_page);
+        // The whole catalog, and the page where an entry too many would be.
+        assert!(MAX_CATALOG_PAGES > full, "{MAX_CATALOG_PAGES} <= {full}");
     }
 }

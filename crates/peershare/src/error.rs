@@ -2,13 +2,14 @@
 //! "our disk failed", and carries what a caller needs to tell the user what
 //! to do next.
 
+use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use peershare_proto::manifest::ManifestError;
 use peershare_proto::ticket::UnsafeName;
-use peershare_proto::wire::{DecodeError, ErrorCode};
+use peershare_proto::wire::{DecodeError, ErrorCode, NameError};
 use peershare_proto::{FileId, NodeId};
 
 /// Errors of the library store (the data dir and the shared files).
@@ -20,8 +21,14 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    #[error("{path} is damaged ({reason}); move it away to start with an empty library")]
-    Corrupt { path: PathBuf, reason: String },
+    /// A file of the data dir that does not parse. `remedy` says what to do
+    /// about that file (each file has its own: see [`crate::store::remedy`]).
+    #[error("{path} is damaged ({reason}); {remedy}")]
+    Corrupt {
+        path: PathBuf,
+        reason: String,
+        remedy: &'static str,
+    },
     #[error("{path}: {source}")]
     Manifest {
         path: PathBuf,
@@ -45,6 +52,14 @@ pub enum StoreError {
     TooManyTrusted(usize),
     #[error("{0} is in this node's data dir, which holds its private key: it is never shared")]
     InDataDir(PathBuf),
+    #[error(
+        "this node's catalog would list {listed} files, more than the {max} a catalog may hold; \
+         nothing was shared: share with --unlisted (served to whoever has the file ID, not listed), \
+         or unshare some files first"
+    )]
+    CatalogFull { listed: usize, max: usize },
+    #[error("{name:?} cannot be a shared name: it {why}, and peers refuse such names; rename it")]
+    BadName { name: String, why: NameError },
 }
 
 impl StoreError {
@@ -52,6 +67,27 @@ impl StoreError {
         let path = path.into();
         move |source| StoreError::Io { path, source }
     }
+}
+
+/// Text that came from a peer (names, error messages), made safe to show:
+/// control characters (newlines, escape sequences) are escaped, so a peer
+/// can neither forge lines of output or logs nor drive the terminal. The
+/// errors here that quote a peer's words do so through it.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 /// Errors talking to one peer.
@@ -81,7 +117,7 @@ pub enum PeerError {
     },
     #[error("{addr} is not a peershare peer, or speaks another protocol: {reason}")]
     Handshake { addr: SocketAddr, reason: String },
-    #[error("{addr} answered: {message}")]
+    #[error("{addr} answered: {}", printable(.message))]
     Remote {
         addr: SocketAddr,
         code: ErrorCode,
@@ -101,7 +137,7 @@ pub enum PeerError {
         expected: NodeId,
         got: NodeId,
     },
-    #[error("{addr} ended the connection: {message}")]
+    #[error("{addr} ended the connection: {}", printable(.message))]
     Ended {
         addr: SocketAddr,
         code: ErrorCode,

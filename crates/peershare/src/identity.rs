@@ -81,12 +81,11 @@ impl Identity {
             .open(path)
             .map_err(StoreError::io(path))?;
         check_private(path, &f.metadata().map_err(StoreError::io(path))?)?;
-        let mut pem = String::new();
-        io::Read::read_to_string(&mut f, &mut pem).map_err(StoreError::io(path))?;
-        Self::from_pem(&pem).map_err(|reason| StoreError::Corrupt {
-            path: path.to_path_buf(),
-            reason,
-        })
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut f, &mut bytes).map_err(StoreError::io(path))?;
+        let pem = String::from_utf8(bytes).map_err(|_| "not text, so not a PEM key".to_string());
+        pem.and_then(|pem| Self::from_pem(&pem))
+            .map_err(|reason| damaged(path, reason))
     }
 
     fn create(dir: &Path, path: &Path) -> Result<Self, StoreError> {
@@ -119,10 +118,7 @@ impl Identity {
         if !written.map_err(StoreError::io(path))? {
             return Self::load(path);
         }
-        Self::from_pair(&pair).map_err(|reason| StoreError::Corrupt {
-            path: path.to_path_buf(),
-            reason,
-        })
+        Self::from_pair(&pair).map_err(|reason| damaged(path, reason))
     }
 
     fn from_pem(pem: &str) -> Result<Self, String> {
@@ -167,6 +163,15 @@ impl Identity {
     }
 }
 
+/// The key file at `path` cannot be used, for `reason`.
+fn damaged(path: &Path, reason: String) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+        remedy: crate::store::remedy::KEY,
+    }
+}
+
 /// Refuses a key file that is not a regular file of this user's, or that
 /// anyone else may read or write.
 fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), StoreError> {
@@ -175,13 +180,13 @@ fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), StoreError> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if !meta.is_file() || meta.uid() != me {
-        return Err(StoreError::Corrupt {
-            path: PathBuf::from(path),
-            reason: format!(
-                "not a regular file of yours (owner uid {}, you are {me}); delete it to make a new node ID",
+        return Err(damaged(
+            path,
+            format!(
+                "not a regular file of yours (owner uid {}, you are {me})",
                 meta.uid()
             ),
-        });
+        ));
     }
     if mode & 0o077 != 0 {
         return Err(StoreError::KeyPermissions {
@@ -254,6 +259,20 @@ mod tests {
         let err = Identity::load_or_create(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "not a key");
+        // Not even text: damaged all the same, not an I/O error.
+        fs::write(&path, b"\xff\xfe\x00key").unwrap();
+        let err = Identity::load_or_create(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Corrupt {
+                    remedy: crate::store::remedy::KEY,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"\xff\xfe\x00key");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use peershare_proto::id::{ID_LEN, sha256};
 use peershare_proto::manifest::{Manifest, chunk_count, chunk_size_for};
-use peershare_proto::wire::MAX_NAME_LEN;
+use peershare_proto::wire::{MAX_CATALOG_ENTRIES, MAX_NAME_LEN, check_shared_name};
 use peershare_proto::{FileId, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,22 @@ const TRUST_FILE: &str = "trust.json";
 const TRUST_FORMAT: u32 = 1;
 /// Most nodes on a trust list; `trust add` refuses more.
 pub const MAX_TRUSTED: usize = 10_000;
+
+/// What to do about a damaged file of the data dir, per file
+/// ([`StoreError::Corrupt`]'s `remedy`).
+pub mod remedy {
+    /// `library.json`.
+    pub const LIBRARY: &str =
+        "move it away to start with an empty library (then share your files again)";
+    /// `trust.json`.
+    pub const TRUST: &str = "fix it, or move it away to start with an empty trust list \
+         (then `peershare trust add` the nodes you trust again)";
+    /// A stored manifest.
+    pub const MANIFEST: &str = "delete it, then share the file again";
+    /// `node.key`.
+    pub const KEY: &str = "put back a copy of the key if you have one, or delete it to make \
+         a new node ID (nodes that trust this one must then trust the new ID)";
+}
 
 /// A node on the trust list.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +153,49 @@ impl Snapshot {
     pub fn by_id<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
         self.files.values().filter(move |e| e.id == id)
     }
+
+    /// How many entries a server's catalog of this library lists: one per
+    /// file ID among the listed files, and one per listed download in
+    /// progress of other content that no file shares unlisted (the
+    /// server's rule, `server::catalog_list`). At most
+    /// [`MAX_CATALOG_ENTRIES`]: `share` and `begin_download` refuse more.
+    pub fn listed(&self) -> usize {
+        let mut listed = std::collections::HashSet::new();
+        let mut unlisted = std::collections::HashSet::new();
+        for e in self.files.values().filter(|e| e.name.len() <= MAX_NAME_LEN) {
+            if let Some(id) = e.file_id() {
+                if e.unlisted {
+                    unlisted.insert(id);
+                } else {
+                    listed.insert(id);
+                }
+            }
+        }
+        for d in self.downloads.values() {
+            if let Some(id) = d.file_id()
+                && !d.unlisted
+                && d.name.len() <= MAX_NAME_LEN
+                && !unlisted.contains(&id)
+            {
+                listed.insert(id);
+            }
+        }
+        listed.len()
+    }
+}
+
+/// Refuses an edit that made the catalog longer than it may be (one already
+/// too long, from an older release or a hand edit, may still shrink or
+/// stay as it is).
+fn check_listed(before: usize, snap: &Snapshot) -> Result<(), StoreError> {
+    let after = snap.listed();
+    if after > MAX_CATALOG_ENTRIES && after > before {
+        return Err(StoreError::CatalogFull {
+            listed: after,
+            max: MAX_CATALOG_ENTRIES,
+        });
+    }
+    Ok(())
 }
 
 /// What `share` did with one file.
@@ -277,29 +336,29 @@ impl Library {
 
     fn read_trust(&self) -> Result<TrustFile, StoreError> {
         let path = self.dir.join(TRUST_FILE);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
+        // Bytes, not text: a file that is not UTF-8 is damaged like any
+        // other that does not parse.
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(TrustFile::default()),
             Err(e) => return Err(StoreError::Io { path, source: e }),
         };
-        let file: TrustFile = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        let damaged = |reason: String| StoreError::Corrupt {
             path: path.clone(),
-            reason: e.to_string(),
-        })?;
+            reason,
+            remedy: remedy::TRUST,
+        };
+        let file: TrustFile = serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
         if file.format != TRUST_FORMAT {
-            return Err(StoreError::Corrupt {
-                path,
-                reason: format!("unknown format {}", file.format),
-            });
+            return Err(damaged(format!("unknown format {}", file.format)));
         }
         // Keys as written by hand may be upper case or padded: one
         // canonical key per node, so `distrust` finds what `trusted` sees.
         let mut nodes = BTreeMap::new();
         for (key, t) in file.nodes {
-            let id: NodeId = key.parse().map_err(|_| StoreError::Corrupt {
-                path: path.clone(),
-                reason: format!("{key:?} is not a node ID"),
-            })?;
+            let id: NodeId = key
+                .parse()
+                .map_err(|_| damaged(format!("{key:?} is not a node ID")))?;
             nodes.entry(id.to_string()).or_insert(t);
         }
         Ok(TrustFile {
@@ -358,11 +417,13 @@ impl Library {
         let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
+            remedy: remedy::LIBRARY,
         })?;
         if snap.format != LIBRARY_FORMAT {
             return Err(StoreError::Corrupt {
                 path,
                 reason: format!("unknown format {}", snap.format),
+                remedy: remedy::LIBRARY,
             });
         }
         Ok(snap)
@@ -371,9 +432,17 @@ impl Library {
     /// Applies `edit` to the library under the writers' lock and publishes
     /// the result atomically.
     fn edit<T>(&self, edit: impl FnOnce(&mut Snapshot) -> T) -> Result<T, StoreError> {
+        self.try_edit(|snap| Ok(edit(snap)))
+    }
+
+    /// [`Library::edit`], publishing nothing when `edit` fails.
+    fn try_edit<T>(
+        &self,
+        edit: impl FnOnce(&mut Snapshot) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let _lock = self.lock()?;
         let mut snap = self.read_library()?;
-        let out = edit(&mut snap);
+        let out = edit(&mut snap)?;
         snap.revision += 1;
         let json = serde_json::to_vec_pretty(&snap).expect("library serializes");
         write_atomic(&self.library_path(), &json)?;
@@ -400,6 +469,7 @@ impl Library {
             Ok(_) => Err(StoreError::Corrupt {
                 path,
                 reason: "manifest does not hash to its file ID".into(),
+                remedy: remedy::MANIFEST,
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::Io { path, source: e }),
@@ -502,16 +572,31 @@ impl Library {
             });
         }
         if !new_entries.is_empty() {
-            self.edit(|snap| {
+            self.try_edit(|snap| {
+                let before = snap.listed();
                 for e in new_entries {
                     snap.files.insert(e.path.clone(), e);
                 }
+                check_listed(before, snap)
             })?;
         }
         Ok(results
             .into_iter()
             .map(|r| r.expect("every slot filled"))
             .collect())
+    }
+
+    /// Publishes `entries` as they are, in one write: nothing hashed or
+    /// checked, not even the catalog's length. For tests that need a
+    /// library too large to build with `share` (which syncs every manifest
+    /// it writes) or one an older release may have left.
+    #[doc(hidden)]
+    pub fn insert_unchecked(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
+        self.edit(|snap| {
+            for e in entries {
+                snap.files.insert(e.path.clone(), e);
+            }
+        })
     }
 
     fn manifest_path_exists(&self, e: &Entry) -> bool {
@@ -528,6 +613,7 @@ impl Library {
         manifest: &Manifest,
         download: Download,
     ) -> Result<(), StoreError> {
+        valid_name(&download.name)?;
         let mpath = self.manifest_path(&manifest.id());
         if !mpath.exists() {
             write_atomic(&mpath, &manifest.encode())?;
@@ -537,8 +623,10 @@ impl Library {
         if current.downloads.get(&key) == Some(&download) {
             return Ok(());
         }
-        self.edit(|snap| {
+        self.try_edit(|snap| {
+            let before = snap.listed();
             snap.downloads.insert(key, download);
+            check_listed(before, snap)
         })
     }
 
@@ -681,6 +769,8 @@ fn collect(path: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<PathBuf, Sto
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "root".into());
+    // Named directly: refused. (In a folder, a file is skipped: walk.)
+    valid_name(&base)?;
     if meta.is_file() {
         out.push((abs.clone(), base));
     } else if meta.is_dir() {
@@ -705,15 +795,25 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<(PathBuf, String)>) -> Result<()
         } else if ft.is_dir() {
             walk(&e.path(), &name, out)?;
         } else if ft.is_file() {
-            if name.len() > MAX_NAME_LEN {
-                // Peers could not be told its name: leave it out, loudly.
-                tracing::warn!(path = %e.path().display(), "skipping: its shared name would be longer than {MAX_NAME_LEN} bytes");
+            if let Err(why) = check_shared_name(&name) {
+                // Peers could not be told its name (one too long broke
+                // the whole catalog): leave it out, loudly.
+                tracing::warn!(path = ?e.path(), "skipping: its shared name {name:?} {why}");
                 continue;
             }
             out.push((e.path(), name));
         }
     }
     Ok(())
+}
+
+/// Refuses a name no node may list ([`check_shared_name`]): the library
+/// holds only names its catalog can carry and peers accept.
+fn valid_name(name: &str) -> Result<(), StoreError> {
+    check_shared_name(name).map_err(|why| StoreError::BadName {
+        name: name.to_owned(),
+        why,
+    })
 }
 
 /// Hashes every chunk of every file on all cores. Work is one chunk at a
@@ -850,6 +950,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use peershare_proto::wire::NameError;
+
     use super::*;
 
     fn lib() -> (tempfile::TempDir, Library) {
@@ -1018,6 +1120,56 @@ mod tests {
     }
 
     #[test]
+    fn names_no_node_may_list_never_enter_the_library() {
+        let (d, l) = lib();
+        let none = ShareProgress::default();
+        let folder = d.path().join("f");
+        fs::create_dir(&folder).unwrap();
+        let evil = folder.join("a\n\u{1b}]0;x\u{7}");
+        fs::write(&evil, b"evil").unwrap();
+        fs::write(folder.join("ok"), b"ok").unwrap();
+        // Named directly: refused, nothing shared.
+        let err = l.share(std::slice::from_ref(&evil), &none).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::BadName {
+                    why: NameError::Control,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!err.to_string().contains('\n'), "{err}");
+        assert!(l.snapshot().unwrap().files.is_empty());
+        // In a folder: skipped.
+        let names: Vec<_> = l
+            .share(&[folder], &none)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.entry.name)
+            .collect();
+        assert_eq!(names, ["f/ok"]);
+        // A download recorded under such a name (an `-o` of the user's) is
+        // not offered, so not shared when done either.
+        let m = Manifest::from_bytes(b"evil");
+        let record = Download {
+            id: m.id().to_string(),
+            name: "x\ny".into(),
+            size: 4,
+            part: d.path().join("p"),
+            state: d.path().join("s"),
+            unlisted: false,
+        };
+        let out = d.path().join("x\ny");
+        assert!(matches!(
+            l.begin_download(&out, &m, record),
+            Err(StoreError::BadName { .. })
+        ));
+        assert!(l.snapshot().unwrap().downloads.is_empty());
+    }
+
+    #[test]
     fn corrupt_library_file_is_a_clear_error() {
         let (_d, l) = lib();
         fs::write(l.dir().join(LIBRARY_FILE), b"{not json").unwrap();
@@ -1082,6 +1234,15 @@ mod tests {
             fs::read_to_string(l.dir().join(TRUST_FILE)).unwrap(),
             "not json"
         );
+        // Not even text: damaged all the same, not an I/O error.
+        fs::write(l.dir().join(TRUST_FILE), b"\xff\xfe{\x00").unwrap();
+        assert!(matches!(
+            l.trusted(),
+            Err(StoreError::Corrupt {
+                remedy: remedy::TRUST,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -1105,6 +1266,96 @@ mod tests {
             assert!(matches!(err, StoreError::InDataDir(_)), "{err}");
             assert!(err.to_string().contains("private key"), "{err}");
         }
+    }
+
+    /// `n` entries of distinct made-up content, at paths that need not
+    /// exist (nothing here serves them).
+    fn made_up(n: std::ops::Range<usize>, unlisted: bool) -> Vec<Entry> {
+        n.map(|i| Entry {
+            id: FileId(sha256(&i.to_be_bytes())).to_string(),
+            name: format!("many/{i}"),
+            path: PathBuf::from(format!("/made-up/{unlisted}/{i}")),
+            size: 0,
+            mtime_ns: 0,
+            unlisted,
+        })
+        .collect()
+    }
+
+    #[test]
+    fn the_catalog_lists_each_listed_content_once() {
+        let mut snap = Snapshot::default();
+        let mut add = |e: Entry| snap.files.insert(e.path.clone(), e);
+        let listed = made_up(0..3, false);
+        let unlisted = made_up(3..5, true);
+        for e in listed.iter().chain(&unlisted) {
+            add(e.clone());
+        }
+        // A copy of listed content elsewhere, listed or not: still one.
+        add(Entry {
+            path: "/copy/a".into(),
+            ..listed[0].clone()
+        });
+        add(Entry {
+            path: "/copy/b".into(),
+            unlisted: true,
+            ..listed[1].clone()
+        });
+        assert_eq!(snap.listed(), 3);
+        let download = |e: &Entry, unlisted| Download {
+            id: e.id.clone(),
+            name: e.name.clone(),
+            size: 0,
+            part: "/p".into(),
+            state: "/s".into(),
+            unlisted,
+        };
+        let new = &made_up(5..7, false);
+        for (out, d) in [
+            ("/o/1", download(&new[0], false)),      // new content: listed
+            ("/o/2", download(&new[1], true)),       // unlisted
+            ("/o/3", download(&listed[2], false)),   // a file shares it: once
+            ("/o/4", download(&unlisted[0], false)), // shared unlisted: not listed
+        ] {
+            snap.downloads.insert(out.into(), d);
+        }
+        assert_eq!(snap.listed(), 4);
+    }
+
+    #[test]
+    fn share_and_downloads_refuse_to_list_more_than_a_catalog_may_hold() {
+        let (d, l) = lib();
+        l.insert_unchecked(made_up(0..MAX_CATALOG_ENTRIES, false))
+            .unwrap();
+        let rev = l.snapshot().unwrap().revision;
+        let more = d.path().join("more");
+        fs::write(&more, b"one too many").unwrap();
+        let err = l
+            .share(std::slice::from_ref(&more), &ShareProgress::default())
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::CatalogFull { listed, max: MAX_CATALOG_ENTRIES } if listed == MAX_CATALOG_ENTRIES + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--unlisted"), "{err}");
+        // A download in progress is listed too, unless unlisted.
+        let m = Manifest::from_bytes(b"downloading");
+        let record = |unlisted| Download {
+            id: m.id().to_string(),
+            name: "dl".into(),
+            size: 11,
+            part: d.path().join("dl.part"),
+            state: d.path().join("dl.state"),
+            unlisted,
+        };
+        let out = d.path().join("dl");
+        assert!(matches!(
+            l.begin_download(&out, &m, record(false)),
+            Err(StoreError::CatalogFull { .. })
+        ));
+        assert_eq!(l.snapshot().unwrap().revision, rev, "nothing published");
+        l.begin_download(&out, &m, record(true)).unwrap();
+        assert_eq!(l.snapshot().unwrap().listed(), MAX_CATALOG_ENTRIES);
     }
 
     #[test]

@@ -310,9 +310,9 @@ async fn shutdown_ends_every_connection() {
 /// client allocate gigabytes. The client keeps a bounded prefix.
 #[tokio::test]
 async fn an_endless_catalog_is_cut_at_the_limit() {
-    use peershare::client::{ClientConfig, MAX_CATALOG_ENTRIES, PeerConn};
+    use peershare::client::{ClientConfig, PeerConn};
     use peershare_proto::FileId;
-    use peershare_proto::wire::{CatalogEntry, MAX_REQUEST_FRAME_LEN};
+    use peershare_proto::wire::{CatalogEntry, MAX_CATALOG_ENTRIES, MAX_REQUEST_FRAME_LEN};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let evil = Tls::ephemeral();
@@ -336,7 +336,7 @@ async fn an_endless_catalog_is_cut_at_the_limit() {
                                 id: FileId(id),
                                 size: 1,
                                 flags: 0,
-                                name: String::new(),
+                                name: format!("f{n}"),
                             }
                         })
                         .collect();

@@ -620,3 +620,111 @@ impl Progress {
         }
     }
 }
+
+/// A peer that proves its own node ID in TLS like any, and answers each
+/// frame a client sends with what `answer` makes of it (its own `Hello`
+/// first unless `answer` says otherwise; nothing for `None`). It stands for
+/// a peer no honest node is, and serves on its own thread until the test
+/// ends.
+pub fn fake_peer(
+    answer: impl Fn(
+        peershare_proto::wire::Message,
+        peershare_proto::NodeId,
+    ) -> Option<peershare_proto::wire::Message>
+    + Send
+    + Sync
+    + 'static,
+) -> SocketAddr {
+    use peershare::conn::{FrameReader, FrameWriter};
+    use peershare_proto::wire::MAX_REQUEST_FRAME_LEN;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let answer = std::sync::Arc::new(answer);
+    thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let tls = peershare::Tls::ephemeral();
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (tls, answer) = (tls.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let Ok(secured) = tls.accept(tcp).await else {
+                        return;
+                    };
+                    let mut reader = FrameReader::new(secured.reader, MAX_REQUEST_FRAME_LEN);
+                    let mut writer = FrameWriter::new(secured.writer);
+                    while let Ok(Some(m)) = reader.read().await {
+                        if let Some(a) = answer(m, tls.node_id())
+                            && writer.send(&a).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// The `Hello` a fake peer with node ID `node` answers with.
+pub fn hello_of(node: peershare_proto::NodeId) -> peershare_proto::wire::Message {
+    use peershare_proto::wire::{Hello, Message, PROTOCOL_VERSION, capability};
+    Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node_id: node,
+        listen_port: 0,
+        capabilities: capability::ALL,
+    })
+}
+
+/// A peer that lists `entries` in its catalog, paged as the reference
+/// server pages them (as many as fit `CATALOG_PAGE_BUDGET` per page), and
+/// answers nothing else: a catalog no honest node would send (too long,
+/// names no node lists).
+pub fn catalog_peer(entries: Vec<peershare_proto::wire::CatalogEntry>) -> SocketAddr {
+    use peershare_proto::wire::{CATALOG_PAGE_BUDGET, Message, catalog_entry_len};
+    fake_peer(move |m, node| match m {
+        Message::Hello(_) => Some(hello_of(node)),
+        Message::GetCatalog { req_id, cursor } => {
+            let mut page = Vec::new();
+            let mut used = 0;
+            let mut i = cursor as usize;
+            while let Some(e) = entries.get(i) {
+                let len = catalog_entry_len(e);
+                if !page.is_empty() && used + len > CATALOG_PAGE_BUDGET {
+                    break;
+                }
+                used += len;
+                page.push(e.clone());
+                i += 1;
+            }
+            Some(Message::Catalog {
+                req_id,
+                revision: 1,
+                next: (i < entries.len()).then_some(i as u32),
+                entries: page,
+            })
+        }
+        _ => None,
+    })
+}
+
+/// `n` catalog entries of distinct made-up content, named `prefix` and a
+/// number.
+pub fn made_up_entries(
+    n: std::ops::Range<usize>,
+    prefix: &str,
+) -> Vec<peershare_proto::wire::CatalogEntry> {
+    n.map(|i| peershare_proto::wire::CatalogEntry {
+        id: FileId(peershare_proto::id::sha256(&i.to_be_bytes())),
+        size: i as u64,
+        flags: 0,
+        name: format!("{prefix}{i:06}"),
+    })
+    .collect()
+}
