@@ -153,3 +153,36 @@ fn a_kill_at_each_step_of_finishing_is_completed_by_the_next_run() {
         assert_eq!(str_field(&shared[0], "id"), id);
     }
 }
+
+/// Regression (issue 10.12): a damaged record of progress was discarded
+/// and the download started from 0 without a word.
+#[test]
+fn a_damaged_record_of_progress_is_reported_when_it_is_discarded() {
+    let sb = Sandbox::new();
+    let content = random_bytes(6 * MIB, 203);
+    let file = sb.write("src/f.bin", &content);
+    let (server, client) = (sb.data("server"), sb.data("client"));
+    let id = sb.share_one(&server, &file);
+    let serve = sb.serve(&server, &["--max-upload-rate", "2MB"]);
+    let out = sb.path("f.bin");
+    let peer = serve.peer();
+    let mut first = sb.spawn(&get_args(&client, &id, &[&peer], Some(&out), &[]));
+    let progress = Progress::of(&out, &id, content.len());
+    progress.wait_started(&mut first);
+    drop(first); // killed
+    let mut record = std::fs::read(&progress.state).unwrap();
+    record[20] ^= 0xff;
+    std::fs::write(&progress.state, &record).unwrap();
+
+    let mut args = get_args(&client, &id, &[&peer], Some(&out), &["--json"]);
+    args.retain(|a| *a != "-q");
+    let again = sb.run(&args);
+    again.ok();
+    assert!(
+        again.stderr.contains("damaged") && again.stderr.contains("starting this download over"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(u64_field(&again.json(), "bytes_resumed"), 0);
+    assert_same_file(&out, &content);
+}

@@ -49,6 +49,11 @@ struct Seeder {
 
 impl Seeder {
     fn new(content: &[u8]) -> Self {
+        Self::serving(content, &[])
+    }
+
+    /// A seeder whose `serve` takes `extra` options too.
+    fn serving(content: &[u8], extra: &[&str]) -> Self {
         let work = tempfile::tempdir().unwrap();
         let data = work.path().join("srv");
         let file = work.path().join("f.bin");
@@ -67,6 +72,7 @@ impl Seeder {
             .arg("--data-dir")
             .arg(&data)
             .args(["serve", "--no-discovery", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -128,6 +134,68 @@ fn no_space_left_fails_at_once_with_a_clear_error_and_leaves_nothing() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     let left: Vec<_> = std::fs::read_dir(disk.dir.path()).unwrap().collect();
     assert!(left.is_empty(), "nothing left on the full disk: {left:?}");
+}
+
+/// Regression (issue 10.12): a disk that filled mid-transfer failed with
+/// "cannot write PATH: PATH: No space left on device" (the path twice),
+/// not the clear message; the verified chunks must be kept for a resume.
+#[test]
+fn a_disk_that_fills_mid_transfer_says_so_and_keeps_the_progress() {
+    let content: Vec<u8> = (0..4_000_000u32).map(|i| (i % 241) as u8).collect();
+    let seeder = Seeder::serving(&content, &["--max-upload-rate", "1MB"]);
+    let disk = SmallDisk::new("8m");
+    let out = disk.dir.path().join("f.bin");
+    let state = disk.dir.path().join("f.bin.peershare-state");
+    let mut get = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(seeder.work.path().join("cli"))
+        .args([
+            "-q",
+            "get",
+            &seeder.id,
+            "--no-discovery",
+            "--peer",
+            &seeder.addr,
+            "-o",
+        ])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once progress is on record, another program fills the disk.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !state.exists() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let filler = disk.dir.path().join("filler");
+    let fill = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!fill.success(), "dd stops at a full disk");
+    let got = get.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&got.stderr);
+    assert_eq!(got.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("the disk is full"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("f.bin").count(),
+        1,
+        "the path once: {stderr}"
+    );
+    assert!(state.exists(), "the progress on record is kept");
+    // Space again: the same command resumes and finishes.
+    std::fs::remove_file(&filler).unwrap();
+    let again = seeder.get_into(&out);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), content);
 }
 
 #[test]
