@@ -51,7 +51,7 @@ use crate::conn::{FrameReader, FrameWriter, ReadError};
 use crate::error::ServeError;
 use crate::partials::Partials;
 use crate::store::{Download, Entry, Library};
-use crate::tls::Tls;
+use crate::tls::{BoxRead, BoxWrite, Tls};
 
 /// `Have` subscriptions one connection may hold at once; more are refused
 /// with `Busy`.
@@ -258,7 +258,8 @@ impl Server {
                     let slots = slots.clone();
                     tasks.spawn(async move {
                         ctx.stats.connections_active.fetch_add(1, Ordering::Relaxed);
-                        serve_connection(&ctx, stream, addr, stop, Admission { slots, pending, evicted }).await;
+                        let conn = Connection { ctx: ctx.clone(), addr, stop };
+                        conn.serve(stream, Admission { slots, pending, evicted }).await;
                         ctx.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
                         drop(from_ip);
                     });
@@ -542,261 +543,428 @@ struct Admission {
     evicted: tokio::sync::oneshot::Receiver<()>,
 }
 
-async fn serve_connection(
-    ctx: &Arc<Ctx>,
-    stream: TcpStream,
+/// One connection, from its TLS handshake to its close: what every step
+/// needs, with the steps as methods. The steps, in order: `handshake` (TLS,
+/// a connection slot, the client's first frame), `greet` (its `Hello` and
+/// trust checked, ours sent), then `pipeline`: a [`ReadSide`] and a
+/// [`WriteSide`] running together until the connection ends.
+struct Connection {
+    ctx: Arc<Ctx>,
     addr: SocketAddr,
-    mut stop: watch::Receiver<bool>,
-    admission: Admission,
-) {
-    let _ = stream.set_nodelay(true);
-    let idle = ctx.config.idle_timeout;
-    let Admission {
-        slots,
-        pending,
-        evicted,
-    } = admission;
+    stop: watch::Receiver<bool>,
+}
 
-    // The TLS handshake and the client's `Hello` (the client speaks first)
-    // must both arrive within the handshake timeout. A connection slot is
-    // taken between the two: without one, the client is told it is busy.
-    let handshake = async {
-        let secured = match ctx.tls.accept(stream).await {
-            Ok(s) => s,
-            Err(e) => {
-                ctx.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%addr, "TLS handshake failed: {e}");
+/// A connection past its TLS handshake, holding a connection slot, with
+/// the client's first frame (its `Hello`, if it behaves).
+struct Handshaken {
+    reader: FrameReader<BoxRead>,
+    writer: FrameWriter<BoxWrite>,
+    proven: Option<NodeId>,
+    first: Result<Option<Message>, ReadError>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn serve(mut self, stream: TcpStream, admission: Admission) {
+        let _ = stream.set_nodelay(true);
+        let Some(Handshaken {
+            reader,
+            mut writer,
+            proven,
+            first,
+            slot: _slot,
+        }) = self.handshake(stream, admission).await
+        else {
+            return;
+        };
+        if self.greet(&mut writer, first, proven).await {
+            self.pipeline(reader, writer).await;
+        }
+    }
+
+    /// The TLS handshake and the client's `Hello` (the client speaks
+    /// first), both within the handshake timeout. A connection slot is
+    /// taken between the two: without one, the client is told it is busy.
+    /// `None` when the connection is over (failed, evicted, refused,
+    /// shutting down).
+    async fn handshake(&mut self, stream: TcpStream, admission: Admission) -> Option<Handshaken> {
+        let Admission {
+            slots,
+            pending,
+            evicted,
+        } = admission;
+        let (ctx, addr) = (&self.ctx, self.addr);
+        let handshake = async {
+            let secured = match ctx.tls.accept(stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    ctx.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%addr, "TLS handshake failed: {e}");
+                    return None;
+                }
+            };
+            let mut writer = FrameWriter::new(secured.writer);
+            let Some(slot) = take_slot(ctx, &slots).await else {
+                ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                let _ = writer.send(&busy("in all")).await;
+                let _ = writer.shutdown().await;
                 return None;
+            };
+            let mut reader = FrameReader::new(secured.reader, MAX_REQUEST_FRAME_LEN);
+            let first = reader.read().await;
+            Some(Handshaken {
+                reader,
+                writer,
+                proven: secured.peer,
+                first,
+                slot,
+            })
+        };
+        let done = tokio::select! {
+            r = tokio::time::timeout(ctx.config.handshake_timeout, handshake) => r.ok().flatten(),
+            _ = evicted => {
+                tracing::debug!(%addr, "handshake evicted by a newer connection");
+                None
+            }
+            _ = self.stop.changed() => None,
+        };
+        drop(pending);
+        done
+    }
+
+    /// Checks the client's first frame (a `Hello` naming the node its key
+    /// proves) and, with `trusted_only`, that the node is trusted; then
+    /// answers with this node's `Hello`. False when the connection is to
+    /// end (the client was told why, when it can be).
+    async fn greet(
+        &self,
+        writer: &mut FrameWriter<BoxWrite>,
+        first: Result<Option<Message>, ReadError>,
+        proven: Option<NodeId>,
+    ) -> bool {
+        let ctx = &self.ctx;
+        let addr = self.addr;
+        let h = match check_hello(first, proven) {
+            Ok(h) => h,
+            Err(None) => return false,
+            Err(Some(refusal)) => {
+                ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                self.say_and_close(writer, &refusal).await;
+                return false;
             }
         };
-        let mut writer = FrameWriter::new(secured.writer);
-        let Some(permit) = take_slot(ctx, &slots).await else {
-            ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-            let _ = writer.send(&busy("in all")).await;
-            let _ = writer.shutdown().await;
-            return None;
-        };
-        let mut reader = FrameReader::new(secured.reader, MAX_REQUEST_FRAME_LEN);
-        let first = reader.read().await;
-        Some((reader, writer, secured.peer, first, permit))
-    };
-    let (mut reader, mut writer, proven, first, _permit) = tokio::select! {
-        r = tokio::time::timeout(ctx.config.handshake_timeout, handshake) => match r {
-            Ok(Some(done)) => done,
-            Ok(None) | Err(_) => return,
-        },
-        _ = evicted => {
-            tracing::debug!(%addr, "handshake evicted by a newer connection");
-            return;
-        }
-        _ = stop.changed() => return,
-    };
-    drop(pending);
-    let refusal = match first {
-        Ok(Some(Message::Hello(h))) => match proven {
-            Some(key) if key != h.node_id => Some(Message::Error {
+        if ctx.config.trusted_only && !ctx.trusts(h.node_id).await {
+            ctx.stats.refused_untrusted.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%addr, peer = %h.node_id, "refused a node not on the trust list");
+            let msg = Message::Error {
                 req_id: 0,
-                code: ErrorCode::BadRequest,
+                code: ErrorCode::NotTrusted,
                 message: format!(
+                    "this node serves only the nodes it trusts, and {} is not one of them; \
+                     its owner can run `peershare trust add {}`",
+                    h.node_id.short(),
+                    h.node_id
+                ),
+            };
+            self.say_and_close(writer, &msg).await;
+            return false;
+        }
+        tracing::debug!(%addr, peer = %h.node_id.short(), "handshake");
+        let hello = Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            node_id: ctx.tls.node_id(),
+            listen_port: ctx.listen_port,
+            capabilities: capability::ALL,
+        });
+        matches!(
+            tokio::time::timeout(ctx.config.idle_timeout, writer.send(&hello)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Sends `msg`, then closes the connection.
+    async fn say_and_close(&self, writer: &mut FrameWriter<BoxWrite>, msg: &Message) {
+        let _ = tokio::time::timeout(self.ctx.config.idle_timeout, writer.send(msg)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
+    }
+
+    /// Serves requests until the connection ends: the read side reads and
+    /// prepares answers, the write side sends them in order.
+    ///
+    /// The read side ends first on EOF: queued answers drain, then the
+    /// write side ends too. If the write side ends first (the peer stopped
+    /// reading, or an answer could not be sent), the connection is over:
+    /// the read side is dropped with it.
+    async fn pipeline(&mut self, reader: FrameReader<BoxRead>, writer: FrameWriter<BoxWrite>) {
+        let ctx = &self.ctx;
+        // Listed among the established connections, so that a newcomer
+        // finding every slot taken can close the one idle the longest.
+        let (_listed, heard, mut kicked) = ctx.established.list(ctx.now_ms());
+        let (tx, rx) = mpsc::channel::<Pending>(ctx.config.max_requests_in_flight.max(1));
+        let (push_tx, push_rx) = mpsc::channel::<Message>(MAX_HAVE_SUBSCRIPTIONS);
+        let conn = Arc::new(ConnState::new(push_tx));
+        // Subscriptions end with the connection, however it ends.
+        let _end_subscriptions = EndSubscriptions(conn.clone());
+        let read_side = ReadSide {
+            ctx,
+            conn: conn.clone(),
+            reader,
+            tx,
+            heard: heard.clone(),
+            addr: self.addr,
+        };
+        // Busy is asking or being answered: a slow client whose next
+        // requests wait unread behind its answers is not idle.
+        let mut write_side = WriteSide {
+            ctx,
+            conn,
+            writer,
+            rx,
+            push_rx,
+            answered: heard,
+        };
+        {
+            let reading = read_side.run();
+            let writing = write_side.run();
+            tokio::pin!(reading, writing);
+            let mut read_done = false;
+            loop {
+                tokio::select! {
+                    _ = &mut reading, if !read_done => read_done = true,
+                    _ = &mut writing => break,
+                    _ = self.stop.changed() => break,
+                    _ = &mut kicked => {
+                        tracing::debug!(addr = %self.addr, "closed, idle, to make room for a newcomer");
+                        break;
+                    }
+                }
+            }
+        }
+        write_side.close().await;
+    }
+}
+
+/// The client's `Hello`, if its first frame is one naming the node its
+/// key proves; otherwise what to tell it (`None`: nothing, just close).
+fn check_hello(
+    first: Result<Option<Message>, ReadError>,
+    proven: Option<NodeId>,
+) -> Result<Hello, Option<Message>> {
+    let refusal = |code, message: String| {
+        Err(Some(Message::Error {
+            req_id: 0,
+            code,
+            message,
+        }))
+    };
+    match first {
+        Ok(Some(Message::Hello(h))) => match proven {
+            Some(key) if key != h.node_id => refusal(
+                ErrorCode::BadRequest,
+                format!(
                     "your handshake claims node {} but your key is node {key}",
                     h.node_id
                 ),
-            }),
-            _ if ctx.config.trusted_only && !ctx.trusts(h.node_id).await => {
-                ctx.stats.refused_untrusted.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%addr, peer = %h.node_id, "refused a node not on the trust list");
-                let msg = Message::Error {
-                    req_id: 0,
-                    code: ErrorCode::NotTrusted,
-                    message: format!(
-                        "this node serves only the nodes it trusts, and {} is not one of them; \
-                         its owner can run `peershare trust add {}`",
-                        h.node_id.short(),
-                        h.node_id
-                    ),
-                };
-                let _ = tokio::time::timeout(idle, writer.send(&msg)).await;
-                let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
-                return;
-            }
-            _ => {
-                tracing::debug!(%addr, peer = %h.node_id.short(), "handshake");
-                None
-            }
+            ),
+            _ => Ok(h),
         },
-        Err(ReadError::Decode(DecodeError::UnsupportedVersion(v))) => Some(Message::Error {
-            req_id: 0,
-            code: ErrorCode::UnsupportedVersion,
-            message: format!(
+        Err(ReadError::Decode(DecodeError::UnsupportedVersion(v))) => refusal(
+            ErrorCode::UnsupportedVersion,
+            format!(
                 "this node speaks peershare protocol version {PROTOCOL_VERSION}, you sent version {v}; \
                  use the same peershare release on both sides"
             ),
-        }),
-        Ok(None) | Err(ReadError::Io(_) | ReadError::Truncated | ReadError::Idle(_)) => return,
-        Err(ReadError::Decode(e)) => Some(Message::Error {
-            req_id: 0,
-            code: ErrorCode::BadRequest,
-            message: format!("expected a peershare handshake: {e}"),
-        }),
-        Ok(Some(_)) => Some(Message::Error {
-            req_id: 0,
-            code: ErrorCode::BadRequest,
-            message: "expected a peershare handshake first".into(),
-        }),
-    };
-    if let Some(msg) = refusal {
-        ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
-        let _ = tokio::time::timeout(idle, writer.send(&msg)).await;
-        let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
-        return;
+        ),
+        Ok(None) | Err(ReadError::Io(_) | ReadError::Truncated | ReadError::Idle(_)) => Err(None),
+        Err(ReadError::Decode(e)) => refusal(
+            ErrorCode::BadRequest,
+            format!("expected a peershare handshake: {e}"),
+        ),
+        Ok(Some(_)) => refusal(
+            ErrorCode::BadRequest,
+            "expected a peershare handshake first".into(),
+        ),
     }
-    let hello = Message::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        node_id: ctx.tls.node_id(),
-        listen_port: ctx.listen_port,
-        capabilities: capability::ALL,
-    });
-    if !matches!(
-        tokio::time::timeout(idle, writer.send(&hello)).await,
-        Ok(Ok(()))
-    ) {
-        return;
+}
+
+/// A connection's read side: reads requests, starts preparing their
+/// answers and queues them for the write side, at most
+/// `max_requests_in_flight` at once; while the queue is full it reads
+/// nothing more, so TCP back-pressure stalls a client that does not read.
+/// Owns the queue's sender: when it ends, the write side drains what is
+/// queued and stops.
+struct ReadSide<'a> {
+    ctx: &'a Arc<Ctx>,
+    conn: Arc<ConnState>,
+    reader: FrameReader<BoxRead>,
+    tx: mpsc::Sender<Pending>,
+    /// When the client last asked something (ms since the server started).
+    heard: Arc<AtomicU64>,
+    addr: SocketAddr,
+}
+
+impl ReadSide<'_> {
+    async fn run(mut self) {
+        let mut last_heard = Instant::now();
+        while let Some(msg) = self.next_request(last_heard).await {
+            last_heard = Instant::now();
+            self.heard.store(self.ctx.now_ms(), Ordering::Relaxed);
+            self.ctx
+                .stats
+                .requests_received
+                .fetch_add(1, Ordering::Relaxed);
+            let pending = respond(self.ctx, &self.conn, msg);
+            if matches!(pending, Pending::Nothing) {
+                continue;
+            }
+            let fatal = matches!(pending, Pending::Fatal(_));
+            if self.tx.send(pending).await.is_err() || fatal {
+                return;
+            }
+        }
     }
 
-    // Listed among the established connections, so that a newcomer finding
-    // every slot taken can close the one idle the longest.
-    let (_listed, heard, mut kicked) = ctx.established.list(ctx.now_ms());
-    let (tx, mut rx) = mpsc::channel::<Pending>(ctx.config.max_requests_in_flight.max(1));
-    let (push_tx, mut push_rx) = mpsc::channel::<Message>(MAX_HAVE_SUBSCRIPTIONS);
-    let conn = Arc::new(ConnState::new(push_tx));
-    // Subscriptions end with the connection, however it ends.
-    let _end_subscriptions = EndSubscriptions(conn.clone());
-    let read_conn = conn.clone();
-    // Owns `tx`: when it ends, the write side drains what is queued and stops.
-    // Busy is asking or being answered: a slow client whose next requests
-    // wait unread behind its answers is not idle.
-    let answered = heard.clone();
-    let read_side = async move {
-        let mut last_heard = Instant::now();
+    /// The next frame from the client; `None` when reading is over: end of
+    /// stream, silence past the idle timeout, or a malformed frame (its
+    /// error is queued for the write side first).
+    async fn next_request(&mut self, last_heard: Instant) -> Option<Message> {
+        let ctx = self.ctx;
         loop {
-            let msg = match tokio::time::timeout(idle, reader.read()).await {
+            return match tokio::time::timeout(ctx.config.idle_timeout, self.reader.read()).await {
                 // A client that subscribed to announcements may have
                 // nothing to ask for a long time: it is waiting for us.
                 // (`read` keeps what it buffered: calling again is safe.)
                 Err(_)
-                    if read_conn.has_subscriptions()
+                    if self.conn.has_subscriptions()
                         && last_heard.elapsed() < ctx.config.subscribed_idle_timeout =>
                 {
                     continue;
                 }
-                Err(_) | Ok(Ok(None)) => return,
+                Err(_) | Ok(Ok(None)) => None,
                 Ok(Err(ReadError::Decode(e))) => {
                     ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%addr, "malformed frame: {e}");
-                    let _ = tx
+                    tracing::debug!(addr = %self.addr, "malformed frame: {e}");
+                    let _ = self
+                        .tx
                         .send(Pending::Fatal(Message::Error {
                             req_id: 0,
                             code: ErrorCode::BadRequest,
                             message: format!("malformed frame: {e}"),
                         }))
                         .await;
-                    return;
+                    None
                 }
-                Ok(Err(_)) => return,
-                Ok(Ok(Some(m))) => m,
+                Ok(Err(_)) => None,
+                Ok(Ok(Some(m))) => Some(m),
             };
-            last_heard = Instant::now();
-            heard.store(ctx.now_ms(), Ordering::Relaxed);
-            ctx.stats.requests_received.fetch_add(1, Ordering::Relaxed);
-            let pending = respond(ctx, &read_conn, msg);
-            if matches!(pending, Pending::Nothing) {
-                continue;
-            }
-            let fatal = matches!(pending, Pending::Fatal(_));
-            if tx.send(pending).await.is_err() || fatal {
-                return;
-            }
         }
-    };
-    let write_side = async {
-        loop {
-            let p = tokio::select! {
-                biased;
-                p = rx.recv() => match p {
-                    Some(p) => p,
-                    None => return,
-                },
-                Some(update) = push_rx.recv() => Pending::Ready(update),
-            };
-            let (msg, fatal) = match p {
-                Pending::Ready(m) => (m, false),
-                Pending::Job(job) => match job.await {
-                    Ok(m) => (m, false),
-                    Err(_) => return,
-                },
-                Pending::Fatal(m) => (m, true),
-                Pending::Nothing => continue,
-                Pending::Chunk(job) => match job.await {
-                    Ok(Ok(ChunkReply {
-                        req_id,
-                        index,
-                        data,
-                    })) => {
-                        // Under an upload limit, wait for the first slice's
-                        // turn before committing to the frame: a request
-                        // cancelled meanwhile costs no upload at all.
-                        let first = ctx.first_slice(data.len());
-                        ctx.throttle(first as u64).await;
-                        if conn.take_cancelled(req_id) {
-                            ctx.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                            conn.give_back(data);
-                            continue;
-                        }
-                        if !send_chunk_paced(ctx, &mut writer, req_id, index, &data, idle).await {
-                            return;
-                        }
-                        answered.store(ctx.now_ms(), Ordering::Relaxed);
-                        ctx.stats.chunks_served.fetch_add(1, Ordering::Relaxed);
-                        ctx.stats
-                            .bytes_served
-                            .fetch_add(data.len() as u64, Ordering::Relaxed);
-                        conn.give_back(data);
-                        continue;
-                    }
-                    Ok(Err(m)) => {
-                        conn.take_cancelled(m.req_id());
-                        (m, false)
-                    }
-                    Err(_) => return,
-                },
-            };
-            let sent = tokio::time::timeout(idle, writer.send(&msg)).await;
-            if !matches!(sent, Ok(Ok(()))) || fatal {
+    }
+}
+
+/// A connection's write side: sends the queued answers in order, and the
+/// updates of its `Have` subscriptions between them.
+struct WriteSide<'a> {
+    ctx: &'a Arc<Ctx>,
+    conn: Arc<ConnState>,
+    writer: FrameWriter<BoxWrite>,
+    rx: mpsc::Receiver<Pending>,
+    push_rx: mpsc::Receiver<Message>,
+    /// When the client was last answered (ms since the server started).
+    answered: Arc<AtomicU64>,
+}
+
+impl WriteSide<'_> {
+    /// Sends answers until the queue is closed and drained, or one cannot
+    /// be sent.
+    async fn run(&mut self) {
+        while let Some(pending) = self.next_answer().await {
+            if !self.answer(pending).await {
                 return;
-            }
-            answered.store(ctx.now_ms(), Ordering::Relaxed);
-        }
-    };
-    // The read side ends first on EOF: queued answers drain, then the write
-    // side ends too. If the write side ends first (the peer stopped
-    // reading, or an answer could not be sent), the connection is over:
-    // the read side is dropped with it.
-    {
-        tokio::pin!(read_side, write_side);
-        let mut reading = true;
-        loop {
-            tokio::select! {
-                _ = &mut read_side, if reading => reading = false,
-                _ = &mut write_side => break,
-                _ = stop.changed() => break,
-                _ = &mut kicked => {
-                    tracing::debug!(%addr, "closed, idle, to make room for a newcomer");
-                    break;
-                }
             }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
+
+    /// The next answer: a queued one first, else a subscription's update;
+    /// `None` once the read side is gone and the queue is drained.
+    async fn next_answer(&mut self) -> Option<Pending> {
+        tokio::select! {
+            biased;
+            p = self.rx.recv() => p,
+            Some(update) = self.push_rx.recv() => Some(Pending::Ready(update)),
+        }
+    }
+
+    /// Waits for one answer and sends it; false when the connection should
+    /// end.
+    async fn answer(&mut self, pending: Pending) -> bool {
+        match pending {
+            Pending::Ready(m) => self.send(&m).await,
+            Pending::Job(job) => match job.await {
+                Ok(m) => self.send(&m).await,
+                Err(_) => false,
+            },
+            Pending::Fatal(m) => {
+                self.send(&m).await;
+                false
+            }
+            Pending::Nothing => true,
+            Pending::Chunk(job) => match job.await {
+                Ok(Ok(reply)) => self.send_chunk(reply).await,
+                Ok(Err(m)) => {
+                    self.conn.take_cancelled(m.req_id());
+                    self.send(&m).await
+                }
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// Sends one message within the write timeout; false if it could not.
+    async fn send(&mut self, msg: &Message) -> bool {
+        let sent = tokio::time::timeout(self.ctx.config.idle_timeout, self.writer.send(msg)).await;
+        let ok = matches!(sent, Ok(Ok(())));
+        if ok {
+            self.answered.store(self.ctx.now_ms(), Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Sends a chunk read from disk, unless the client cancelled it before
+    /// its first byte went out; false when the connection should end.
+    async fn send_chunk(&mut self, reply: ChunkReply) -> bool {
+        let ctx = self.ctx;
+        let ChunkReply {
+            req_id,
+            index,
+            data,
+        } = reply;
+        // Under an upload limit, wait for the first slice's turn before
+        // committing to the frame: a request cancelled meanwhile costs no
+        // upload at all.
+        let first = ctx.first_slice(data.len());
+        ctx.throttle(first as u64).await;
+        if self.conn.take_cancelled(req_id) {
+            ctx.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            self.conn.give_back(data);
+            return true;
+        }
+        let idle = ctx.config.idle_timeout;
+        if !send_chunk_paced(ctx, &mut self.writer, req_id, index, &data, idle).await {
+            return false;
+        }
+        self.answered.store(ctx.now_ms(), Ordering::Relaxed);
+        ctx.stats.chunks_served.fetch_add(1, Ordering::Relaxed);
+        ctx.stats
+            .bytes_served
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.conn.give_back(data);
+        true
+    }
+
+    /// Closes the connection (what was sent is flushed first, briefly).
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.writer.shutdown()).await;
+    }
 }
 
 /// Bytes sent between two waits of the upload limiter, at most and at
