@@ -42,7 +42,7 @@ pub struct View {
 }
 
 /// State file identity: inode, mtime (ns), length.
-type Stamp = (u64, i64, u64);
+pub(crate) type Stamp = (u64, i64, u64);
 
 #[derive(Default)]
 pub struct Partials {
@@ -83,38 +83,43 @@ impl Partials {
 
     /// The current view of this node's download of `id`, if one is in
     /// progress and its part file is there.
+    ///
+    /// The cache's lock is never held across file I/O: the stats come
+    /// first, the reads (state file, manifest, part file) after a look in
+    /// the cache, so a read that hangs (a stuck disk, a FIFO in place of a
+    /// state file) holds up only the request that made it. Two callers
+    /// that miss at once may both read; the later one's view stays.
     pub fn view(&self, library: &Library, id: &FileId) -> Option<View> {
         let snap = library.snapshot().ok()?;
-        let mut cache = self.cache.lock().expect("partials lock");
-        cache.prune(&snap);
         let hex = id.to_string();
-        let Some(d) = snap
+        let found = snap
             .downloads
             .values()
-            .find(|d| d.id == hex && d.part.exists())
-        else {
+            .find(|d| d.id == hex && d.part.exists());
+        let Some(d) = found else {
+            let mut cache = self.cache.lock().expect("partials lock");
+            cache.prune(&snap);
             cache.views.remove(id);
             return None;
         };
-        let stamp = match std::fs::metadata(&d.state) {
-            Ok(m) => (m.ino(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.len()),
-            // No state file yet: nothing verified is on disk yet.
-            Err(_) => (0, 0, 0),
+        let stamp = state_stamp(&d.state);
+        let cached_manifest = {
+            let mut cache = self.cache.lock().expect("partials lock");
+            cache.prune(&snap);
+            match cache.views.get(id) {
+                Some((s, v)) if *s == stamp && v.size == d.size => return Some(v.clone()),
+                Some((_, v)) => Some(v.manifest.clone()),
+                None => None,
+            }
         };
-        if let Some((s, v)) = cache.views.get(id)
-            && *s == stamp
-            && v.size == d.size
-        {
-            return Some(v.clone());
-        }
         let n = chunk_count(d.size, chunk_size_for(d.size)) as u32;
         let have = load_state(&d.state, id, d.size, n).unwrap_or_else(|| Bitmap::new(n));
-        let manifest = match cache.views.get(id) {
-            Some((_, v)) => v.manifest.clone(),
+        let manifest = match cached_manifest {
+            Some(m) => m,
             None => Arc::new(library.manifest(id).ok()??),
         };
         let Ok(part) = File::open(&d.part) else {
-            cache.views.remove(id);
+            self.cache.lock().expect("partials lock").views.remove(id);
             return None;
         };
         let view = View {
@@ -123,11 +128,21 @@ impl Partials {
             manifest,
             size: d.size,
         };
+        let mut cache = self.cache.lock().expect("partials lock");
         if cache.views.len() >= MAX_CACHED {
             cache.views.clear();
         }
         cache.views.insert(*id, (stamp, view.clone()));
         Some(view)
+    }
+}
+
+/// The state file's stamp; all zero while there is none (nothing
+/// verified is on disk yet).
+pub(crate) fn state_stamp(path: &std::path::Path) -> Stamp {
+    match std::fs::metadata(path) {
+        Ok(m) => (m.ino(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.len()),
+        Err(_) => (0, 0, 0),
     }
 }
 

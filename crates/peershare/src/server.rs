@@ -21,6 +21,19 @@
 //! affected. Shutdown stops accepting, ends every connection and waits for
 //! their tasks, so nothing outlives [`Server::run`].
 //!
+//! File work never runs on an async worker: catalogs, manifests, chunk
+//! lookups and reads, `Have` answers and checks, the trust list all run on
+//! the blocking pool, a job per answer started only once the answer has a
+//! place in its connection's queue (so at most `max_requests_in_flight`
+//! per connection, plus the one being sent), and no lock is held across a
+//! read. A read that hangs (a stuck disk or network filesystem, a FIFO put
+//! in place of a file) holds up its own answer and those queued behind it
+//! on that connection, nothing else. Shutdown does not wait for it: the
+//! connection's task ends and [`Server::run`] returns; the blocking-pool
+//! thread stays in its read (holding that file open) until the read
+//! returns, and a tokio runtime dropped meanwhile would wait for it, so
+//! the binary shuts its runtime down with a timeout.
+//!
 //! Besides whole shared files, the server offers the verified chunks of this
 //! node's downloads in progress ([`crate::partials`]): they are listed as
 //! partial in the catalog, `GetHave` says which chunks are held (and, when
@@ -813,12 +826,24 @@ impl ReadSide<'_> {
                 .stats
                 .requests_received
                 .fetch_add(1, Ordering::Relaxed);
+            // Room in the queue first, then the answer is started: its
+            // blocking-pool job (if any) runs only once it has a place, so
+            // a connection has at most `max_requests_in_flight` of them
+            // queued (and the one being answered). A `Cancel` is answered
+            // by nothing and needs no room.
+            let room = match msg {
+                Message::Cancel { .. } => None,
+                _ => match self.tx.reserve().await {
+                    Ok(room) => Some(room),
+                    Err(_) => return,
+                },
+            };
             let pending = respond(self.ctx, &self.conn, msg);
-            if matches!(pending, Pending::Nothing) {
-                continue;
-            }
             let fatal = matches!(pending, Pending::Fatal(_));
-            if self.tx.send(pending).await.is_err() || fatal {
+            if let Some(room) = room {
+                room.send(pending);
+            }
+            if fatal {
                 return;
             }
         }
@@ -1213,17 +1238,12 @@ fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pending {
             }))
         }
         Message::GetManifest { req_id, id } => {
-            let offered = |id: &FileId| {
-                shared_entry(ctx, id).is_some() || partial_download(ctx, id).is_some()
-            };
-            Pending::Ready(match ctx.library.manifest_bytes(&id) {
-                Ok(Some(bytes)) if offered(&id) => Message::Manifest {
-                    req_id,
-                    bytes: bytes.into(),
-                },
-                Ok(_) => not_here(req_id, &id),
-                Err(e) => internal(req_id, e),
-            })
+            // Reads (up to `MAX_MANIFEST_LEN` bytes) and hashes a file, and
+            // may re-read the library: never on an async worker.
+            let ctx = ctx.clone();
+            Pending::Job(tokio::task::spawn_blocking(move || {
+                manifest(&ctx, req_id, id)
+            }))
         }
         Message::GetChunk { req_id, id, index } => {
             conn.open(req_id);
@@ -1259,6 +1279,22 @@ fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pending {
             ErrorCode::BadRequest,
             "unexpected message from a client",
         )),
+    }
+}
+
+/// The answer to `GetManifest`: the stored manifest of a file offered
+/// here (shared, or a download in progress), or `NotFound`.
+fn manifest(ctx: &Ctx, req_id: u32, id: FileId) -> Message {
+    if shared_entry(ctx, &id).is_none() && partial_download(ctx, &id).is_none() {
+        return not_here(req_id, &id);
+    }
+    match ctx.library.manifest_bytes(&id) {
+        Ok(Some(bytes)) => Message::Manifest {
+            req_id,
+            bytes: bytes.into(),
+        },
+        Ok(None) => not_here(req_id, &id),
+        Err(e) => internal(req_id, e),
     }
 }
 

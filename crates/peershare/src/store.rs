@@ -232,15 +232,15 @@ impl Library {
     /// not changed since the last call; read again when it has.
     pub fn is_trusted(&self, node: &NodeId) -> Result<bool, StoreError> {
         let stamp = file_stamp(&self.dir.join(TRUST_FILE))?;
-        let mut cache = self.trust_cache.lock().expect("trust cache lock");
-        if let Some((at, ids)) = cache.as_ref()
+        if let Some((at, ids)) = self.trust_cache.lock().expect("trust cache lock").as_ref()
             && *at == stamp
         {
             return Ok(ids.contains(node));
         }
+        // Read outside the lock, as in `snapshot`.
         let ids: TrustedSet = Arc::new(self.trusted()?.into_keys().collect());
         let found = ids.contains(node);
-        *cache = Some((stamp, ids));
+        *self.trust_cache.lock().expect("trust cache lock") = Some((stamp, ids));
         Ok(found)
     }
 
@@ -327,16 +327,19 @@ impl Library {
     }
 
     /// The current library, re-read only when `library.json` changed.
+    ///
+    /// The cache's lock is not held while reading: a read that hangs holds
+    /// up its own caller, not every request of a server (callers that miss
+    /// at once may each read; the last one's copy stays).
     pub fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
         let stamp = file_stamp(&self.library_path())?;
-        let mut cache = self.cache.lock().expect("library cache lock");
-        if let Some(c) = cache.as_ref()
+        if let Some(c) = self.cache.lock().expect("library cache lock").as_ref()
             && c.stamp == stamp
         {
             return Ok(c.snapshot.clone());
         }
         let snapshot = Arc::new(self.read_library()?);
-        *cache = Some(Cached {
+        *self.cache.lock().expect("library cache lock") = Some(Cached {
             stamp,
             snapshot: snapshot.clone(),
         });

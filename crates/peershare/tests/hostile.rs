@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::*;
 use peershare::{ServerConfig, Tls};
-use peershare_proto::NodeId;
 use peershare_proto::wire::{
-    ErrorCode, Hello, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, decode_frame,
+    ErrorCode, Hello, Holding, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, decode_frame,
 };
+use peershare_proto::{FileId, NodeId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -614,4 +614,163 @@ async fn an_idle_connection_makes_room_for_a_newcomer() {
     assert!(read_until_closed(&mut oldest).await.is_empty());
     assert_eq!(node.stats.idle_evicted.load(Ordering::Relaxed), 1);
     assert_eq!(node.stats.refused_busy.load(Ordering::Relaxed), 0);
+}
+
+/// Writes one frame and flushes it out of the TLS session.
+async fn send_frame(s: &mut Stream, msg: Message) {
+    s.write_all(&msg.to_frame().unwrap()).await.unwrap();
+    s.flush().await.unwrap();
+}
+
+/// The next frame the server sends; fails after 10 s.
+async fn next_frame(s: &mut Stream) -> Message {
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(m) = decode_frame(&mut buf, MAX_FRAME_LEN).expect("a valid frame") {
+            return m;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read_buf(&mut buf))
+            .await
+            .expect("a frame within 10 s")
+            .unwrap();
+        assert_ne!(n, 0, "closed before a whole frame");
+    }
+}
+
+/// A FIFO put in place of a file: a read of it blocks, as a read from a
+/// stuck disk or a hung network filesystem would, until this is dropped.
+/// It is held open for writing (which never blocks with `O_RDWR`), so a
+/// reader's `open` succeeds and its `read` waits: its descriptor shows in
+/// `/proc/self/fd` ([`StuckFile::readers`]).
+struct StuckFile {
+    path: std::path::PathBuf,
+    _writer: std::fs::File,
+}
+
+impl StuckFile {
+    fn replace(path: &std::path::Path) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        let _ = std::fs::remove_file(path);
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a plain syscall on a NUL-terminated path.
+        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+        let writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        Self {
+            path: std::fs::canonicalize(path).unwrap(),
+            _writer: writer,
+        }
+    }
+
+    /// Descriptors of this process open on the FIFO besides ours: reads
+    /// stuck in it (or about to be).
+    fn readers(&self) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == self.path))
+            .count()
+            .saturating_sub(1)
+    }
+}
+
+/// Regression (issue #10): `GetManifest` read the manifest on an async
+/// worker. With the server on a single worker thread, one manifest read
+/// that never returned (a FIFO in place of the manifest file) stopped every
+/// connection. Now another client is served in full meanwhile, and
+/// shutdown does not wait for the stuck read.
+#[test]
+fn a_stuck_manifest_read_holds_up_no_other_connection() {
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client_rt = tokio::runtime::Runtime::new().unwrap();
+    let (stuck, other) = (data(100_000, 20), data(300_000, 21));
+    let mut node = server_rt.block_on(Node::start(
+        &[("stuck", &stuck), ("other", &other)],
+        ServerConfig::default(),
+    ));
+    let id = id_of(&stuck);
+    let manifest = node.lib.dir().join(format!("manifests/{id}.manifest"));
+    // Dropped (and so unblocked) before the runtimes, even on a panic.
+    let fifo = StuckFile::replace(&manifest);
+    client_rt.block_on(async {
+        let mut s = handshaken(node.addr).await;
+        send_frame(&mut s, Message::GetManifest { req_id: 1, id }).await;
+        wait_for("the server to be stuck reading the manifest", 10, || {
+            fifo.readers() == 1
+        })
+        .await;
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            honest_download_works(&node, &other),
+        )
+        .await
+        .expect("another client is served while a manifest read is stuck");
+        let started = Instant::now();
+        node.shutdown().await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+        assert_eq!(fifo.readers(), 1, "the read is still stuck");
+    });
+    drop(fifo);
+    server_rt.shutdown_timeout(Duration::from_secs(10));
+}
+
+/// A download in progress recorded in `node`'s library, its part file
+/// holding `content` and no state file yet (nothing verified): its file ID
+/// and state file.
+fn in_progress(node: &Node, name: &str, content: &[u8]) -> (FileId, std::path::PathBuf) {
+    let m = peershare_proto::Manifest::from_bytes(content);
+    let out = node.path(name);
+    let (part, state) = peershare::partial::part_paths(&out);
+    std::fs::write(&part, content).unwrap();
+    let record = peershare::store::Download {
+        id: m.id().to_string(),
+        name: name.into(),
+        size: content.len() as u64,
+        part,
+        state: state.clone(),
+        unlisted: false,
+    };
+    node.lib.begin_download(&out, &m, record).unwrap();
+    (m.id(), state)
+}
+
+/// Regression (issue #10): the partials' cache lock was held across the
+/// read of a download's state file, so one read that never returned (a
+/// FIFO in place of the state file) stopped the `GetHave` and partial
+/// chunks of every download. Now another download is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_state_file_read_holds_up_no_other_download() {
+    let mut node = Node::start(&[], ServerConfig::default()).await;
+    let (stuck, stuck_state) = in_progress(&node, "stuck", &data(100_000, 22));
+    let (fine, _) = in_progress(&node, "fine", &data(100_000, 23));
+    let fifo = StuckFile::replace(&stuck_state);
+    let have = |id| Message::GetHave {
+        req_id: 1,
+        id,
+        subscribe: false,
+    };
+    let mut a = handshaken(node.addr).await;
+    send_frame(&mut a, have(stuck)).await;
+    wait_for("the server to be stuck reading the state file", 10, || {
+        fifo.readers() == 1
+    })
+    .await;
+    let mut b = handshaken(node.addr).await;
+    send_frame(&mut b, have(fine)).await;
+    let got = next_frame(&mut b).await;
+    assert!(
+        matches!(&got, Message::Have { req_id: 1, holding: Holding::Some(h) } if h.count() == 0),
+        "{got:?}"
+    );
+    node.shutdown().await;
+    assert_eq!(fifo.readers(), 1, "the read is still stuck");
 }
