@@ -40,6 +40,10 @@
 //! subscribed, says it again whenever more are, at most
 //! `MAX_HAVE_SUBSCRIPTIONS` per connection, checked every
 //! `HAVE_POLL_INTERVAL`), and `Cancel` drops an answer not yet sent.
+//! Lookups in the library go by file ID (the snapshot's index), so a
+//! request costs the same whatever the library's size; a subscription's
+//! check that finds nothing new costs two `stat`s (`library.json`, its
+//! download's state file) and reads nothing.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -63,7 +67,7 @@ use tokio::task::JoinSet;
 use crate::conn::{FrameReader, FrameWriter, ReadError};
 use crate::error::ServeError;
 use crate::partials::Partials;
-use crate::store::{Download, Entry, Library};
+use crate::store::{Download, Entry, Library, Snapshot};
 use crate::tls::{BoxRead, BoxWrite, Tls};
 
 /// `Have` subscriptions one connection may hold at once; more are refused
@@ -159,6 +163,15 @@ pub struct ServerStats {
     pub partial_chunks_served: AtomicU64,
     /// Prepared chunk answers dropped because the client cancelled them.
     pub cancelled: AtomicU64,
+    /// Checks made by `Have` subscriptions (each looks every
+    /// `HAVE_POLL_INTERVAL`).
+    pub have_checks: AtomicU64,
+    /// Library entries (shared files and downloads) looked at to answer
+    /// requests and to check subscriptions. Lookups go by file ID, so each
+    /// looks at the entries of that file only; a subscription check that
+    /// finds the library unchanged looks at none, and a catalog looks at
+    /// all of them once per library revision.
+    pub library_entries_examined: AtomicU64,
 }
 
 /// A server ready to run on an already-bound listener.
@@ -1037,6 +1050,13 @@ async fn send_chunk_paced<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 impl Ctx {
+    /// Counts `n` library entries looked at.
+    fn examined(&self, n: usize) {
+        self.stats
+            .library_entries_examined
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// Milliseconds since the server started.
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
@@ -1300,21 +1320,28 @@ fn manifest(ctx: &Ctx, req_id: u32, id: FileId) -> Message {
 
 /// An entry for `id` whose file is unchanged on disk, if any.
 fn shared_entry(ctx: &Ctx, id: &FileId) -> Option<Entry> {
-    let snap = ctx.library.snapshot().ok()?;
-    let hex = id.to_string();
-    snap.by_id(&hex)
+    shared_entry_in(ctx, &*ctx.library.snapshot().ok()?, id)
+}
+
+/// [`shared_entry`] in `snap`: looks at the entries of `id` only.
+fn shared_entry_in(ctx: &Ctx, snap: &Snapshot, id: &FileId) -> Option<Entry> {
+    snap.by_id(&id.to_string())
+        .inspect(|_| ctx.examined(1))
         .find(|e| std::fs::metadata(&e.path).is_ok_and(|m| e.matches(&m)))
         .cloned()
 }
 
-/// This node's download of `id` in progress, if any, when no whole copy is
-/// shared (a whole copy is always preferred).
+/// This node's download of `id` in progress (its part file there), if any.
+/// Callers prefer a whole shared copy when there is one.
 fn partial_download(ctx: &Ctx, id: &FileId) -> Option<Download> {
-    let snap = ctx.library.snapshot().ok()?;
-    let hex = id.to_string();
-    snap.downloads
-        .values()
-        .find(|d| d.id == hex && d.part.exists())
+    partial_download_in(ctx, &*ctx.library.snapshot().ok()?, id)
+}
+
+/// [`partial_download`] in `snap`: looks at the downloads of `id` only.
+fn partial_download_in(ctx: &Ctx, snap: &Snapshot, id: &FileId) -> Option<Download> {
+    snap.downloads_of(&id.to_string())
+        .inspect(|_| ctx.examined(1))
+        .find(|d| d.part.exists())
         .cloned()
 }
 
@@ -1325,12 +1352,17 @@ fn holding(ctx: &Ctx, id: &FileId) -> Option<Holding> {
     if shared_entry(ctx, id).is_some() {
         return Some(Holding::All);
     }
-    let view = ctx.partials.view(&ctx.library, id)?;
-    Some(if view.have.is_full() {
+    let d = partial_download(ctx, id)?;
+    Some(partial_holding(&ctx.partials.view(&ctx.library, &d)?))
+}
+
+/// What a view of a download in progress offers.
+fn partial_holding(view: &crate::partials::View) -> Holding {
+    if view.have.is_full() {
         Holding::All
     } else {
         Holding::Some((*view.have).clone())
-    })
+    }
 }
 
 /// The answer to `GetHave`: every chunk of a shared file, the verified
@@ -1394,13 +1426,20 @@ async fn subscription(
     let mut tick = tokio::time::interval(HAVE_POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut watch = Watch::new(id);
     loop {
         tick.tick().await;
         let c = ctx.clone();
-        let now = tokio::task::spawn_blocking(move || holding(&c, &id))
-            .await
-            .ok()
-            .flatten();
+        let Ok((w, seen)) = tokio::task::spawn_blocking(move || {
+            let seen = watch.check(&c);
+            (watch, seen)
+        })
+        .await
+        else {
+            break;
+        };
+        watch = w;
+        let Some(now) = seen else { continue };
         let (msg, last) = match now {
             None => (
                 error(
@@ -1440,6 +1479,64 @@ async fn subscription(
         .remove(&req_id);
 }
 
+/// What a `Have` subscription has seen of its download, so that a check
+/// that finds nothing new costs two `stat`s (`library.json`, through the
+/// library's cache, and the download's state file) whatever the library's
+/// size: the download is looked up again (by ID) only when the library
+/// changed, and its state file read again only when its stamp did.
+struct Watch {
+    id: FileId,
+    /// The library revision the download was last looked up at.
+    revision: Option<u64>,
+    /// The download's record then (`None`: gone).
+    download: Option<Download>,
+    /// Its state file's stamp when last read.
+    stamp: Option<crate::partials::Stamp>,
+}
+
+impl Watch {
+    fn new(id: FileId) -> Self {
+        Self {
+            id,
+            revision: None,
+            download: None,
+            stamp: None,
+        }
+    }
+
+    /// `None` when nothing changed since the last check; otherwise what
+    /// this node holds of the file now (`Some(None)`: nothing, the
+    /// download is gone).
+    fn check(&mut self, ctx: &Ctx) -> Option<Option<Holding>> {
+        ctx.stats.have_checks.fetch_add(1, Ordering::Relaxed);
+        let Ok(snap) = ctx.library.snapshot() else {
+            return Some(None);
+        };
+        if self.revision != Some(snap.revision) {
+            self.revision = Some(snap.revision);
+            self.stamp = None;
+            // Finished (and shared), or withdrawn?
+            if shared_entry_in(ctx, &snap, &self.id).is_some() {
+                return Some(Some(Holding::All));
+            }
+            self.download = partial_download_in(ctx, &snap, &self.id);
+        }
+        let Some(d) = self.download.as_ref() else {
+            return Some(None);
+        };
+        let stamp = crate::partials::state_stamp(&d.state);
+        if self.stamp == Some(stamp) {
+            return None;
+        }
+        self.stamp = Some(stamp);
+        Some(
+            ctx.partials
+                .view(&ctx.library, d)
+                .map(|v| partial_holding(&v)),
+        )
+    }
+}
+
 /// The library's files as a catalog lists them: sorted by name, one item
 /// per file ID, with every library entry holding that content. Cached per
 /// library revision; whether a file is unchanged on disk is checked only
@@ -1452,6 +1549,7 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
     {
         return Ok(c.clone());
     }
+    ctx.examined(snap.files.len() + snap.downloads.len());
     let mut by_id: HashMap<FileId, (CatalogEntry, Source)> = HashMap::new();
     // Unlisted files are served to whoever names their ID, never listed
     // (nor their downloads in progress).
@@ -1636,7 +1734,8 @@ fn read_partial_chunk(
     id: FileId,
     index: u32,
 ) -> Result<ChunkReply, Message> {
-    let Some(view) = ctx.partials.view(&ctx.library, &id) else {
+    let view = partial_download(ctx, &id).and_then(|d| ctx.partials.view(&ctx.library, &d));
+    let Some(view) = view else {
         return Err(not_here(req_id, &id));
     };
     let (start, len) = chunk_span(req_id, &id, view.size, index)?;

@@ -774,3 +774,106 @@ async fn a_stuck_state_file_read_holds_up_no_other_download() {
     node.shutdown().await;
     assert_eq!(fifo.readers(), 1, "the read is still stuck");
 }
+
+/// Adds `n` shared files and `n` downloads in progress of other content to
+/// `lib`, none of them on disk: a large library. (Written directly:
+/// sharing that many files would hash and sync each one.)
+fn add_unrelated(lib: &peershare::Library, n: usize) {
+    let mut snap = (*lib.snapshot().unwrap()).clone();
+    for i in 0..n {
+        let id = format!("{:064x}", i + 1);
+        let path = lib.dir().join(format!("absent/{i}"));
+        let entry = peershare::store::Entry {
+            id: id.clone(),
+            name: format!("file {i}"),
+            path: path.clone(),
+            size: 1000,
+            mtime_ns: 0,
+            unlisted: false,
+        };
+        snap.files.insert(path.clone(), entry);
+        let download = peershare::store::Download {
+            id,
+            name: format!("download {i}"),
+            size: 1000,
+            part: path.with_extension("part"),
+            state: path.with_extension("state"),
+            unlisted: false,
+        };
+        snap.downloads.insert(path.with_extension("out"), download);
+    }
+    snap.revision += 1;
+    let json = serde_json::to_vec(&snap).unwrap();
+    peershare::store::write_atomic(&lib.dir().join("library.json"), &json).unwrap();
+}
+
+/// Regression (issue #10): every check of a `Have` subscription (each
+/// subscription, every `HAVE_POLL_INTERVAL`) scanned the whole library, so
+/// a client holding subscriptions on a large library cost the server CPU
+/// in proportion. Now a check that finds nothing new looks at no library
+/// entry, a change of the library costs a lookup by file ID, and a new
+/// state file is still announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_have_subscription_check_costs_the_same_whatever_the_library_size() {
+    const UNRELATED: usize = 5_000;
+    const CHECKS: u64 = 8;
+    let node = Node::start(&[], ServerConfig::default()).await;
+    add_unrelated(&node.lib, UNRELATED);
+    let content = data(1024 * 1024, 24);
+    let (id, state) = in_progress(&node, "dl", &content);
+    let chunks = peershare_proto::Manifest::from_bytes(&content).chunk_count();
+    let stats = node.stats.clone();
+    let examined = || stats.library_entries_examined.load(Ordering::Relaxed);
+    let checks = || stats.have_checks.load(Ordering::Relaxed);
+    let mut s = handshaken(node.addr).await;
+    send_frame(
+        &mut s,
+        Message::GetHave {
+            req_id: 1,
+            id,
+            subscribe: true,
+        },
+    )
+    .await;
+    let got = next_frame(&mut s).await;
+    assert!(
+        matches!(&got, Message::Have { req_id: 1, holding: Holding::Some(h) } if h.count() == 0),
+        "{got:?}"
+    );
+    // The first check looks the download up (the library is new to it).
+    wait_for("a first check", 10, || checks() >= 1).await;
+    let (before, at) = (examined(), checks());
+    wait_for("more checks", 10, || checks() >= at + CHECKS).await;
+    let per_check = (examined() - before) as f64 / (checks() - at) as f64;
+    assert_eq!(
+        examined(),
+        before,
+        "{per_check} entries looked at per check of an unchanged library of {} entries",
+        2 * UNRELATED + 1
+    );
+    // The download verifies a chunk: announced, without a library lookup.
+    let mut done = peershare::partial::Bitmap::new(chunks);
+    done.set(0);
+    let record = peershare::partial::encode_state(&id, content.len() as u64, &done);
+    peershare::store::write_atomic(&state, &record).unwrap();
+    let got = next_frame(&mut s).await;
+    assert!(
+        matches!(&got, Message::Have { req_id: 1, holding: Holding::Some(h) } if h.count() == 1),
+        "{got:?}"
+    );
+    assert_eq!(
+        examined(),
+        before,
+        "the state file changed, not the library"
+    );
+    // The library changes (another download begins): the next check looks
+    // up this download again, by its ID only.
+    in_progress(&node, "another", &data(1000, 25));
+    let at = checks();
+    wait_for("checks after the change", 10, || checks() >= at + 2).await;
+    let looked = examined() - before;
+    assert!(
+        (1..=2).contains(&looked),
+        "{looked} entries looked at after a library change"
+    );
+}
