@@ -2,7 +2,8 @@
 //! honest `peershare get` that must be served during the attack or right
 //! after it: a thousand silent connections (slowloris), a 4 GiB length
 //! prefix followed by a trickle, a request flood that never reads its
-//! answers, and random garbage both instead of TLS and inside it.
+//! answers, requests for 8 MiB chunks that are never read, and random
+//! garbage both instead of TLS and inside it.
 //!
 //! Besides what the clients see, the server process is watched from
 //! `/proc`: its resident memory (`VmRSS`, and the peak `VmHWM`) against
@@ -1008,5 +1009,129 @@ fn random_garbage_ends_only_its_own_connection() {
         ROUNDS * 3,
         mib(mem.rss),
         mib(mem.hwm)
+    );
+}
+
+/// Clients that ask for chunks of 8 MiB (a shared file over 4 GiB) and
+/// never read the answers, 32 connections from one address (the default
+/// per-address limit), 20 requests each. Regression (issue #10): each
+/// connection held the chunks of its answers in memory, six of them with
+/// the default `max_requests_in_flight`, so this took `serve` from 7 MB to
+/// 1.5 GB and held it, the write timeout covering a whole chunk. Now a
+/// connection buffers at most two slices of a chunk, each connection is
+/// closed once it has taken nothing for the write timeout, and an honest
+/// client is served meanwhile.
+#[test]
+fn clients_that_ask_for_large_chunks_and_never_read_hold_little_and_are_closed() {
+    const CONNS: usize = 32;
+    const REQUESTS: u32 = 20;
+    /// Just over 4 GiB: the largest chunks. Sparse, so it costs no disk.
+    const BIG: u64 = (4 << 30) + 1;
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+    assert_eq!(CONNS, ServerConfig::default().max_connections_per_ip);
+    let chunk = chunk_size_for(BIG);
+    assert_eq!(chunk, peershare_proto::manifest::MAX_CHUNK_SIZE);
+    let sb = Sandbox::new();
+    let big = sb.path("big.bin");
+    fs::File::create(&big)
+        .and_then(|f| f.set_len(BIG))
+        .expect("a sparse file");
+    let content = random_bytes(FILE_LEN, 6);
+    let small = sb.write("shared.bin", &content);
+    let data = sb.data("srv");
+    let shared = sb.share(&data, &[&big, &small], None);
+    let (big_id, id): (FileId, String) = (
+        str_field(&shared[0], "id").parse().expect("a file ID"),
+        str_field(&shared[1], "id").to_owned(),
+    );
+    assert_eq!(id, expected_id(&content));
+    let timeout = WRITE_TIMEOUT.as_secs().to_string();
+    let serve = sb.serve(&data, &["--write-timeout", &timeout]);
+    let client = sb.data("client");
+    let mut t = Target {
+        serve,
+        sb,
+        content,
+        id,
+        client,
+    };
+    let (pid, addr) = (t.pid(), t.addr());
+    let held = || connections(pid, addr.port());
+    t.warm_up();
+    let before = Mem::of(pid);
+
+    let mut requests = BytesMut::new();
+    for i in 0..REQUESTS {
+        Message::GetChunk {
+            req_id: i + 1,
+            id: big_id,
+            index: i,
+        }
+        .encode(&mut requests)
+        .expect("a request encodes");
+    }
+    let rt = runtime();
+    // Kept, never read, until the end of the test.
+    let attackers: Vec<(BoxRead, BoxWrite)> = rt.block_on(async {
+        let mut conns = Vec::new();
+        for _ in 0..CONNS {
+            let (r, mut w, me) = tls_from(attacker(0), addr, None)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            send(&mut w, &hello(me)).await.expect("send Hello");
+            send(&mut w, &requests).await.expect("send the requests");
+            conns.push((r, w));
+        }
+        conns
+    });
+    let asked = Instant::now();
+    wait_until(
+        "the server to hold every attack connection",
+        Duration::from_secs(10),
+        || held() >= CONNS,
+    );
+    let took = t.honest_get("under-non-readers");
+    let during = Mem::of(pid);
+    let peak = during.hwm.saturating_sub(before.rss);
+    assert!(
+        peak < RSS_BOUND,
+        "{CONNS} connections asking for 8 MiB chunks without reading took the server from \
+         {:.1} MiB to a peak of {:.1} MiB",
+        mib(before.rss),
+        mib(during.hwm)
+    );
+    wait_until(
+        "the server to close every attack connection",
+        WRITE_TIMEOUT + CLOSE_MARGIN,
+        || held() == 0,
+    );
+    let closed_after = asked.elapsed();
+    let after = Mem::of(pid);
+    let took_after = t.honest_get("after-non-readers");
+    t.assert_alive();
+    drop(attackers);
+    eprintln!(
+        "non-readers: {CONNS} connections x {REQUESTS} requests for {} MiB chunks, never reading; \
+         all closed {closed_after:?} after asking (write timeout {WRITE_TIMEOUT:?}); honest get \
+         {took:?} during, {took_after:?} after",
+        chunk / MIB as u32
+    );
+    eprintln!(
+        "non-readers: serve VmRSS {:.1} MiB before, {:.1} MiB holding them, {:.1} MiB after; \
+         VmHWM {:.1} MiB",
+        mib(before.rss),
+        mib(during.rss),
+        mib(after.rss),
+        mib(after.hwm)
+    );
+    assert!(
+        closed_after >= WRITE_TIMEOUT,
+        "closed after {closed_after:?}: before the write timeout"
+    );
+    assert!(
+        after.hwm.saturating_sub(before.rss) < RSS_BOUND,
+        "the server's resident memory went from {:.1} MiB to a peak of {:.1} MiB",
+        mib(before.rss),
+        mib(after.hwm)
     );
 }

@@ -12,14 +12,31 @@
 //! are read only while fewer than `max_requests_in_flight` are being
 //! answered (queued; plus the one being written and one read but waiting
 //! for room), so a client that floods requests without reading answers
-//! stalls itself (TCP back-pressure) and holds at most that many chunk
-//! buffers plus two; a frame from a client is at most `MAX_REQUEST_FRAME_LEN` bytes;
-//! the TLS handshake and `Hello` together must finish within
-//! `handshake_timeout`, and a wait for the next request and every write has
-//! a timeout. A connection that sends
-//! anything malformed gets an error frame and is closed; nothing else is
-//! affected. Shutdown stops accepting, ends every connection and waits for
-//! their tasks, so nothing outlives [`Server::run`].
+//! stalls itself (TCP back-pressure); a frame from a client is at most
+//! `MAX_REQUEST_FRAME_LEN` bytes; the TLS handshake and `Hello` together
+//! must finish within `handshake_timeout`, and a wait for the next request
+//! within `idle_timeout`. A connection that sends anything malformed gets
+//! an error frame and is closed; nothing else is affected. Shutdown stops
+//! accepting, ends every connection and waits for their tasks, so nothing
+//! outlives [`Server::run`].
+//!
+//! Memory does not grow with the chunk size (up to 8 MiB): a queued chunk
+//! answer says where the chunk is (file, offset, length), and the write
+//! side reads it from disk a [`SEND_SLICE`] at a time as the client takes
+//! it, the next slice read while the current one is sent, into buffers
+//! recycled from a budget shared by all connections (`max_buffered_bytes`;
+//! an answer waits for a buffer while it is spent). So a connection holds
+//! at most two slices, and every write of at most [`WRITE_PIECE`] bytes
+//! must be taken within `write_timeout`: a client that takes nothing is
+//! closed after that long, a slow one that keeps taking is served for as
+//! long as it likes. What is sent is checked as it is read: a shared file
+//! must keep the size and mtime it was hashed with (one `fstat` per
+//! slice), a chunk of a download in progress is hashed whole before its
+//! header goes out and again as it is sent, its last slice held back until
+//! it checks. Before the header, a chunk that fails is answered
+//! `Unavailable`; after it, the header cannot be taken back, and the
+//! connection is closed (the client sees a lost connection, never a frame
+//! with bytes this node did not vouch for).
 //!
 //! File work never runs on an async worker: catalogs, manifests, chunk
 //! lookups and reads, `Have` answers and checks, the trust list all run on
@@ -49,7 +66,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,7 +73,8 @@ use std::time::{Duration, Instant};
 use peershare_proto::rate::TokenBucket;
 use peershare_proto::wire::{
     CATALOG_PAGE_BUDGET, CatalogEntry, DecodeError, ErrorCode, Hello, Holding,
-    MAX_REQUEST_FRAME_LEN, Message, PROTOCOL_VERSION, capability, catalog_entry_len, entry_flags,
+    MAX_REQUEST_FRAME_LEN, Message, PROTOCOL_VERSION, capability, catalog_entry_len, chunk_header,
+    entry_flags,
 };
 use peershare_proto::{FileId, NodeId};
 use tokio::net::{TcpListener, TcpStream};
@@ -69,6 +86,11 @@ use crate::error::ServeError;
 use crate::partials::Partials;
 use crate::store::{Download, Entry, Library, Snapshot};
 use crate::tls::{BoxRead, BoxWrite, Tls};
+
+mod slices;
+
+pub use slices::SEND_SLICE;
+use slices::{Check, ChunkPlan, Slice, SliceError, SlicePool, Slices};
 
 /// `Have` subscriptions one connection may hold at once; more are refused
 /// with `Busy`.
@@ -107,9 +129,19 @@ pub struct ServerConfig {
     /// Time a new connection has to send its handshake.
     pub handshake_timeout: Duration,
     /// Time a connection may stay silent between requests (unless it holds
-    /// `Have` subscriptions: then it waits for us), and the longest one
-    /// write to it may take.
+    /// `Have` subscriptions: then it waits for us).
     pub idle_timeout: Duration,
+    /// Longest a write of at most [`WRITE_PIECE`] bytes to a connection may
+    /// take. A client that stops taking what it asked for is closed this
+    /// long after its buffers filled, however much it asked; one that keeps
+    /// taking at least a piece per `write_timeout` (2 KiB/s at the default)
+    /// is served for as long as it likes, holding only its bounded buffers.
+    pub write_timeout: Duration,
+    /// Bytes of chunk data buffered at once over all connections, at most
+    /// (in slices of [`SEND_SLICE`]; at least one): each connection sending
+    /// a chunk holds one or two slices, and waits for one while the budget
+    /// is spent (each is held at most `write_timeout` without progress).
+    pub max_buffered_bytes: usize,
     /// Time a connection holding `Have` subscriptions may stay silent: a
     /// client that vanished without closing must not hold its slot (and a
     /// poll task) forever. Checked once per `idle_timeout`.
@@ -131,6 +163,8 @@ impl Default for ServerConfig {
             trusted_only: false,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(30),
+            max_buffered_bytes: 64 * 1024 * 1024,
             subscribed_idle_timeout: Duration::from_secs(30 * 60),
             max_upload_rate: None,
             shutdown_grace: Duration::from_secs(2),
@@ -190,11 +224,14 @@ struct Ctx {
     epoch: Instant,
     catalog: Mutex<Option<CachedCatalog>>,
     partials: Partials,
+    /// The chunk buffers of all connections.
+    slices: Arc<SlicePool>,
 }
 
 impl Server {
     pub fn new(library: Library, tls: Tls, listen_port: u16, config: ServerConfig) -> Self {
         let epoch = Instant::now();
+        let slices = SlicePool::new(config.max_buffered_bytes);
         let upload = config.max_upload_rate.map(|rate| {
             // A burst of a few milliseconds' worth keeps pacing smooth.
             let burst = (rate / 50).max(64 * 1024);
@@ -212,6 +249,7 @@ impl Server {
                 epoch,
                 catalog: Mutex::new(None),
                 partials: Partials::default(),
+                slices,
             }),
         }
     }
@@ -541,17 +579,11 @@ impl Drop for PendingHandshake {
     }
 }
 
-/// A chunk read from disk, ready to send.
-struct ChunkReply {
-    req_id: u32,
-    index: u32,
-    data: Vec<u8>,
-}
-
-/// An answer being prepared: ready now, or a chunk read on the blocking pool.
+/// An answer being prepared: ready now, a chunk being found on the
+/// blocking pool (its bytes are read as it is sent), or a control answer.
 enum Pending {
     Ready(Message),
-    Chunk(tokio::task::JoinHandle<Result<ChunkReply, Message>>),
+    Chunk(tokio::task::JoinHandle<Result<ChunkPlan, Message>>),
     /// A control answer computed on the blocking pool.
     Job(tokio::task::JoinHandle<Message>),
     /// Send this, then close the connection.
@@ -702,15 +734,15 @@ impl Connection {
             listen_port: ctx.listen_port,
             capabilities: capability::ALL,
         });
-        matches!(
-            tokio::time::timeout(ctx.config.idle_timeout, writer.send(&hello)).await,
-            Ok(Ok(()))
-        )
+        let limit = ctx.config.write_timeout;
+        writer.send_timed(&hello, WRITE_PIECE, limit).await.is_ok()
     }
 
     /// Sends `msg`, then closes the connection.
     async fn say_and_close(&self, writer: &mut FrameWriter<BoxWrite>, msg: &Message) {
-        let _ = tokio::time::timeout(self.ctx.config.idle_timeout, writer.send(msg)).await;
+        let _ = writer
+            .send_timed(msg, WRITE_PIECE, self.ctx.config.write_timeout)
+            .await;
         let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
     }
 
@@ -947,7 +979,7 @@ impl WriteSide<'_> {
             }
             Pending::Nothing => true,
             Pending::Chunk(job) => match job.await {
-                Ok(Ok(reply)) => self.send_chunk(reply).await,
+                Ok(Ok(plan)) => self.send_chunk(plan).await,
                 Ok(Err(m)) => {
                     self.conn.take_cancelled(m.req_id());
                     self.send(&m).await
@@ -957,46 +989,182 @@ impl WriteSide<'_> {
         }
     }
 
-    /// Sends one message within the write timeout; false if it could not.
+    /// Sends one message, each [`WRITE_PIECE`] of it within the write
+    /// timeout; false if it could not.
     async fn send(&mut self, msg: &Message) -> bool {
-        let sent = tokio::time::timeout(self.ctx.config.idle_timeout, self.writer.send(msg)).await;
-        let ok = matches!(sent, Ok(Ok(())));
+        let limit = self.ctx.config.write_timeout;
+        let ok = self
+            .writer
+            .send_timed(msg, WRITE_PIECE, limit)
+            .await
+            .is_ok();
         if ok {
             self.answered.store(self.ctx.now_ms(), Ordering::Relaxed);
         }
         ok
     }
 
-    /// Sends a chunk read from disk, unless the client cancelled it before
-    /// its first byte went out; false when the connection should end.
-    async fn send_chunk(&mut self, reply: ChunkReply) -> bool {
+    /// Writes `bytes`, each [`WRITE_PIECE`] of them within the write
+    /// timeout; false if it could not.
+    async fn write(&mut self, bytes: &[u8]) -> bool {
+        let limit = self.ctx.config.write_timeout;
+        self.writer
+            .send_raw_timed(bytes, WRITE_PIECE, limit)
+            .await
+            .is_ok()
+    }
+
+    /// [`WriteSide::write`] under the upload limit: pieces of the pacing
+    /// slice, each waiting for its tokens, but the first piece of a chunk
+    /// when `paid` (its tokens were taken before the header: see
+    /// [`WriteSide::send_chunk`]).
+    async fn write_paced(&mut self, bytes: &[u8], paid: &mut bool) -> bool {
+        if self.ctx.upload.is_none() {
+            return self.write(bytes).await;
+        }
+        for piece in bytes.chunks(self.ctx.first_slice(usize::MAX).max(1)) {
+            if !std::mem::replace(paid, false) {
+                self.ctx.throttle(piece.len() as u64).await;
+            }
+            if !self.write(piece).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends a chunk answer, read from disk a slice at a time
+    /// ([`Slices`]) as the client takes it, unless the client cancelled it
+    /// before its first byte went out; false when the connection should
+    /// end.
+    ///
+    /// Before the frame's header: a slice buffer from the server's budget
+    /// (waiting for one if need be), a download's chunk verified whole, the
+    /// first slice read, the upload limit's first piece. Until then a
+    /// chunk that cannot be sent is answered with an error. After it, the
+    /// header cannot be taken back: a file that changes, or a chunk that no
+    /// longer hashes right (checked before its last slice goes out), closes
+    /// the connection, which the client treats as lost.
+    async fn send_chunk(&mut self, plan: ChunkPlan) -> bool {
         let ctx = self.ctx;
-        let ChunkReply {
-            req_id,
-            index,
-            data,
-        } = reply;
-        // Under an upload limit, wait for the first slice's turn before
+        let req_id = plan.req_id;
+        if self.conn.is_cancelled(req_id) {
+            return self.drop_cancelled(req_id);
+        }
+        let plan = Arc::new(plan);
+        let (slices, first) = match self.open_chunk(&plan).await {
+            Ok(opened) => opened,
+            Err(go_on) => return go_on,
+        };
+        // Under an upload limit, wait for the first piece's turn before
         // committing to the frame: a request cancelled meanwhile costs no
         // upload at all.
-        let first = ctx.first_slice(data.len());
-        ctx.throttle(first as u64).await;
+        ctx.throttle(ctx.first_slice(plan.len) as u64).await;
         if self.conn.take_cancelled(req_id) {
-            ctx.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-            self.conn.give_back(data);
-            return true;
+            return self.drop_cancelled(req_id);
         }
-        let idle = ctx.config.idle_timeout;
-        if !send_chunk_paced(ctx, &mut self.writer, req_id, index, &data, idle).await {
+        if !self.stream_chunk(&plan, slices, first).await {
             return false;
         }
-        self.answered.store(ctx.now_ms(), Ordering::Relaxed);
         ctx.stats.chunks_served.fetch_add(1, Ordering::Relaxed);
         ctx.stats
             .bytes_served
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.conn.give_back(data);
+            .fetch_add(plan.len as u64, Ordering::Relaxed);
+        if matches!(plan.check, Check::Hash(_)) {
+            ctx.stats
+                .partial_chunks_served
+                .fetch_add(1, Ordering::Relaxed);
+        }
         true
+    }
+
+    /// Gets a chunk answer ready to send: a slice buffer, the chunk
+    /// verified whole if it is a download's, its first slice read. `Err`
+    /// when it cannot be sent, with what [`WriteSide::send_chunk`] returns
+    /// (it was answered with why, or the connection is to end).
+    async fn open_chunk(&mut self, plan: &Arc<ChunkPlan>) -> Result<(Slices, Slice), bool> {
+        let ctx = self.ctx;
+        let mut slice = ctx.slices.take().await;
+        if matches!(plan.check, Check::Hash(_)) {
+            let p = plan.clone();
+            let verified = tokio::task::spawn_blocking(move || {
+                let verified = p.verify(&mut slice);
+                (slice, verified)
+            })
+            .await;
+            slice = match verified {
+                Ok((slice, Ok(()))) => slice,
+                Ok((_, Err(e))) => return Err(self.refuse_chunk(plan, e).await),
+                Err(_) => return Err(false),
+            };
+        }
+        let mut slices = Slices::new(plan.clone(), ctx.slices.clone(), slice);
+        match slices.next().await {
+            Some(Ok(first)) => Ok((slices, first)),
+            Some(Err(e)) => Err(self.refuse_chunk(plan, e).await),
+            None => Err(false),
+        }
+    }
+
+    /// Sends a chunk's frame: its header, then `first` and the rest of
+    /// `slices` as they are read; false when the connection should end (a
+    /// write not taken in time, or a slice that failed its check once the
+    /// header was out).
+    async fn stream_chunk(&mut self, plan: &ChunkPlan, mut slices: Slices, first: Slice) -> bool {
+        let header = chunk_header(plan.req_id, plan.index, plan.len as u32);
+        if !self.write(&header).await {
+            return false;
+        }
+        let (mut current, mut paid) = (first, true);
+        loop {
+            if !self.write_paced(current.data(), &mut paid).await {
+                return false;
+            }
+            // Being answered: not idle, however long the chunk takes.
+            self.answered.store(self.ctx.now_ms(), Ordering::Relaxed);
+            slices.sent(current);
+            current = match slices.next().await {
+                None => return true,
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        "closing a connection in the middle of chunk {} of {}: {e:?}",
+                        plan.index,
+                        plan.id
+                    );
+                    self.conn.forget_file(&plan.id);
+                    return false;
+                }
+            };
+        }
+    }
+
+    /// Forgets a chunk request the client cancelled; its answer is not sent.
+    fn drop_cancelled(&mut self, req_id: u32) -> bool {
+        self.conn.take_cancelled(req_id);
+        self.ctx.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Answers a chunk request whose bytes cannot be sent (nothing of its
+    /// frame went out yet) with why; false when the connection should end.
+    async fn refuse_chunk(&mut self, plan: &ChunkPlan, e: SliceError) -> bool {
+        let (req_id, index, id) = (plan.req_id, plan.index, plan.id);
+        self.conn.take_cancelled(req_id);
+        let why = match (&plan.check, e) {
+            (_, SliceError::Lost) => return false,
+            (Check::Unchanged(_), _) => {
+                self.conn.forget_file(&id);
+                format!("file {id} changed on disk since it was shared")
+            }
+            (Check::Hash(_), SliceError::Io(e)) => {
+                format!("the download of {id} cannot be read here: {e}")
+            }
+            (Check::Hash(_), _) => {
+                format!("chunk {index} of the download of {id} is not verified here")
+            }
+        };
+        self.send(&error(req_id, ErrorCode::Unavailable, why)).await
     }
 
     /// Closes the connection (what was sent is flushed first, briefly).
@@ -1005,49 +1173,18 @@ impl WriteSide<'_> {
     }
 }
 
+/// Bytes handed to the TLS session at a time, at most; each piece must be
+/// taken within `ServerConfig::write_timeout`.
+pub const WRITE_PIECE: usize = 64 * 1024;
+
 /// Bytes sent between two waits of the upload limiter, at most and at
 /// least; within these, an eighth of a second's worth at the limit. A slow
 /// limit then still sends something every moment (a client judges a peer by
 /// its progress, not by whole chunks); a fast one pays nothing.
 const MAX_PACING_SLICE: usize = 64 * 1024;
 const MIN_PACING_SLICE: usize = 1024;
-
-/// Writes one chunk frame, paced by the upload limit slice by slice, each
-/// write within `idle`; the first slice's share of the limit is already
-/// taken by the caller ([`Ctx::first_slice`]). False when the connection
-/// should end.
-async fn send_chunk_paced<W: tokio::io::AsyncWrite + Unpin>(
-    ctx: &Ctx,
-    writer: &mut FrameWriter<W>,
-    req_id: u32,
-    index: u32,
-    data: &[u8],
-    idle: Duration,
-) -> bool {
-    if ctx.upload.is_none() {
-        let sent = tokio::time::timeout(idle, writer.send_chunk(req_id, index, data)).await;
-        return matches!(sent, Ok(Ok(())));
-    }
-    let header = peershare_proto::wire::chunk_header(req_id, index, data.len() as u32);
-    if !matches!(
-        tokio::time::timeout(idle, writer.send_raw(&header)).await,
-        Ok(Ok(()))
-    ) {
-        return false;
-    }
-    for (i, slice) in data.chunks(ctx.first_slice(usize::MAX).max(1)).enumerate() {
-        if i > 0 {
-            ctx.throttle(slice.len() as u64).await;
-        }
-        if !matches!(
-            tokio::time::timeout(idle, writer.send_raw(slice)).await,
-            Ok(Ok(()))
-        ) {
-            return false;
-        }
-    }
-    true
-}
+// A paced piece is one write; a slice is written in whole pieces.
+const _: () = assert!(MAX_PACING_SLICE <= WRITE_PIECE && SEND_SLICE.is_multiple_of(WRITE_PIECE));
 
 impl Ctx {
     /// Counts `n` library entries looked at.
@@ -1128,15 +1265,9 @@ fn internal(req_id: u32, e: impl std::fmt::Display) -> Message {
 /// Open shared files of one connection, by file ID.
 type OpenFiles = HashMap<FileId, (Arc<File>, Entry)>;
 
-/// Spare chunk buffers kept per connection: enough for the answers that
-/// may be prepared at once, so steady serving allocates (and zeroes, and
-/// page-faults) nothing.
-const SPARE_BUFFERS: usize = 8;
-
 /// What one connection's request handlers share.
 struct ConnState {
     files: Mutex<OpenFiles>,
-    spare: Mutex<Vec<Vec<u8>>>,
     /// Chunk and `GetHave` requests read and not yet answered, and whether
     /// each was cancelled meanwhile. Bounded by the answers a connection
     /// may have prepared.
@@ -1171,7 +1302,6 @@ impl ConnState {
     fn new(push: mpsc::Sender<Message>) -> Self {
         Self {
             files: Mutex::default(),
-            spare: Mutex::default(),
             open_requests: Mutex::default(),
             subscriptions: Mutex::default(),
             push,
@@ -1184,6 +1314,16 @@ impl ConnState {
             .lock()
             .expect("requests lock")
             .insert(req_id, false);
+    }
+
+    /// True if the client cancelled chunk request `req_id` (still open).
+    fn is_cancelled(&self, req_id: u32) -> bool {
+        self.open_requests
+            .lock()
+            .expect("requests lock")
+            .get(&req_id)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Forgets chunk request `req_id` as it is answered; true if the client
@@ -1224,25 +1364,10 @@ impl ConnState {
         }
     }
 
-    /// A buffer of exactly `len` bytes; its contents are to be overwritten.
-    fn take_buffer(&self, len: usize) -> Vec<u8> {
-        let mut buf = self
-            .spare
-            .lock()
-            .expect("buffers lock")
-            .pop()
-            .unwrap_or_default();
-        // Shrinking keeps the old bytes (no zeroing); growing zeroes only
-        // the new part.
-        buf.resize(len, 0);
-        buf
-    }
-
-    fn give_back(&self, buf: Vec<u8>) {
-        let mut spare = self.spare.lock().expect("buffers lock");
-        if spare.len() < SPARE_BUFFERS {
-            spare.push(buf);
-        }
+    /// Forgets the open file of `id` (it changed on disk): the next
+    /// request opens whatever is shared then.
+    fn forget_file(&self, id: &FileId) {
+        self.files.lock().expect("open files lock").remove(id);
     }
 }
 
@@ -1270,7 +1395,7 @@ fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pending {
             let ctx = ctx.clone();
             let conn = conn.clone();
             Pending::Chunk(tokio::task::spawn_blocking(move || {
-                read_chunk(&ctx, &conn, req_id, id, index)
+                plan_chunk(&ctx, &conn, req_id, id, index)
             }))
         }
         Message::GetHave {
@@ -1664,20 +1789,24 @@ fn catalog(ctx: &Ctx, req_id: u32, cursor: u32) -> Message {
     }
 }
 
-fn read_chunk(
+/// Where the bytes of chunk `index` of `id` are, for the write side to
+/// read as it sends them: a shared file unchanged since it was hashed (or,
+/// with none, a download in progress that verified it). Only `stat`s and
+/// an `open` here; nothing of the chunk is read.
+fn plan_chunk(
     ctx: &Ctx,
     conn: &ConnState,
     req_id: u32,
     id: FileId,
     index: u32,
-) -> Result<ChunkReply, Message> {
+) -> Result<ChunkPlan, Message> {
     let files = &conn.files;
     let cached = files.lock().expect("open files lock").get(&id).cloned();
     let (file, entry) = match cached {
         Some(c) => c,
         None => {
             let Some(entry) = shared_entry(ctx, &id) else {
-                return read_partial_chunk(ctx, conn, req_id, id, index);
+                return plan_partial_chunk(ctx, req_id, id, index);
             };
             let file = File::open(&entry.path).map_err(|e| internal(req_id, e))?;
             let mut open = files.lock().expect("open files lock");
@@ -1692,22 +1821,24 @@ fn read_chunk(
         }
     };
     let (start, len) = chunk_span(req_id, &id, entry.size, index)?;
-    // The file must still be what was hashed: same size and mtime.
-    let unchanged = file.metadata().is_ok_and(|m| entry.matches(&m));
-    let mut data = conn.take_buffer(len);
-    if !unchanged || file.read_exact_at(&mut data, start).is_err() {
-        conn.give_back(data);
-        files.lock().expect("open files lock").remove(&id);
+    // The file must still be what was hashed: same size and mtime (and so
+    // again after every slice read).
+    if !file.metadata().is_ok_and(|m| entry.matches(&m)) {
+        conn.forget_file(&id);
         return Err(error(
             req_id,
             ErrorCode::Unavailable,
             format!("file {id} changed on disk since it was shared"),
         ));
     }
-    Ok(ChunkReply {
+    Ok(ChunkPlan {
         req_id,
         index,
-        data,
+        id,
+        file,
+        start,
+        len,
+        check: Check::Unchanged(entry),
     })
 }
 
@@ -1726,52 +1857,36 @@ fn chunk_span(req_id: u32, id: &FileId, size: u64, index: u32) -> Result<(u64, u
     Ok((start, chunk_size.min(size - start) as usize))
 }
 
-/// A chunk of this node's download of `id` in progress, if it is verified.
-fn read_partial_chunk(
+/// [`plan_chunk`] for this node's download of `id` in progress: a chunk
+/// its state file lists, to be checked against the manifest as it is read
+/// (the part file may have changed under us: a download started over).
+fn plan_partial_chunk(
     ctx: &Ctx,
-    conn: &ConnState,
     req_id: u32,
     id: FileId,
     index: u32,
-) -> Result<ChunkReply, Message> {
+) -> Result<ChunkPlan, Message> {
     let view = partial_download(ctx, &id).and_then(|d| ctx.partials.view(&ctx.library, &d));
     let Some(view) = view else {
         return Err(not_here(req_id, &id));
     };
     let (start, len) = chunk_span(req_id, &id, view.size, index)?;
-    if !view.have.get(index) {
+    let hash = view.manifest.hashes().get(index as usize);
+    let (true, Some(hash)) = (view.have.get(index), hash) else {
         return Err(error(
             req_id,
             ErrorCode::Unavailable,
             format!("this node is still downloading {id} and does not hold chunk {index} yet"),
         ));
-    }
-    let mut data = conn.take_buffer(len);
-    if let Err(e) = view.part.read_exact_at(&mut data, start) {
-        conn.give_back(data);
-        return Err(error(
-            req_id,
-            ErrorCode::Unavailable,
-            format!("the download of {id} cannot be read here: {e}"),
-        ));
-    }
-    // Checked again as read: the part file may have changed under us (a
-    // download started over), and we vouch only for verified bytes.
-    if !view.manifest.verify_chunk(index, &data) {
-        conn.give_back(data);
-        return Err(error(
-            req_id,
-            ErrorCode::Unavailable,
-            format!("chunk {index} of the download of {id} is not verified here"),
-        ));
-    }
-    ctx.stats
-        .partial_chunks_served
-        .fetch_add(1, Ordering::Relaxed);
-    Ok(ChunkReply {
+    };
+    Ok(ChunkPlan {
         req_id,
         index,
-        data,
+        id,
+        file: view.part.clone(),
+        start,
+        len,
+        check: Check::Hash(*hash),
     })
 }
 
@@ -1790,24 +1905,4 @@ mod tests {
     }
 
     use super::*;
-
-    #[test]
-    fn spare_buffers_are_bounded_and_sized_exactly() {
-        let conn = ConnState::new(mpsc::channel(1).0);
-        let bufs: Vec<Vec<u8>> = (0..SPARE_BUFFERS + 5)
-            .map(|_| conn.take_buffer(1000))
-            .collect();
-        assert!(bufs.iter().all(|b| b.len() == 1000));
-        for b in bufs {
-            conn.give_back(b);
-        }
-        assert_eq!(
-            conn.spare.lock().unwrap().len(),
-            SPARE_BUFFERS,
-            "extra buffers are freed"
-        );
-        // A recycled buffer is resized to exactly what is asked.
-        assert_eq!(conn.take_buffer(10).len(), 10);
-        assert_eq!(conn.take_buffer(5000).len(), 5000);
-    }
 }

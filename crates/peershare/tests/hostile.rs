@@ -877,3 +877,215 @@ async fn a_have_subscription_check_costs_the_same_whatever_the_library_size() {
         "{looked} entries looked at after a library change"
     );
 }
+
+/// A node sharing one sparse file of `len` bytes (all zeros, so hashing it
+/// reads no disk), and its file ID.
+async fn sparse_node(len: u64, config: ServerConfig) -> (Node, FileId) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big");
+    std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+    let lib = peershare::Library::open(dir.path().join("data")).unwrap();
+    let shared = tokio::task::spawn_blocking({
+        let lib = lib.clone();
+        move || lib.share(&[path], &peershare::ShareProgress::default())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let id = shared[0].entry.id.parse().unwrap();
+    (Node::serve(dir, lib, config).await, id)
+}
+
+/// Bytes of a file with the largest chunks (8 MiB): just over 4 GiB.
+const LARGE_CHUNKS_FILE: u64 = (4 << 30) + 1;
+
+/// A TLS connection to `addr`, handshaken, over a socket shaped like a LAN
+/// peer's rather than loopback's: Ethernet-sized segments and a small
+/// receive buffer. (Loopback's 64 KiB segments let the kernel buffer some
+/// 4 MB for one connection and wake a blocked writer only once more than a
+/// megabyte was taken.)
+async fn lan_like(addr: std::net::SocketAddr) -> Stream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    socket2::SockRef::from(&sock).set_tcp_mss(1448).unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
+    let tls = Tls::ephemeral();
+    let mut s = tls.client_stream(tcp).await.unwrap();
+    handshake(&mut s, tls.node_id()).await;
+    s
+}
+
+/// Requests for chunks `0..n` of `id` (request IDs 1..=n), in one write.
+async fn ask_chunks(s: &mut Stream, id: FileId, n: u32) {
+    let mut frames = BytesMut::new();
+    for i in 0..n {
+        Message::GetChunk {
+            req_id: i + 1,
+            id,
+            index: i,
+        }
+        .encode(&mut frames)
+        .unwrap();
+    }
+    s.write_all(&frames).await.unwrap();
+    s.flush().await.unwrap();
+}
+
+/// Issue #10, item 4: the write timeout bounds each piece of a chunk, not
+/// the chunk. A client reading slowly (about 300 KB/s) from a file with
+/// 8 MiB chunks keeps being served long past the write timeout (a whole
+/// chunk takes it half a minute), while one that reads nothing is closed
+/// once the write timeout has passed since its buffers filled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_served_past_the_write_timeout_and_a_non_reader_is_not() {
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
+    /// Bytes per read, and reads per second, of the slow reader.
+    const READ: usize = 16 * 1024;
+    const READS_PER_SECOND: u64 = 19;
+    let observed = WRITE_TIMEOUT * 2;
+    let config = ServerConfig {
+        write_timeout: WRITE_TIMEOUT,
+        ..ServerConfig::default()
+    };
+    let (node, id) = sparse_node(LARGE_CHUNKS_FILE, config).await;
+    let chunk = peershare_proto::manifest::chunk_size_for(LARGE_CHUNKS_FILE) as usize;
+    assert_eq!(chunk, peershare_proto::manifest::MAX_CHUNK_SIZE as usize);
+    let mut slow = lan_like(node.addr).await;
+    let mut still = lan_like(node.addr).await;
+    ask_chunks(&mut slow, id, 2).await;
+    ask_chunks(&mut still, id, 2).await;
+    let started = Instant::now();
+    let reading = async {
+        let (mut head, mut got) = (Vec::new(), 0);
+        let mut buf = vec![0u8; READ];
+        let pace = Duration::from_secs(1) / READS_PER_SECOND as u32;
+        while started.elapsed() < observed {
+            let n = tokio::time::timeout(WRITE_TIMEOUT, slow.read(&mut buf))
+                .await
+                .expect("the slow reader keeps receiving")
+                .unwrap_or(0);
+            assert_ne!(
+                n,
+                0,
+                "the slow reader was closed after {got} bytes, {:?} in",
+                started.elapsed()
+            );
+            got += n;
+            if head.len() < 64 {
+                head.extend_from_slice(&buf[..n]);
+            }
+            // The reader's pace is the behaviour under test.
+            tokio::time::sleep(pace).await;
+        }
+        (head, got)
+    };
+    let stats = node.stats.clone();
+    let closing = async {
+        wait_for("the non-reader to be closed", 30, || {
+            stats.connections_active.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        started.elapsed()
+    };
+    let ((head, got), closed_after) = tokio::join!(reading, closing);
+    // Seen from the server: the slow reader's connection is still open and
+    // being served. (Its client alone cannot tell: after a close it would
+    // go on reading what the kernels buffered for seconds.)
+    assert_eq!(
+        node.stats.connections_active.load(Ordering::Relaxed),
+        1,
+        "the server closed the slow reader within {observed:?}"
+    );
+    let header = peershare_proto::wire::chunk_header(1, 0, chunk as u32);
+    assert_eq!(head[..header.len()], header, "chunk 0 is coming");
+    assert!(
+        closed_after >= WRITE_TIMEOUT && closed_after < WRITE_TIMEOUT + Duration::from_secs(5),
+        "the non-reader was closed after {closed_after:?}"
+    );
+    // The one closed is the one that did not read.
+    read_until_closed(&mut still).await;
+    assert_eq!(node.stats.chunks_served.load(Ordering::Relaxed), 0);
+    eprintln!(
+        "slow reader: {got} bytes in {observed:?} (reading at most {} KB/s), still served; \
+         non-reader closed after {closed_after:?} (write timeout {WRITE_TIMEOUT:?})",
+        READ as u64 * READS_PER_SECOND / 1000
+    );
+    assert!(
+        got < chunk,
+        "held back by its reading, not served from buffers"
+    );
+}
+
+/// A shared file that changes in the middle of a chunk being sent, after
+/// the chunk's header went out: the header cannot be taken back, so the
+/// connection is closed before the frame is complete (the client sees a
+/// lost connection, never a whole chunk of changed bytes); asked again,
+/// the file is withdrawn. (The whole chunk used to be read before sending,
+/// so a change while it was sent went unseen.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_changes_in_the_middle_of_a_chunk_ends_the_connection() {
+    /// 1 MiB chunks: four slices each.
+    const LEN: u64 = (512 << 20) + 1;
+    let chunk = peershare_proto::manifest::chunk_size_for(LEN) as usize;
+    assert!(chunk >= 3 * peershare::server::SEND_SLICE);
+    let config = ServerConfig {
+        // A chunk takes some 4 s: its third slice is read long after the
+        // header went out.
+        max_upload_rate: Some(chunk as u64 / 4),
+        ..ServerConfig::default()
+    };
+    let (node, id) = sparse_node(LEN, config).await;
+    let mut s = handshaken(node.addr).await;
+    ask_chunks(&mut s, id, 1).await;
+    let header = peershare_proto::wire::chunk_header(1, 0, chunk as u32);
+    let mut got = vec![0u8; header.len()];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, header);
+    let file = std::fs::File::options()
+        .write(true)
+        .open(node.path("big"))
+        .unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(1))
+        .unwrap();
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the connection");
+    assert!(
+        rest.len() < chunk,
+        "{} bytes of a {chunk}-byte chunk, then {end:?}",
+        rest.len()
+    );
+    assert_eq!(node.stats.chunks_served.load(Ordering::Relaxed), 0);
+    let mut again = handshaken(node.addr).await;
+    ask_chunks(&mut again, id, 1).await;
+    let answer = next_frame(&mut again).await;
+    assert!(
+        matches!(
+            &answer,
+            Message::Error {
+                req_id: 1,
+                code: ErrorCode::NotFound,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+}
+
+/// With a budget of a single slice for all connections, answers wait
+/// their turn: two downloads at once both complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_of_one_slice_serves_every_connection_in_turn() {
+    let config = ServerConfig {
+        max_buffered_bytes: 1,
+        ..ServerConfig::default()
+    };
+    let content = data(3 * 1024 * 1024, 26);
+    let node = Node::start(&[("f", &content)], config).await;
+    tokio::join!(
+        honest_download_works(&node, &content),
+        honest_download_works(&node, &content)
+    );
+    assert!(node.stats.chunks_served.load(Ordering::Relaxed) >= 2 * 48);
+}
