@@ -36,9 +36,6 @@ pub(super) const SPARE_SLICES: usize = 16;
 /// nothing.
 pub(super) struct SlicePool {
     permits: Arc<Semaphore>,
-    /// Permits in all.
-    #[cfg_attr(not(test), allow(dead_code))]
-    total: usize,
     spare: Mutex<Vec<Vec<u8>>>,
 }
 
@@ -53,10 +50,8 @@ pub(super) struct Slice {
 
 impl SlicePool {
     pub(super) fn new(max_bytes: usize) -> Arc<Self> {
-        let total = (max_bytes / SEND_SLICE).max(1);
         Arc::new(Self {
-            permits: Arc::new(Semaphore::new(total)),
-            total,
+            permits: Arc::new(Semaphore::new((max_bytes / SEND_SLICE).max(1))),
             spare: Mutex::default(),
         })
     }
@@ -88,10 +83,10 @@ impl SlicePool {
         }
     }
 
-    /// Slices in use now.
+    /// Slices that may be taken now.
     #[cfg(test)]
-    fn in_use(&self) -> usize {
-        self.total - self.permits.available_permits()
+    fn free(&self) -> usize {
+        self.permits.available_permits()
     }
 }
 
@@ -298,9 +293,9 @@ mod tests {
         let pool = SlicePool::new(3 * SEND_SLICE + 1);
         let held: Vec<Slice> = (0..3).map(|_| pool.try_take().expect("room")).collect();
         assert!(pool.try_take().is_none(), "three slices' worth");
-        assert_eq!(pool.in_use(), 3);
+        assert_eq!(pool.free(), 0);
         drop(held);
-        assert_eq!(pool.in_use(), 0);
+        assert_eq!(pool.free(), 3);
         assert_eq!(pool.spare.lock().unwrap().len(), 3, "kept for reuse");
         let big = SlicePool::new((SPARE_SLICES + 4) * SEND_SLICE);
         let held: Vec<Slice> = (0..SPARE_SLICES + 4)
@@ -309,7 +304,7 @@ mod tests {
         drop(held);
         assert_eq!(big.spare.lock().unwrap().len(), SPARE_SLICES);
         assert_eq!(
-            SlicePool::new(0).total,
+            SlicePool::new(0).free(),
             1,
             "a budget below a slice still serves"
         );
@@ -348,14 +343,19 @@ mod tests {
         (dir, plan)
     }
 
-    /// Every slice of `plan`, sent as soon as it comes.
-    async fn all(plan: ChunkPlan, pool: &Arc<SlicePool>) -> Result<Vec<u8>, SliceError> {
+    /// Every slice of `plan`, sent as soon as it comes, from a `pool` of
+    /// `budget` slices.
+    async fn all(
+        plan: ChunkPlan,
+        pool: &Arc<SlicePool>,
+        budget: usize,
+    ) -> Result<Vec<u8>, SliceError> {
         let first = pool.take().await;
         let mut slices = Slices::new(Arc::new(plan), pool.clone(), first);
         let mut out = Vec::new();
         while let Some(s) = slices.next().await {
             let s = s?;
-            assert!(pool.in_use() <= 2, "one slice ahead at most");
+            assert!(budget - pool.free() <= 2, "one slice ahead at most");
             out.extend_from_slice(s.data());
             slices.sent(s);
         }
@@ -372,12 +372,12 @@ mod tests {
         let pool = SlicePool::new(8 * SEND_SLICE);
         let hashed = Check::Hash(sha256(want));
         let (_d, p) = plan(&content, start, len, hashed);
-        assert_eq!(all(p, &pool).await.unwrap(), want);
+        assert_eq!(all(p, &pool, 8).await.unwrap(), want);
         // With a budget of one slice: no read-ahead, same bytes.
         let one = SlicePool::new(SEND_SLICE);
         let (_d, p) = plan(&content, start, len, Check::Hash(sha256(want)));
-        assert_eq!(all(p, &one).await.unwrap(), want);
-        assert_eq!(one.in_use(), 0, "every slice given back");
+        assert_eq!(all(p, &one, 1).await.unwrap(), want);
+        assert_eq!(one.free(), 1, "every slice given back");
     }
 
     #[tokio::test]
@@ -393,6 +393,36 @@ mod tests {
         assert!(matches!(
             slices.next().await,
             Some(Err(SliceError::Unverified))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_shared_file_that_changes_between_slices_fails_the_next_one() {
+        use std::os::unix::fs::MetadataExt;
+        let content = vec![1u8; 3 * SEND_SLICE];
+        let (dir, mut p) = plan(&content, 0, content.len(), Check::Hash([0; ID_LEN]));
+        let path = dir.path().join("f");
+        let meta = std::fs::metadata(&path).unwrap();
+        p.check = Check::Unchanged(Entry {
+            id: String::new(),
+            name: "f".into(),
+            path: path.clone(),
+            size: meta.len(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            unlisted: false,
+        });
+        // One slice in all: the next is read only once this one is sent.
+        let pool = SlicePool::new(SEND_SLICE);
+        let first = pool.take().await;
+        let mut slices = Slices::new(Arc::new(p), pool.clone(), first);
+        let s = slices.next().await.unwrap().expect("unchanged so far");
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        let f = File::options().write(true).open(&path).unwrap();
+        f.set_modified(later).unwrap();
+        slices.sent(s);
+        assert!(matches!(
+            slices.next().await,
+            Some(Err(SliceError::Changed))
         ));
     }
 }
