@@ -2,8 +2,9 @@
 //! honest `peershare get` that must be served during the attack or right
 //! after it: a thousand silent connections (slowloris), a 4 GiB length
 //! prefix followed by a trickle, a request flood that never reads its
-//! answers, requests for 8 MiB chunks that are never read, and random
-//! garbage both instead of TLS and inside it.
+//! answers, requests for 8 MiB chunks that are never read, random garbage
+//! both instead of TLS and inside it, and a manifest read that never
+//! returns (a FIFO in place of the file).
 //!
 //! Besides what the clients see, the server process is watched from
 //! `/proc`: its resident memory (`VmRSS`, and the peak `VmHWM`) against
@@ -1134,4 +1135,76 @@ fn clients_that_ask_for_large_chunks_and_never_read_hold_little_and_are_closed()
         mib(before.rss),
         mib(after.hwm)
     );
+}
+
+/// A manifest read that never returns (a FIFO nobody writes in place of
+/// the manifest file, as a hung disk or network filesystem would behave)
+/// keeps neither another client from being served nor `serve` from
+/// exiting on SIGTERM: the read is on the blocking pool, `Server::run`
+/// does not wait for it, and the binary's runtime is shut down with a
+/// timeout rather than waiting for it forever.
+#[test]
+fn a_stuck_manifest_read_does_not_keep_serve_from_exiting() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut t = Target::start(7, &[]);
+    let (pid, addr) = (t.pid(), t.addr());
+    let stuck = random_bytes(100_000, 8);
+    let file = t.sb.write("stuck.bin", &stuck);
+    let data = t.sb.data("srv");
+    let id = t.sb.share_one(&data, &file);
+    let manifest = data.join(format!("manifests/{id}.manifest"));
+    fs::remove_file(&manifest).expect("remove the manifest");
+    let c = std::ffi::CString::new(manifest.as_os_str().as_bytes()).expect("a path");
+    // SAFETY: a plain syscall on a NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    // Held open for writing (O_RDWR never blocks on a FIFO), so the
+    // server's open succeeds and its read waits.
+    let _writer = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&manifest)
+        .expect("open the FIFO");
+    let fifo = fs::canonicalize(&manifest).expect("the FIFO's path");
+    let rt = runtime();
+    let conn = rt.block_on(async {
+        let (r, mut w, me) = tls_from(attacker(0), addr, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        send(&mut w, &hello(me)).await.expect("send Hello");
+        let ask = Message::GetManifest {
+            req_id: 1,
+            id: id.parse().expect("a file ID"),
+        };
+        send(&mut w, &ask.to_frame().expect("encodes"))
+            .await
+            .expect("send GetManifest");
+        (r, w)
+    });
+    let reading_fifo = || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| fs::read_link(e.path()).is_ok_and(|l| l == fifo))
+            })
+            .unwrap_or(false)
+    };
+    wait_until(
+        "serve to be stuck reading the manifest",
+        Duration::from_secs(10),
+        reading_fifo,
+    );
+    t.honest_get("while-a-read-is-stuck");
+    t.assert_alive();
+    let Target { serve, .. } = t;
+    let started = Instant::now();
+    let log = serve.log();
+    let (status, _) = serve.stop("TERM");
+    let took = started.elapsed();
+    assert!(
+        status.success(),
+        "serve exited with {status:?} on SIGTERM; log:\n{log}"
+    );
+    eprintln!("stuck read: serve exited {took:?} after SIGTERM");
+    drop(conn);
 }
