@@ -302,6 +302,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PEERSHARE_MAX_CONNECTIONS_PER_IP", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_connections_per_ip: u32,
 
+    /// Seconds a peer may take nothing we send it (each piece of 64 KiB) before it is disconnected; a slow peer that keeps taking is served as long as it likes
+    #[arg(
+        long,
+        env = "PEERSHARE_WRITE_TIMEOUT",
+        default_value_t = 30.0,
+        value_name = "SECONDS"
+    )]
+    pub write_timeout: f64,
+
     /// Serve only the nodes on the trust list (`peershare trust add NODE-ID`); others are refused
     #[arg(long, env = "PEERSHARE_TRUSTED_ONLY", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub trusted_only: bool,
@@ -377,6 +386,25 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults_are_the_engines() {
+        let cli = Cli::try_parse_from(["peershare", "serve"]).unwrap();
+        let Command::Serve(a) = cli.command else {
+            panic!("not serve")
+        };
+        let engine = peershare::ServerConfig::default();
+        assert_eq!(a.write_timeout, engine.write_timeout.as_secs_f64());
+        assert_eq!(a.max_connections as usize, engine.max_connections);
+        assert_eq!(
+            a.max_pending_handshakes as usize,
+            engine.max_pending_handshakes
+        );
+        assert_eq!(
+            a.max_connections_per_ip as usize,
+            engine.max_connections_per_ip
+        );
     }
 
     #[test]

@@ -338,7 +338,9 @@ async fn serve(dir: &Path, a: ServeArgs) -> Result<(), Failure> {
     let local = listener
         .local_addr()
         .map_err(|e| Failure::new(exit::LOCAL, format!("listener address: {e}")))?;
+    let write_timeout = lan::seconds("--write-timeout", a.write_timeout, 3600.0)?;
     let config = ServerConfig {
+        write_timeout,
         max_connections: a.max_connections as usize,
         max_pending_handshakes: a.max_pending_handshakes as usize,
         max_connections_per_ip: a.max_connections_per_ip as usize,

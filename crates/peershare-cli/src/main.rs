@@ -57,11 +57,20 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return report(&Failure::new(exit::FAILURE, format!("cannot start: {e}"))),
     };
-    match runtime.block_on(commands::run(cli)) {
+    let result = runtime.block_on(commands::run(cli));
+    // A blocking-pool read stuck in the kernel (a hung network filesystem,
+    // a FIFO put in place of a file) outlives `serve`'s shutdown; dropping
+    // the runtime would wait for it forever. Everything else is done by now.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => report(&f),
     }
 }
+
+/// How long the process waits, on its way out, for blocking-pool work that
+/// is still running (none, unless a read is stuck).
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn report(f: &Failure) -> ExitCode {
     // One line, whatever the error's text holds (peers' words included).

@@ -2,7 +2,9 @@
 //! honest `peershare get` that must be served during the attack or right
 //! after it: a thousand silent connections (slowloris), a 4 GiB length
 //! prefix followed by a trickle, a request flood that never reads its
-//! answers, and random garbage both instead of TLS and inside it.
+//! answers, requests for 8 MiB chunks that are never read, random garbage
+//! both instead of TLS and inside it, and a manifest read that never
+//! returns (a FIFO in place of the file).
 //!
 //! Besides what the clients see, the server process is watched from
 //! `/proc`: its resident memory (`VmRSS`, and the peak `VmHWM`) against
@@ -1009,4 +1011,200 @@ fn random_garbage_ends_only_its_own_connection() {
         mib(mem.rss),
         mib(mem.hwm)
     );
+}
+
+/// Clients that ask for chunks of 8 MiB (a shared file over 4 GiB) and
+/// never read the answers, 32 connections from one address (the default
+/// per-address limit), 20 requests each. Regression (issue #10): each
+/// connection held the chunks of its answers in memory, six of them with
+/// the default `max_requests_in_flight`, so this took `serve` from 7 MB to
+/// 1.5 GB and held it, the write timeout covering a whole chunk. Now a
+/// connection buffers at most two slices of a chunk, each connection is
+/// closed once it has taken nothing for the write timeout, and an honest
+/// client is served meanwhile.
+#[test]
+fn clients_that_ask_for_large_chunks_and_never_read_hold_little_and_are_closed() {
+    const CONNS: usize = 32;
+    const REQUESTS: u32 = 20;
+    /// Just over 4 GiB: the largest chunks. Sparse, so it costs no disk.
+    const BIG: u64 = (4 << 30) + 1;
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+    assert_eq!(CONNS, ServerConfig::default().max_connections_per_ip);
+    let chunk = chunk_size_for(BIG);
+    assert_eq!(chunk, peershare_proto::manifest::MAX_CHUNK_SIZE);
+    let sb = Sandbox::new();
+    let big = sb.path("big.bin");
+    fs::File::create(&big)
+        .and_then(|f| f.set_len(BIG))
+        .expect("a sparse file");
+    let content = random_bytes(FILE_LEN, 6);
+    let small = sb.write("shared.bin", &content);
+    let data = sb.data("srv");
+    let shared = sb.share(&data, &[&big, &small], None);
+    let (big_id, id): (FileId, String) = (
+        str_field(&shared[0], "id").parse().expect("a file ID"),
+        str_field(&shared[1], "id").to_owned(),
+    );
+    assert_eq!(id, expected_id(&content));
+    let timeout = WRITE_TIMEOUT.as_secs().to_string();
+    let serve = sb.serve(&data, &["--write-timeout", &timeout]);
+    let client = sb.data("client");
+    let mut t = Target {
+        serve,
+        sb,
+        content,
+        id,
+        client,
+    };
+    let (pid, addr) = (t.pid(), t.addr());
+    let held = || connections(pid, addr.port());
+    t.warm_up();
+    let before = Mem::of(pid);
+
+    let mut requests = BytesMut::new();
+    for i in 0..REQUESTS {
+        Message::GetChunk {
+            req_id: i + 1,
+            id: big_id,
+            index: i,
+        }
+        .encode(&mut requests)
+        .expect("a request encodes");
+    }
+    let rt = runtime();
+    // Kept, never read, until the end of the test.
+    let attackers: Vec<(BoxRead, BoxWrite)> = rt.block_on(async {
+        let mut conns = Vec::new();
+        for _ in 0..CONNS {
+            let (r, mut w, me) = tls_from(attacker(0), addr, None)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            send(&mut w, &hello(me)).await.expect("send Hello");
+            send(&mut w, &requests).await.expect("send the requests");
+            conns.push((r, w));
+        }
+        conns
+    });
+    let asked = Instant::now();
+    wait_until(
+        "the server to hold every attack connection",
+        Duration::from_secs(10),
+        || held() >= CONNS,
+    );
+    let took = t.honest_get("under-non-readers");
+    let during = Mem::of(pid);
+    let peak = during.hwm.saturating_sub(before.rss);
+    assert!(
+        peak < RSS_BOUND,
+        "{CONNS} connections asking for 8 MiB chunks without reading took the server from \
+         {:.1} MiB to a peak of {:.1} MiB",
+        mib(before.rss),
+        mib(during.hwm)
+    );
+    wait_until(
+        "the server to close every attack connection",
+        WRITE_TIMEOUT + CLOSE_MARGIN,
+        || held() == 0,
+    );
+    let closed_after = asked.elapsed();
+    let after = Mem::of(pid);
+    let took_after = t.honest_get("after-non-readers");
+    t.assert_alive();
+    drop(attackers);
+    eprintln!(
+        "non-readers: {CONNS} connections x {REQUESTS} requests for {} MiB chunks, never reading; \
+         all closed {closed_after:?} after asking (write timeout {WRITE_TIMEOUT:?}); honest get \
+         {took:?} during, {took_after:?} after",
+        chunk / MIB as u32
+    );
+    eprintln!(
+        "non-readers: serve VmRSS {:.1} MiB before, {:.1} MiB holding them, {:.1} MiB after; \
+         VmHWM {:.1} MiB",
+        mib(before.rss),
+        mib(during.rss),
+        mib(after.rss),
+        mib(after.hwm)
+    );
+    assert!(
+        closed_after >= WRITE_TIMEOUT,
+        "closed after {closed_after:?}: before the write timeout"
+    );
+    assert!(
+        after.hwm.saturating_sub(before.rss) < RSS_BOUND,
+        "the server's resident memory went from {:.1} MiB to a peak of {:.1} MiB",
+        mib(before.rss),
+        mib(after.hwm)
+    );
+}
+
+/// A manifest read that never returns (a FIFO nobody writes in place of
+/// the manifest file, as a hung disk or network filesystem would behave)
+/// keeps neither another client from being served nor `serve` from
+/// exiting on SIGTERM: the read is on the blocking pool, `Server::run`
+/// does not wait for it, and the binary's runtime is shut down with a
+/// timeout rather than waiting for it forever.
+#[test]
+fn a_stuck_manifest_read_does_not_keep_serve_from_exiting() {
+    use std::os::unix::ffi::OsStrExt;
+    let mut t = Target::start(7, &[]);
+    let (pid, addr) = (t.pid(), t.addr());
+    let stuck = random_bytes(100_000, 8);
+    let file = t.sb.write("stuck.bin", &stuck);
+    let data = t.sb.data("srv");
+    let id = t.sb.share_one(&data, &file);
+    let manifest = data.join(format!("manifests/{id}.manifest"));
+    fs::remove_file(&manifest).expect("remove the manifest");
+    let c = std::ffi::CString::new(manifest.as_os_str().as_bytes()).expect("a path");
+    // SAFETY: a plain syscall on a NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    // Held open for writing (O_RDWR never blocks on a FIFO), so the
+    // server's open succeeds and its read waits.
+    let _writer = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&manifest)
+        .expect("open the FIFO");
+    let fifo = fs::canonicalize(&manifest).expect("the FIFO's path");
+    let rt = runtime();
+    let conn = rt.block_on(async {
+        let (r, mut w, me) = tls_from(attacker(0), addr, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        send(&mut w, &hello(me)).await.expect("send Hello");
+        let ask = Message::GetManifest {
+            req_id: 1,
+            id: id.parse().expect("a file ID"),
+        };
+        send(&mut w, &ask.to_frame().expect("encodes"))
+            .await
+            .expect("send GetManifest");
+        (r, w)
+    });
+    let reading_fifo = || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| fs::read_link(e.path()).is_ok_and(|l| l == fifo))
+            })
+            .unwrap_or(false)
+    };
+    wait_until(
+        "serve to be stuck reading the manifest",
+        Duration::from_secs(10),
+        reading_fifo,
+    );
+    t.honest_get("while-a-read-is-stuck");
+    t.assert_alive();
+    let Target { serve, .. } = t;
+    let started = Instant::now();
+    let log = serve.log();
+    let (status, _) = serve.stop("TERM");
+    let took = started.elapsed();
+    assert!(
+        status.success(),
+        "serve exited with {status:?} on SIGTERM; log:\n{log}"
+    );
+    eprintln!("stuck read: serve exited {took:?} after SIGTERM");
+    drop(conn);
 }

@@ -146,7 +146,7 @@ fn a_disk_that_fills_mid_transfer_says_so_and_keeps_the_progress() {
     let disk = SmallDisk::new("8m");
     let out = disk.dir.path().join("f.bin");
     let state = disk.dir.path().join("f.bin.peershare-state");
-    let mut get = Command::new(BIN)
+    let get = Command::new(BIN)
         .arg("--data-dir")
         .arg(seeder.work.path().join("cli"))
         .args([

@@ -100,6 +100,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// Capacity of the scratch buffer kept between messages, bytes: a larger
+/// message (a manifest, up to 8 MiB) gets one for itself, freed after it.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
 /// Writes frames, reusing one scratch buffer for control messages. Every
 /// call flushes: under TLS, encrypted records wait in the session until
 /// flushed, and a writer that then goes quiet would strand them.
@@ -125,17 +129,46 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.inner.flush().await
     }
 
-    /// Writes a `Chunk` frame whose payload is `data`, without copying it.
-    pub async fn send_chunk(
+    /// Encodes and writes one message `piece` bytes at a time, each piece
+    /// (and the flush) within `limit`: a slow reader is served, one that
+    /// takes nothing for `limit` gets [`std::io::ErrorKind::TimedOut`].
+    pub async fn send_timed(
         &mut self,
-        req_id: u32,
-        index: u32,
-        data: &[u8],
+        msg: &Message,
+        piece: usize,
+        limit: std::time::Duration,
     ) -> std::io::Result<()> {
-        let header = wire::chunk_header(req_id, index, data.len() as u32);
-        self.inner.write_all(&header).await?;
-        self.inner.write_all(data).await?;
-        self.inner.flush().await
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let sent = match msg.encode(&mut scratch) {
+            Ok(()) => self.send_raw_timed(&scratch, piece, limit).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        if scratch.capacity() <= SCRATCH_KEPT {
+            self.scratch = scratch;
+        } else {
+            self.scratch = BytesMut::with_capacity(4096);
+        }
+        sent
+    }
+
+    /// Writes already-encoded bytes `piece` at a time, each piece (and the
+    /// flush) within `limit`; see [`FrameWriter::send_timed`].
+    pub async fn send_raw_timed(
+        &mut self,
+        bytes: &[u8],
+        piece: usize,
+        limit: std::time::Duration,
+    ) -> std::io::Result<()> {
+        let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+        for p in bytes.chunks(piece.max(1)) {
+            tokio::time::timeout(limit, self.inner.write_all(p))
+                .await
+                .map_err(|_| timed_out())??;
+        }
+        tokio::time::timeout(limit, self.inner.flush())
+            .await
+            .map_err(|_| timed_out())?
     }
 
     /// Writes already-encoded frames.

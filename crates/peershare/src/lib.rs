@@ -13,13 +13,14 @@
 //!   discovery UDP announcements, queries and replies on the LAN
 //! ```
 //!
-//! Chunk path, disk to disk: the server `pread`s the chunk from the
-//! original shared file and writes a `Chunk` frame (header, then the raw
-//! bytes); the client's reader task decodes it into a zero-copy `Bytes`
-//! and hands it to the waiting fetch task; a blocking-pool thread checks
-//! its SHA-256 against the manifest and `pwrite`s it at its offset in the
-//! `.peershare-part` file; the driver records it in the scheduler and, at
-//! the next checkpoint, in the durable state file.
+//! Chunk path, disk to disk: the server writes a `Chunk` frame (header,
+//! then the raw bytes), `pread`ing the chunk from the original shared file
+//! a slice at a time as it goes; the client's reader task decodes it into
+//! a zero-copy `Bytes` and hands it to the waiting fetch task; a
+//! blocking-pool thread checks its SHA-256 against the manifest and
+//! `pwrite`s it at its offset in the `.peershare-part` file; the driver
+//! records it in the scheduler and, at the next checkpoint, in the durable
+//! state file.
 //!
 //! Nothing here reads the environment or binds sockets on its own: callers
 //! pass resolved configuration and already-bound listeners, so tests run

@@ -13,12 +13,15 @@
 //! refused here rather than blamed on this node by the receiver.
 //!
 //! Cached views hold the part file open; a view whose download record is
-//! gone (finished, withdrawn) is dropped when the library changes, so a
-//! deleted part file's space is given back.
+//! gone (finished, withdrawn) is dropped by [`Partials::prune`], which the
+//! server calls now and then, so a deleted part file's space is given back.
+//! The caller finds the record ([`crate::store::Snapshot::downloads_of`]);
+//! this module only reads what it names.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use peershare_proto::bitmap::Bitmap;
@@ -26,7 +29,7 @@ use peershare_proto::manifest::{chunk_count, chunk_size_for};
 use peershare_proto::{FileId, Manifest};
 
 use crate::partial::load_state;
-use crate::store::Library;
+use crate::store::{Download, Library};
 
 /// Downloads whose view is cached at once, at most; beyond it the cache
 /// starts over (a node has a handful of downloads in progress).
@@ -42,7 +45,7 @@ pub struct View {
 }
 
 /// State file identity: inode, mtime (ns), length.
-type Stamp = (u64, i64, u64);
+pub(crate) type Stamp = (u64, i64, u64);
 
 #[derive(Default)]
 pub struct Partials {
@@ -51,7 +54,8 @@ pub struct Partials {
 
 #[derive(Default)]
 struct Cache {
-    views: HashMap<FileId, (Stamp, View)>,
+    /// By file ID: the state file's path and stamp when read, the view.
+    views: HashMap<FileId, (PathBuf, Stamp, View)>,
     /// Library revision the views were last pruned at.
     revision: u64,
 }
@@ -81,40 +85,35 @@ impl Partials {
         }
     }
 
-    /// The current view of this node's download of `id`, if one is in
-    /// progress and its part file is there.
-    pub fn view(&self, library: &Library, id: &FileId) -> Option<View> {
-        let snap = library.snapshot().ok()?;
-        let mut cache = self.cache.lock().expect("partials lock");
-        cache.prune(&snap);
-        let hex = id.to_string();
-        let Some(d) = snap
-            .downloads
-            .values()
-            .find(|d| d.id == hex && d.part.exists())
-        else {
-            cache.views.remove(id);
-            return None;
+    /// The current view of this node's download `d` (a record of the
+    /// library), if its part file can be opened.
+    ///
+    /// The cache's lock is never held across file I/O: the state file's
+    /// stat comes first, the reads (state file, manifest, part file) after
+    /// a look in the cache, so a read that hangs (a stuck disk, a FIFO in
+    /// place of a state file) holds up only the request that made it. Two
+    /// callers that miss at once may both read; the later one's view stays.
+    pub fn view(&self, library: &Library, d: &Download) -> Option<View> {
+        let id = &d.file_id()?;
+        let stamp = state_stamp(&d.state);
+        let cached_manifest = {
+            let cache = self.cache.lock().expect("partials lock");
+            match cache.views.get(id) {
+                Some((p, s, v)) if *p == d.state && *s == stamp && v.size == d.size => {
+                    return Some(v.clone());
+                }
+                Some((_, _, v)) => Some(v.manifest.clone()),
+                None => None,
+            }
         };
-        let stamp = match std::fs::metadata(&d.state) {
-            Ok(m) => (m.ino(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.len()),
-            // No state file yet: nothing verified is on disk yet.
-            Err(_) => (0, 0, 0),
-        };
-        if let Some((s, v)) = cache.views.get(id)
-            && *s == stamp
-            && v.size == d.size
-        {
-            return Some(v.clone());
-        }
         let n = chunk_count(d.size, chunk_size_for(d.size)) as u32;
         let have = load_state(&d.state, id, d.size, n).unwrap_or_else(|| Bitmap::new(n));
-        let manifest = match cache.views.get(id) {
-            Some((_, v)) => v.manifest.clone(),
+        let manifest = match cached_manifest {
+            Some(m) => m,
             None => Arc::new(library.manifest(id).ok()??),
         };
         let Ok(part) = File::open(&d.part) else {
-            cache.views.remove(id);
+            self.cache.lock().expect("partials lock").views.remove(id);
             return None;
         };
         let view = View {
@@ -123,11 +122,23 @@ impl Partials {
             manifest,
             size: d.size,
         };
+        let mut cache = self.cache.lock().expect("partials lock");
         if cache.views.len() >= MAX_CACHED {
             cache.views.clear();
         }
-        cache.views.insert(*id, (stamp, view.clone()));
+        cache
+            .views
+            .insert(*id, (d.state.clone(), stamp, view.clone()));
         Some(view)
+    }
+}
+
+/// The state file's stamp; all zero while there is none (nothing
+/// verified is on disk yet).
+pub(crate) fn state_stamp(path: &Path) -> Stamp {
+    match std::fs::metadata(path) {
+        Ok(m) => (m.ino(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.len()),
+        Err(_) => (0, 0, 0),
     }
 }
 
@@ -135,7 +146,6 @@ impl Partials {
 mod tests {
     use super::*;
     use crate::partial::part_paths;
-    use crate::store::Download;
     use peershare_proto::Manifest;
 
     #[test]
@@ -157,12 +167,12 @@ mod tests {
                 state,
                 unlisted: false,
             };
-            lib.begin_download(&out, &m, d).unwrap();
-            ids.push(m.id());
+            lib.begin_download(&out, &m, d.clone()).unwrap();
+            ids.push(d);
         }
         let partials = Partials::default();
-        for id in &ids {
-            let v = partials.view(&lib, id).expect("a view of each download");
+        for d in &ids {
+            let v = partials.view(&lib, d).expect("a view of each download");
             assert_eq!(v.have.count(), 0, "no state file: nothing verified");
             assert!(partials.cache.lock().unwrap().views.len() <= MAX_CACHED);
         }

@@ -12,14 +12,44 @@
 //! are read only while fewer than `max_requests_in_flight` are being
 //! answered (queued; plus the one being written and one read but waiting
 //! for room), so a client that floods requests without reading answers
-//! stalls itself (TCP back-pressure) and holds at most that many chunk
-//! buffers plus two; a frame from a client is at most `MAX_REQUEST_FRAME_LEN` bytes;
-//! the TLS handshake and `Hello` together must finish within
-//! `handshake_timeout`, and a wait for the next request and every write has
-//! a timeout. A connection that sends
-//! anything malformed gets an error frame and is closed; nothing else is
-//! affected. Shutdown stops accepting, ends every connection and waits for
-//! their tasks, so nothing outlives [`Server::run`].
+//! stalls itself (TCP back-pressure); a frame from a client is at most
+//! `MAX_REQUEST_FRAME_LEN` bytes; the TLS handshake and `Hello` together
+//! must finish within `handshake_timeout`, and a wait for the next request
+//! within `idle_timeout`. A connection that sends anything malformed gets
+//! an error frame and is closed; nothing else is affected. Shutdown stops
+//! accepting, ends every connection and waits for their tasks, so nothing
+//! outlives [`Server::run`].
+//!
+//! Memory does not grow with the chunk size (up to 8 MiB): a queued chunk
+//! answer says where the chunk is (file, offset, length), and the write
+//! side reads it from disk a [`SEND_SLICE`] at a time as the client takes
+//! it, the next slice read while the current one is sent, into buffers
+//! recycled from a budget shared by all connections (`max_buffered_bytes`;
+//! an answer waits for a buffer while it is spent). So a connection holds
+//! at most two slices, and every write of at most [`WRITE_PIECE`] bytes
+//! must be taken within `write_timeout`: a client that takes nothing is
+//! closed after that long, a slow one that keeps taking is served for as
+//! long as it likes. What is sent is checked as it is read: a shared file
+//! must keep the size and mtime it was hashed with (one `fstat` per
+//! slice), a chunk of a download in progress is hashed whole before its
+//! header goes out and again as it is sent, its last slice held back until
+//! it checks. Before the header, a chunk that fails is answered
+//! `Unavailable`; after it, the header cannot be taken back, and the
+//! connection is closed (the client sees a lost connection, never a frame
+//! with bytes this node did not vouch for).
+//!
+//! File work never runs on an async worker: catalogs, manifests, chunk
+//! lookups and reads, `Have` answers and checks, the trust list all run on
+//! the blocking pool, a job per answer started only once the answer has a
+//! place in its connection's queue (so at most `max_requests_in_flight`
+//! per connection, plus the one being sent), and no lock is held across a
+//! read. A read that hangs (a stuck disk or network filesystem, a FIFO put
+//! in place of a file) holds up its own answer and those queued behind it
+//! on that connection, nothing else. Shutdown does not wait for it: the
+//! connection's task ends and [`Server::run`] returns; the blocking-pool
+//! thread stays in its read (holding that file open) until the read
+//! returns, and a tokio runtime dropped meanwhile would wait for it, so
+//! the binary shuts its runtime down with a timeout.
 //!
 //! Besides whole shared files, the server offers the verified chunks of this
 //! node's downloads in progress ([`crate::partials`]): they are listed as
@@ -27,12 +57,15 @@
 //! subscribed, says it again whenever more are, at most
 //! `MAX_HAVE_SUBSCRIPTIONS` per connection, checked every
 //! `HAVE_POLL_INTERVAL`), and `Cancel` drops an answer not yet sent.
+//! Lookups in the library go by file ID (the snapshot's index), so a
+//! request costs the same whatever the library's size; a subscription's
+//! check that finds nothing new costs two `stat`s (`library.json`, its
+//! download's state file) and reads nothing.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,7 +73,8 @@ use std::time::{Duration, Instant};
 use peershare_proto::rate::TokenBucket;
 use peershare_proto::wire::{
     CATALOG_PAGE_BUDGET, CatalogEntry, DecodeError, ErrorCode, Hello, Holding,
-    MAX_REQUEST_FRAME_LEN, Message, PROTOCOL_VERSION, capability, catalog_entry_len, entry_flags,
+    MAX_REQUEST_FRAME_LEN, Message, PROTOCOL_VERSION, capability, catalog_entry_len, chunk_header,
+    entry_flags,
 };
 use peershare_proto::{FileId, NodeId};
 use tokio::net::{TcpListener, TcpStream};
@@ -50,8 +84,13 @@ use tokio::task::JoinSet;
 use crate::conn::{FrameReader, FrameWriter, ReadError};
 use crate::error::ServeError;
 use crate::partials::Partials;
-use crate::store::{Download, Entry, Library};
-use crate::tls::Tls;
+use crate::store::{Download, Entry, Library, Snapshot};
+use crate::tls::{BoxRead, BoxWrite, Tls};
+
+mod slices;
+
+pub use slices::SEND_SLICE;
+use slices::{Check, ChunkPlan, Slice, SliceError, SlicePool, Slices};
 
 /// `Have` subscriptions one connection may hold at once; more are refused
 /// with `Busy`.
@@ -90,9 +129,19 @@ pub struct ServerConfig {
     /// Time a new connection has to send its handshake.
     pub handshake_timeout: Duration,
     /// Time a connection may stay silent between requests (unless it holds
-    /// `Have` subscriptions: then it waits for us), and the longest one
-    /// write to it may take.
+    /// `Have` subscriptions: then it waits for us).
     pub idle_timeout: Duration,
+    /// Longest a write of at most [`WRITE_PIECE`] bytes to a connection may
+    /// take. A client that stops taking what it asked for is closed this
+    /// long after its buffers filled, however much it asked; one that keeps
+    /// taking at least a piece per `write_timeout` (2 KiB/s at the default)
+    /// is served for as long as it likes, holding only its bounded buffers.
+    pub write_timeout: Duration,
+    /// Bytes of chunk data buffered at once over all connections, at most
+    /// (in slices of [`SEND_SLICE`]; at least one): each connection sending
+    /// a chunk holds one or two slices, and waits for one while the budget
+    /// is spent (each is held at most `write_timeout` without progress).
+    pub max_buffered_bytes: usize,
     /// Time a connection holding `Have` subscriptions may stay silent: a
     /// client that vanished without closing must not hold its slot (and a
     /// poll task) forever. Checked once per `idle_timeout`.
@@ -114,6 +163,8 @@ impl Default for ServerConfig {
             trusted_only: false,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            write_timeout: Duration::from_secs(30),
+            max_buffered_bytes: 64 * 1024 * 1024,
             subscribed_idle_timeout: Duration::from_secs(30 * 60),
             max_upload_rate: None,
             shutdown_grace: Duration::from_secs(2),
@@ -146,6 +197,15 @@ pub struct ServerStats {
     pub partial_chunks_served: AtomicU64,
     /// Prepared chunk answers dropped because the client cancelled them.
     pub cancelled: AtomicU64,
+    /// Checks made by `Have` subscriptions (each looks every
+    /// `HAVE_POLL_INTERVAL`).
+    pub have_checks: AtomicU64,
+    /// Library entries (shared files and downloads) looked at to answer
+    /// requests and to check subscriptions. Lookups go by file ID, so each
+    /// looks at the entries of that file only; a subscription check that
+    /// finds the library unchanged looks at none, and a catalog looks at
+    /// all of them once per library revision.
+    pub library_entries_examined: AtomicU64,
 }
 
 /// A server ready to run on an already-bound listener.
@@ -164,11 +224,14 @@ struct Ctx {
     epoch: Instant,
     catalog: Mutex<Option<CachedCatalog>>,
     partials: Partials,
+    /// The chunk buffers of all connections.
+    slices: Arc<SlicePool>,
 }
 
 impl Server {
     pub fn new(library: Library, tls: Tls, listen_port: u16, config: ServerConfig) -> Self {
         let epoch = Instant::now();
+        let slices = SlicePool::new(config.max_buffered_bytes);
         let upload = config.max_upload_rate.map(|rate| {
             // A burst of a few milliseconds' worth keeps pacing smooth.
             let burst = (rate / 50).max(64 * 1024);
@@ -186,6 +249,7 @@ impl Server {
                 epoch,
                 catalog: Mutex::new(None),
                 partials: Partials::default(),
+                slices,
             }),
         }
     }
@@ -258,7 +322,8 @@ impl Server {
                     let slots = slots.clone();
                     tasks.spawn(async move {
                         ctx.stats.connections_active.fetch_add(1, Ordering::Relaxed);
-                        serve_connection(&ctx, stream, addr, stop, Admission { slots, pending, evicted }).await;
+                        let conn = Connection { ctx: ctx.clone(), addr, stop };
+                        conn.serve(stream, Admission { slots, pending, evicted }).await;
                         ctx.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
                         drop(from_ip);
                     });
@@ -514,17 +579,11 @@ impl Drop for PendingHandshake {
     }
 }
 
-/// A chunk read from disk, ready to send.
-struct ChunkReply {
-    req_id: u32,
-    index: u32,
-    data: Vec<u8>,
-}
-
-/// An answer being prepared: ready now, or a chunk read on the blocking pool.
+/// An answer being prepared: ready now, a chunk being found on the
+/// blocking pool (its bytes are read as it is sent), or a control answer.
 enum Pending {
     Ready(Message),
-    Chunk(tokio::task::JoinHandle<Result<ChunkReply, Message>>),
+    Chunk(tokio::task::JoinHandle<Result<ChunkPlan, Message>>),
     /// A control answer computed on the blocking pool.
     Job(tokio::task::JoinHandle<Message>),
     /// Send this, then close the connection.
@@ -542,262 +601,581 @@ struct Admission {
     evicted: tokio::sync::oneshot::Receiver<()>,
 }
 
-async fn serve_connection(
-    ctx: &Arc<Ctx>,
-    stream: TcpStream,
+/// One connection, from its TLS handshake to its close: what every step
+/// needs, with the steps as methods. The steps, in order: `handshake` (TLS,
+/// a connection slot, the client's first frame), `greet` (its `Hello` and
+/// trust checked, ours sent), then `pipeline`: a [`ReadSide`] and a
+/// [`WriteSide`] running together until the connection ends.
+struct Connection {
+    ctx: Arc<Ctx>,
     addr: SocketAddr,
-    mut stop: watch::Receiver<bool>,
-    admission: Admission,
-) {
-    let _ = stream.set_nodelay(true);
-    let idle = ctx.config.idle_timeout;
-    let Admission {
-        slots,
-        pending,
-        evicted,
-    } = admission;
+    stop: watch::Receiver<bool>,
+}
 
-    // The TLS handshake and the client's `Hello` (the client speaks first)
-    // must both arrive within the handshake timeout. A connection slot is
-    // taken between the two: without one, the client is told it is busy.
-    let handshake = async {
-        let secured = match ctx.tls.accept(stream).await {
-            Ok(s) => s,
-            Err(e) => {
-                ctx.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%addr, "TLS handshake failed: {e}");
+/// A connection past its TLS handshake, holding a connection slot, with
+/// the client's first frame (its `Hello`, if it behaves).
+struct Handshaken {
+    reader: FrameReader<BoxRead>,
+    writer: FrameWriter<BoxWrite>,
+    proven: Option<NodeId>,
+    first: Result<Option<Message>, ReadError>,
+    slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn serve(mut self, stream: TcpStream, admission: Admission) {
+        let _ = stream.set_nodelay(true);
+        let Some(Handshaken {
+            reader,
+            mut writer,
+            proven,
+            first,
+            slot: _slot,
+        }) = self.handshake(stream, admission).await
+        else {
+            return;
+        };
+        if self.greet(&mut writer, first, proven).await {
+            self.pipeline(reader, writer).await;
+        }
+    }
+
+    /// The TLS handshake and the client's `Hello` (the client speaks
+    /// first), both within the handshake timeout. A connection slot is
+    /// taken between the two: without one, the client is told it is busy.
+    /// `None` when the connection is over (failed, evicted, refused,
+    /// shutting down).
+    async fn handshake(&mut self, stream: TcpStream, admission: Admission) -> Option<Handshaken> {
+        let Admission {
+            slots,
+            pending,
+            evicted,
+        } = admission;
+        let (ctx, addr) = (&self.ctx, self.addr);
+        let handshake = async {
+            let secured = match ctx.tls.accept(stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    ctx.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%addr, "TLS handshake failed: {e}");
+                    return None;
+                }
+            };
+            let mut writer = FrameWriter::new(secured.writer);
+            let Some(slot) = take_slot(ctx, &slots).await else {
+                ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                let _ = writer.send(&busy("in all")).await;
+                let _ = writer.shutdown().await;
                 return None;
+            };
+            let mut reader = FrameReader::new(secured.reader, MAX_REQUEST_FRAME_LEN);
+            let first = reader.read().await;
+            Some(Handshaken {
+                reader,
+                writer,
+                proven: secured.peer,
+                first,
+                slot,
+            })
+        };
+        let done = tokio::select! {
+            r = tokio::time::timeout(ctx.config.handshake_timeout, handshake) => r.ok().flatten(),
+            _ = evicted => {
+                tracing::debug!(%addr, "handshake evicted by a newer connection");
+                None
+            }
+            _ = self.stop.changed() => None,
+        };
+        drop(pending);
+        done
+    }
+
+    /// Checks the client's first frame (a `Hello` naming the node its key
+    /// proves) and, with `trusted_only`, that the node is trusted; then
+    /// answers with this node's `Hello`. False when the connection is to
+    /// end (the client was told why, when it can be).
+    async fn greet(
+        &self,
+        writer: &mut FrameWriter<BoxWrite>,
+        first: Result<Option<Message>, ReadError>,
+        proven: Option<NodeId>,
+    ) -> bool {
+        let ctx = &self.ctx;
+        let addr = self.addr;
+        let h = match check_hello(first, proven) {
+            Ok(h) => h,
+            Err(None) => return false,
+            Err(Some(refusal)) => {
+                ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                self.say_and_close(writer, &refusal).await;
+                return false;
             }
         };
-        let mut writer = FrameWriter::new(secured.writer);
-        let Some(permit) = take_slot(ctx, &slots).await else {
-            ctx.stats.refused_busy.fetch_add(1, Ordering::Relaxed);
-            let _ = writer.send(&busy("in all")).await;
-            let _ = writer.shutdown().await;
-            return None;
-        };
-        let mut reader = FrameReader::new(secured.reader, MAX_REQUEST_FRAME_LEN);
-        let first = reader.read().await;
-        Some((reader, writer, secured.peer, first, permit))
-    };
-    let (mut reader, mut writer, proven, first, _permit) = tokio::select! {
-        r = tokio::time::timeout(ctx.config.handshake_timeout, handshake) => match r {
-            Ok(Some(done)) => done,
-            Ok(None) | Err(_) => return,
-        },
-        _ = evicted => {
-            tracing::debug!(%addr, "handshake evicted by a newer connection");
-            return;
-        }
-        _ = stop.changed() => return,
-    };
-    drop(pending);
-    let refusal = match first {
-        Ok(Some(Message::Hello(h))) => match proven {
-            Some(key) if key != h.node_id => Some(Message::Error {
+        if ctx.config.trusted_only && !ctx.trusts(h.node_id).await {
+            ctx.stats.refused_untrusted.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%addr, peer = %h.node_id, "refused a node not on the trust list");
+            let msg = Message::Error {
                 req_id: 0,
-                code: ErrorCode::BadRequest,
+                code: ErrorCode::NotTrusted,
                 message: format!(
+                    "this node serves only the nodes it trusts, and {} is not one of them; \
+                     its owner can run `peershare trust add {}`",
+                    h.node_id.short(),
+                    h.node_id
+                ),
+            };
+            self.say_and_close(writer, &msg).await;
+            return false;
+        }
+        tracing::debug!(%addr, peer = %h.node_id.short(), "handshake");
+        let hello = Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            node_id: ctx.tls.node_id(),
+            listen_port: ctx.listen_port,
+            capabilities: capability::ALL,
+        });
+        let limit = ctx.config.write_timeout;
+        writer.send_timed(&hello, WRITE_PIECE, limit).await.is_ok()
+    }
+
+    /// Sends `msg`, then closes the connection.
+    async fn say_and_close(&self, writer: &mut FrameWriter<BoxWrite>, msg: &Message) {
+        let _ = writer
+            .send_timed(msg, WRITE_PIECE, self.ctx.config.write_timeout)
+            .await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
+    }
+
+    /// Serves requests until the connection ends: the read side reads and
+    /// prepares answers, the write side sends them in order.
+    ///
+    /// The read side ends first on EOF: queued answers drain, then the
+    /// write side ends too. If the write side ends first (the peer stopped
+    /// reading, or an answer could not be sent), the connection is over:
+    /// the read side is dropped with it.
+    async fn pipeline(&mut self, reader: FrameReader<BoxRead>, writer: FrameWriter<BoxWrite>) {
+        let ctx = &self.ctx;
+        // Listed among the established connections, so that a newcomer
+        // finding every slot taken can close the one idle the longest.
+        let (_listed, heard, mut kicked) = ctx.established.list(ctx.now_ms());
+        let (tx, rx) = mpsc::channel::<Pending>(ctx.config.max_requests_in_flight.max(1));
+        let (push_tx, push_rx) = mpsc::channel::<Message>(MAX_HAVE_SUBSCRIPTIONS);
+        let conn = Arc::new(ConnState::new(push_tx));
+        // Subscriptions end with the connection, however it ends.
+        let _end_subscriptions = EndSubscriptions(conn.clone());
+        let read_side = ReadSide {
+            ctx,
+            conn: conn.clone(),
+            reader,
+            tx,
+            heard: heard.clone(),
+            addr: self.addr,
+        };
+        // Busy is asking or being answered: a slow client whose next
+        // requests wait unread behind its answers is not idle.
+        let mut write_side = WriteSide {
+            ctx,
+            conn,
+            writer,
+            rx,
+            push_rx,
+            answered: heard,
+        };
+        {
+            let reading = read_side.run();
+            let writing = write_side.run();
+            tokio::pin!(reading, writing);
+            let mut read_done = false;
+            loop {
+                tokio::select! {
+                    _ = &mut reading, if !read_done => read_done = true,
+                    _ = &mut writing => break,
+                    _ = self.stop.changed() => break,
+                    _ = &mut kicked => {
+                        tracing::debug!(addr = %self.addr, "closed, idle, to make room for a newcomer");
+                        break;
+                    }
+                }
+            }
+        }
+        write_side.close().await;
+    }
+}
+
+/// The client's `Hello`, if its first frame is one naming the node its
+/// key proves; otherwise what to tell it (`None`: nothing, just close).
+fn check_hello(
+    first: Result<Option<Message>, ReadError>,
+    proven: Option<NodeId>,
+) -> Result<Hello, Option<Message>> {
+    let refusal = |code, message: String| {
+        Err(Some(Message::Error {
+            req_id: 0,
+            code,
+            message,
+        }))
+    };
+    match first {
+        Ok(Some(Message::Hello(h))) => match proven {
+            Some(key) if key != h.node_id => refusal(
+                ErrorCode::BadRequest,
+                format!(
                     "your handshake claims node {} but your key is node {key}",
                     h.node_id
                 ),
-            }),
-            _ if ctx.config.trusted_only && !ctx.trusts(h.node_id).await => {
-                ctx.stats.refused_untrusted.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(%addr, peer = %h.node_id, "refused a node not on the trust list");
-                let msg = Message::Error {
-                    req_id: 0,
-                    code: ErrorCode::NotTrusted,
-                    message: format!(
-                        "this node serves only the nodes it trusts, and {} is not one of them; \
-                         its owner can run `peershare trust add {}`",
-                        h.node_id.short(),
-                        h.node_id
-                    ),
-                };
-                let _ = tokio::time::timeout(idle, writer.send(&msg)).await;
-                let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
-                return;
-            }
-            _ => {
-                tracing::debug!(%addr, peer = %h.node_id.short(), "handshake");
-                None
-            }
+            ),
+            _ => Ok(h),
         },
-        Err(ReadError::Decode(DecodeError::UnsupportedVersion(v))) => Some(Message::Error {
-            req_id: 0,
-            code: ErrorCode::UnsupportedVersion,
-            message: format!(
+        Err(ReadError::Decode(DecodeError::UnsupportedVersion(v))) => refusal(
+            ErrorCode::UnsupportedVersion,
+            format!(
                 "this node speaks peershare protocol version {PROTOCOL_VERSION}, you sent version {v}; \
                  use the same peershare release on both sides"
             ),
-        }),
-        Ok(None) | Err(ReadError::Io(_) | ReadError::Truncated | ReadError::Idle(_)) => return,
-        Err(ReadError::Decode(e)) => Some(Message::Error {
-            req_id: 0,
-            code: ErrorCode::BadRequest,
-            message: format!("expected a peershare handshake: {e}"),
-        }),
-        Ok(Some(_)) => Some(Message::Error {
-            req_id: 0,
-            code: ErrorCode::BadRequest,
-            message: "expected a peershare handshake first".into(),
-        }),
-    };
-    if let Some(msg) = refusal {
-        ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
-        let _ = tokio::time::timeout(idle, writer.send(&msg)).await;
-        let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
-        return;
+        ),
+        Ok(None) | Err(ReadError::Io(_) | ReadError::Truncated | ReadError::Idle(_)) => Err(None),
+        Err(ReadError::Decode(e)) => refusal(
+            ErrorCode::BadRequest,
+            format!("expected a peershare handshake: {e}"),
+        ),
+        Ok(Some(_)) => refusal(
+            ErrorCode::BadRequest,
+            "expected a peershare handshake first".into(),
+        ),
     }
-    let hello = Message::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        node_id: ctx.tls.node_id(),
-        listen_port: ctx.listen_port,
-        capabilities: capability::ALL,
-    });
-    if !matches!(
-        tokio::time::timeout(idle, writer.send(&hello)).await,
-        Ok(Ok(()))
-    ) {
-        return;
+}
+
+/// A connection's read side: reads requests, starts preparing their
+/// answers and queues them for the write side, at most
+/// `max_requests_in_flight` at once; while the queue is full it reads
+/// nothing more, so TCP back-pressure stalls a client that does not read.
+/// Owns the queue's sender: when it ends, the write side drains what is
+/// queued and stops.
+struct ReadSide<'a> {
+    ctx: &'a Arc<Ctx>,
+    conn: Arc<ConnState>,
+    reader: FrameReader<BoxRead>,
+    tx: mpsc::Sender<Pending>,
+    /// When the client last asked something (ms since the server started).
+    heard: Arc<AtomicU64>,
+    addr: SocketAddr,
+}
+
+impl ReadSide<'_> {
+    async fn run(mut self) {
+        let mut last_heard = Instant::now();
+        while let Some(msg) = self.next_request(last_heard).await {
+            last_heard = Instant::now();
+            self.heard.store(self.ctx.now_ms(), Ordering::Relaxed);
+            self.ctx
+                .stats
+                .requests_received
+                .fetch_add(1, Ordering::Relaxed);
+            // Room in the queue first, then the answer is started: its
+            // blocking-pool job (if any) runs only once it has a place, so
+            // a connection has at most `max_requests_in_flight` of them
+            // queued (and the one being answered). A `Cancel` is answered
+            // by nothing and needs no room.
+            let room = match msg {
+                Message::Cancel { .. } => None,
+                _ => match self.tx.reserve().await {
+                    Ok(room) => Some(room),
+                    Err(_) => return,
+                },
+            };
+            let pending = respond(self.ctx, &self.conn, msg);
+            let fatal = matches!(pending, Pending::Fatal(_));
+            if let Some(room) = room {
+                room.send(pending);
+            }
+            if fatal {
+                return;
+            }
+        }
     }
 
-    // Listed among the established connections, so that a newcomer finding
-    // every slot taken can close the one idle the longest.
-    let (_listed, heard, mut kicked) = ctx.established.list(ctx.now_ms());
-    let (tx, mut rx) = mpsc::channel::<Pending>(ctx.config.max_requests_in_flight.max(1));
-    let (push_tx, mut push_rx) = mpsc::channel::<Message>(MAX_HAVE_SUBSCRIPTIONS);
-    let conn = Arc::new(ConnState::new(push_tx));
-    // Subscriptions end with the connection, however it ends.
-    let _end_subscriptions = EndSubscriptions(conn.clone());
-    let read_conn = conn.clone();
-    // Owns `tx`: when it ends, the write side drains what is queued and stops.
-    // Busy is asking or being answered: a slow client whose next requests
-    // wait unread behind its answers is not idle.
-    let answered = heard.clone();
-    let read_side = async move {
-        let mut last_heard = Instant::now();
+    /// The next frame from the client; `None` when reading is over: end of
+    /// stream, silence past the idle timeout, or a malformed frame (its
+    /// error is queued for the write side first).
+    async fn next_request(&mut self, last_heard: Instant) -> Option<Message> {
+        let ctx = self.ctx;
         loop {
-            let msg = match tokio::time::timeout(idle, reader.read()).await {
+            return match tokio::time::timeout(ctx.config.idle_timeout, self.reader.read()).await {
                 // A client that subscribed to announcements may have
                 // nothing to ask for a long time: it is waiting for us.
                 // (`read` keeps what it buffered: calling again is safe.)
                 Err(_)
-                    if read_conn.has_subscriptions()
+                    if self.conn.has_subscriptions()
                         && last_heard.elapsed() < ctx.config.subscribed_idle_timeout =>
                 {
                     continue;
                 }
-                Err(_) | Ok(Ok(None)) => return,
+                Err(_) | Ok(Ok(None)) => None,
                 Ok(Err(ReadError::Decode(e))) => {
                     ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%addr, "malformed frame: {e}");
-                    let _ = tx
+                    tracing::debug!(addr = %self.addr, "malformed frame: {e}");
+                    let _ = self
+                        .tx
                         .send(Pending::Fatal(Message::Error {
                             req_id: 0,
                             code: ErrorCode::BadRequest,
                             message: format!("malformed frame: {e}"),
                         }))
                         .await;
-                    return;
+                    None
                 }
-                Ok(Err(_)) => return,
-                Ok(Ok(Some(m))) => m,
+                Ok(Err(_)) => None,
+                Ok(Ok(Some(m))) => Some(m),
             };
-            last_heard = Instant::now();
-            heard.store(ctx.now_ms(), Ordering::Relaxed);
-            ctx.stats.requests_received.fetch_add(1, Ordering::Relaxed);
-            let pending = respond(ctx, &read_conn, msg);
-            if matches!(pending, Pending::Nothing) {
-                continue;
-            }
-            let fatal = matches!(pending, Pending::Fatal(_));
-            if tx.send(pending).await.is_err() || fatal {
-                return;
-            }
         }
-    };
-    let write_side = async {
-        loop {
-            let p = tokio::select! {
-                biased;
-                p = rx.recv() => match p {
-                    Some(p) => p,
-                    None => return,
-                },
-                Some(update) = push_rx.recv() => Pending::Ready(update),
-            };
-            let (msg, fatal) = match p {
-                Pending::Ready(m) => (m, false),
-                Pending::Job(job) => match job.await {
-                    Ok(m) => (m, false),
-                    Err(_) => return,
-                },
-                Pending::Fatal(m) => (m, true),
-                Pending::Nothing => continue,
-                Pending::Chunk(job) => match job.await {
-                    Ok(Ok(ChunkReply {
-                        req_id,
-                        index,
-                        data,
-                    })) => {
-                        // Under an upload limit, wait for the first slice's
-                        // turn before committing to the frame: a request
-                        // cancelled meanwhile costs no upload at all.
-                        let first = ctx.first_slice(data.len());
-                        ctx.throttle(first as u64).await;
-                        if conn.take_cancelled(req_id) {
-                            ctx.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-                            conn.give_back(data);
-                            continue;
-                        }
-                        if !send_chunk_paced(ctx, &mut writer, req_id, index, &data, idle).await {
-                            return;
-                        }
-                        answered.store(ctx.now_ms(), Ordering::Relaxed);
-                        ctx.stats.chunks_served.fetch_add(1, Ordering::Relaxed);
-                        ctx.stats
-                            .bytes_served
-                            .fetch_add(data.len() as u64, Ordering::Relaxed);
-                        conn.give_back(data);
-                        continue;
-                    }
-                    Ok(Err(m)) => {
-                        conn.take_cancelled(m.req_id());
-                        (m, false)
-                    }
-                    Err(_) => return,
-                },
-            };
-            let sent = tokio::time::timeout(idle, writer.send(&msg)).await;
-            if !matches!(sent, Ok(Ok(()))) || fatal {
+    }
+}
+
+/// A connection's write side: sends the queued answers in order, and the
+/// updates of its `Have` subscriptions between them.
+struct WriteSide<'a> {
+    ctx: &'a Arc<Ctx>,
+    conn: Arc<ConnState>,
+    writer: FrameWriter<BoxWrite>,
+    rx: mpsc::Receiver<Pending>,
+    push_rx: mpsc::Receiver<Message>,
+    /// When the client was last answered (ms since the server started).
+    answered: Arc<AtomicU64>,
+}
+
+impl WriteSide<'_> {
+    /// Sends answers until the queue is closed and drained, or one cannot
+    /// be sent.
+    async fn run(&mut self) {
+        while let Some(pending) = self.next_answer().await {
+            if !self.answer(pending).await {
                 return;
-            }
-            answered.store(ctx.now_ms(), Ordering::Relaxed);
-        }
-    };
-    // The read side ends first on EOF: queued answers drain, then the write
-    // side ends too. If the write side ends first (the peer stopped
-    // reading, or an answer could not be sent), the connection is over:
-    // the read side is dropped with it.
-    {
-        tokio::pin!(read_side, write_side);
-        let mut reading = true;
-        loop {
-            tokio::select! {
-                _ = &mut read_side, if reading => reading = false,
-                _ = &mut write_side => break,
-                _ = stop.changed() => break,
-                _ = &mut kicked => {
-                    tracing::debug!(%addr, "closed, idle, to make room for a newcomer");
-                    break;
-                }
             }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
+
+    /// The next answer: a queued one first, else a subscription's update;
+    /// `None` once the read side is gone and the queue is drained.
+    async fn next_answer(&mut self) -> Option<Pending> {
+        tokio::select! {
+            biased;
+            p = self.rx.recv() => p,
+            Some(update) = self.push_rx.recv() => Some(Pending::Ready(update)),
+        }
+    }
+
+    /// Waits for one answer and sends it; false when the connection should
+    /// end.
+    async fn answer(&mut self, pending: Pending) -> bool {
+        match pending {
+            Pending::Ready(m) => self.send(&m).await,
+            Pending::Job(job) => match job.await {
+                Ok(m) => self.send(&m).await,
+                Err(_) => false,
+            },
+            Pending::Fatal(m) => {
+                self.send(&m).await;
+                false
+            }
+            Pending::Nothing => true,
+            Pending::Chunk(job) => match job.await {
+                Ok(Ok(plan)) => self.send_chunk(plan).await,
+                Ok(Err(m)) => {
+                    self.conn.take_cancelled(m.req_id());
+                    self.send(&m).await
+                }
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// Sends one message, each [`WRITE_PIECE`] of it within the write
+    /// timeout; false if it could not.
+    async fn send(&mut self, msg: &Message) -> bool {
+        let limit = self.ctx.config.write_timeout;
+        let ok = self
+            .writer
+            .send_timed(msg, WRITE_PIECE, limit)
+            .await
+            .is_ok();
+        if ok {
+            self.answered.store(self.ctx.now_ms(), Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Writes `bytes`, each [`WRITE_PIECE`] of them within the write
+    /// timeout; false if it could not.
+    async fn write(&mut self, bytes: &[u8]) -> bool {
+        let limit = self.ctx.config.write_timeout;
+        self.writer
+            .send_raw_timed(bytes, WRITE_PIECE, limit)
+            .await
+            .is_ok()
+    }
+
+    /// [`WriteSide::write`] under the upload limit: pieces of the pacing
+    /// slice, each waiting for its tokens, but the first piece of a chunk
+    /// when `paid` (its tokens were taken before the header: see
+    /// [`WriteSide::send_chunk`]).
+    async fn write_paced(&mut self, bytes: &[u8], paid: &mut bool) -> bool {
+        if self.ctx.upload.is_none() {
+            return self.write(bytes).await;
+        }
+        for piece in bytes.chunks(self.ctx.first_slice(usize::MAX).max(1)) {
+            if !std::mem::replace(paid, false) {
+                self.ctx.throttle(piece.len() as u64).await;
+            }
+            if !self.write(piece).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends a chunk answer, read from disk a slice at a time
+    /// ([`Slices`]) as the client takes it, unless the client cancelled it
+    /// before its first byte went out; false when the connection should
+    /// end.
+    ///
+    /// Before the frame's header: a slice buffer from the server's budget
+    /// (waiting for one if need be), a download's chunk verified whole, the
+    /// first slice read, the upload limit's first piece. Until then a
+    /// chunk that cannot be sent is answered with an error. After it, the
+    /// header cannot be taken back: a file that changes, or a chunk that no
+    /// longer hashes right (checked before its last slice goes out), closes
+    /// the connection, which the client treats as lost.
+    async fn send_chunk(&mut self, plan: ChunkPlan) -> bool {
+        let ctx = self.ctx;
+        let req_id = plan.req_id;
+        if self.conn.is_cancelled(req_id) {
+            return self.drop_cancelled(req_id);
+        }
+        let plan = Arc::new(plan);
+        let (slices, first) = match self.open_chunk(&plan).await {
+            Ok(opened) => opened,
+            Err(go_on) => return go_on,
+        };
+        // Under an upload limit, wait for the first piece's turn before
+        // committing to the frame: a request cancelled meanwhile costs no
+        // upload at all.
+        ctx.throttle(ctx.first_slice(plan.len) as u64).await;
+        if self.conn.take_cancelled(req_id) {
+            return self.drop_cancelled(req_id);
+        }
+        if !self.stream_chunk(&plan, slices, first).await {
+            return false;
+        }
+        ctx.stats.chunks_served.fetch_add(1, Ordering::Relaxed);
+        ctx.stats
+            .bytes_served
+            .fetch_add(plan.len as u64, Ordering::Relaxed);
+        if matches!(plan.check, Check::Hash(_)) {
+            ctx.stats
+                .partial_chunks_served
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Gets a chunk answer ready to send: a slice buffer, the chunk
+    /// verified whole if it is a download's, its first slice read. `Err`
+    /// when it cannot be sent, with what [`WriteSide::send_chunk`] returns
+    /// (it was answered with why, or the connection is to end).
+    async fn open_chunk(&mut self, plan: &Arc<ChunkPlan>) -> Result<(Slices, Slice), bool> {
+        let ctx = self.ctx;
+        let mut slice = ctx.slices.take().await;
+        if matches!(plan.check, Check::Hash(_)) {
+            let p = plan.clone();
+            let verified = tokio::task::spawn_blocking(move || {
+                let verified = p.verify(&mut slice);
+                (slice, verified)
+            })
+            .await;
+            slice = match verified {
+                Ok((slice, Ok(()))) => slice,
+                Ok((_, Err(e))) => return Err(self.refuse_chunk(plan, e).await),
+                Err(_) => return Err(false),
+            };
+        }
+        let mut slices = Slices::new(plan.clone(), ctx.slices.clone(), slice);
+        match slices.next().await {
+            Some(Ok(first)) => Ok((slices, first)),
+            Some(Err(e)) => Err(self.refuse_chunk(plan, e).await),
+            None => Err(false),
+        }
+    }
+
+    /// Sends a chunk's frame: its header, then `first` and the rest of
+    /// `slices` as they are read; false when the connection should end (a
+    /// write not taken in time, or a slice that failed its check once the
+    /// header was out).
+    async fn stream_chunk(&mut self, plan: &ChunkPlan, mut slices: Slices, first: Slice) -> bool {
+        let header = chunk_header(plan.req_id, plan.index, plan.len as u32);
+        if !self.write(&header).await {
+            return false;
+        }
+        let (mut current, mut paid) = (first, true);
+        loop {
+            if !self.write_paced(current.data(), &mut paid).await {
+                return false;
+            }
+            // Being answered: not idle, however long the chunk takes.
+            self.answered.store(self.ctx.now_ms(), Ordering::Relaxed);
+            slices.sent(current);
+            current = match slices.next().await {
+                None => return true,
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        "closing a connection in the middle of chunk {} of {}: {e:?}",
+                        plan.index,
+                        plan.id
+                    );
+                    self.conn.forget_file(&plan.id);
+                    return false;
+                }
+            };
+        }
+    }
+
+    /// Forgets a chunk request the client cancelled; its answer is not sent.
+    fn drop_cancelled(&mut self, req_id: u32) -> bool {
+        self.conn.take_cancelled(req_id);
+        self.ctx.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Answers a chunk request whose bytes cannot be sent (nothing of its
+    /// frame went out yet) with why; false when the connection should end.
+    async fn refuse_chunk(&mut self, plan: &ChunkPlan, e: SliceError) -> bool {
+        let (req_id, index, id) = (plan.req_id, plan.index, plan.id);
+        self.conn.take_cancelled(req_id);
+        let why = match (&plan.check, e) {
+            (_, SliceError::Lost) => return false,
+            (Check::Unchanged(_), _) => {
+                self.conn.forget_file(&id);
+                format!("file {id} changed on disk since it was shared")
+            }
+            (Check::Hash(_), SliceError::Io(e)) => {
+                format!("the download of {id} cannot be read here: {e}")
+            }
+            (Check::Hash(_), _) => {
+                format!("chunk {index} of the download of {id} is not verified here")
+            }
+        };
+        self.send(&error(req_id, ErrorCode::Unavailable, why)).await
+    }
+
+    /// Closes the connection (what was sent is flushed first, briefly).
+    async fn close(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.writer.shutdown()).await;
+    }
 }
+
+/// Bytes handed to the TLS session at a time, at most; each piece must be
+/// taken within `ServerConfig::write_timeout`.
+pub const WRITE_PIECE: usize = 64 * 1024;
 
 /// Bytes sent between two waits of the upload limiter, at most and at
 /// least; within these, an eighth of a second's worth at the limit. A slow
@@ -805,45 +1183,17 @@ async fn serve_connection(
 /// its progress, not by whole chunks); a fast one pays nothing.
 const MAX_PACING_SLICE: usize = 64 * 1024;
 const MIN_PACING_SLICE: usize = 1024;
-
-/// Writes one chunk frame, paced by the upload limit slice by slice, each
-/// write within `idle`; the first slice's share of the limit is already
-/// taken by the caller ([`Ctx::first_slice`]). False when the connection
-/// should end.
-async fn send_chunk_paced<W: tokio::io::AsyncWrite + Unpin>(
-    ctx: &Ctx,
-    writer: &mut FrameWriter<W>,
-    req_id: u32,
-    index: u32,
-    data: &[u8],
-    idle: Duration,
-) -> bool {
-    if ctx.upload.is_none() {
-        let sent = tokio::time::timeout(idle, writer.send_chunk(req_id, index, data)).await;
-        return matches!(sent, Ok(Ok(())));
-    }
-    let header = peershare_proto::wire::chunk_header(req_id, index, data.len() as u32);
-    if !matches!(
-        tokio::time::timeout(idle, writer.send_raw(&header)).await,
-        Ok(Ok(()))
-    ) {
-        return false;
-    }
-    for (i, slice) in data.chunks(ctx.first_slice(usize::MAX).max(1)).enumerate() {
-        if i > 0 {
-            ctx.throttle(slice.len() as u64).await;
-        }
-        if !matches!(
-            tokio::time::timeout(idle, writer.send_raw(slice)).await,
-            Ok(Ok(()))
-        ) {
-            return false;
-        }
-    }
-    true
-}
+// A paced piece is one write; a slice is written in whole pieces.
+const _: () = assert!(MAX_PACING_SLICE <= WRITE_PIECE && SEND_SLICE.is_multiple_of(WRITE_PIECE));
 
 impl Ctx {
+    /// Counts `n` library entries looked at.
+    fn examined(&self, n: usize) {
+        self.stats
+            .library_entries_examined
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// Milliseconds since the server started.
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
@@ -915,15 +1265,9 @@ fn internal(req_id: u32, e: impl std::fmt::Display) -> Message {
 /// Open shared files of one connection, by file ID.
 type OpenFiles = HashMap<FileId, (Arc<File>, Entry)>;
 
-/// Spare chunk buffers kept per connection: enough for the answers that
-/// may be prepared at once, so steady serving allocates (and zeroes, and
-/// page-faults) nothing.
-const SPARE_BUFFERS: usize = 8;
-
 /// What one connection's request handlers share.
 struct ConnState {
     files: Mutex<OpenFiles>,
-    spare: Mutex<Vec<Vec<u8>>>,
     /// Chunk and `GetHave` requests read and not yet answered, and whether
     /// each was cancelled meanwhile. Bounded by the answers a connection
     /// may have prepared.
@@ -958,7 +1302,6 @@ impl ConnState {
     fn new(push: mpsc::Sender<Message>) -> Self {
         Self {
             files: Mutex::default(),
-            spare: Mutex::default(),
             open_requests: Mutex::default(),
             subscriptions: Mutex::default(),
             push,
@@ -971,6 +1314,16 @@ impl ConnState {
             .lock()
             .expect("requests lock")
             .insert(req_id, false);
+    }
+
+    /// True if the client cancelled chunk request `req_id` (still open).
+    fn is_cancelled(&self, req_id: u32) -> bool {
+        self.open_requests
+            .lock()
+            .expect("requests lock")
+            .get(&req_id)
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Forgets chunk request `req_id` as it is answered; true if the client
@@ -1011,25 +1364,10 @@ impl ConnState {
         }
     }
 
-    /// A buffer of exactly `len` bytes; its contents are to be overwritten.
-    fn take_buffer(&self, len: usize) -> Vec<u8> {
-        let mut buf = self
-            .spare
-            .lock()
-            .expect("buffers lock")
-            .pop()
-            .unwrap_or_default();
-        // Shrinking keeps the old bytes (no zeroing); growing zeroes only
-        // the new part.
-        buf.resize(len, 0);
-        buf
-    }
-
-    fn give_back(&self, buf: Vec<u8>) {
-        let mut spare = self.spare.lock().expect("buffers lock");
-        if spare.len() < SPARE_BUFFERS {
-            spare.push(buf);
-        }
+    /// Forgets the open file of `id` (it changed on disk): the next
+    /// request opens whatever is shared then.
+    fn forget_file(&self, id: &FileId) {
+        self.files.lock().expect("open files lock").remove(id);
     }
 }
 
@@ -1045,24 +1383,19 @@ fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pending {
             }))
         }
         Message::GetManifest { req_id, id } => {
-            let offered = |id: &FileId| {
-                shared_entry(ctx, id).is_some() || partial_download(ctx, id).is_some()
-            };
-            Pending::Ready(match ctx.library.manifest_bytes(&id) {
-                Ok(Some(bytes)) if offered(&id) => Message::Manifest {
-                    req_id,
-                    bytes: bytes.into(),
-                },
-                Ok(_) => not_here(req_id, &id),
-                Err(e) => internal(req_id, e),
-            })
+            // Reads (up to `MAX_MANIFEST_LEN` bytes) and hashes a file, and
+            // may re-read the library: never on an async worker.
+            let ctx = ctx.clone();
+            Pending::Job(tokio::task::spawn_blocking(move || {
+                manifest(&ctx, req_id, id)
+            }))
         }
         Message::GetChunk { req_id, id, index } => {
             conn.open(req_id);
             let ctx = ctx.clone();
             let conn = conn.clone();
             Pending::Chunk(tokio::task::spawn_blocking(move || {
-                read_chunk(&ctx, &conn, req_id, id, index)
+                plan_chunk(&ctx, &conn, req_id, id, index)
             }))
         }
         Message::GetHave {
@@ -1094,23 +1427,46 @@ fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pending {
     }
 }
 
+/// The answer to `GetManifest`: the stored manifest of a file offered
+/// here (shared, or a download in progress), or `NotFound`.
+fn manifest(ctx: &Ctx, req_id: u32, id: FileId) -> Message {
+    if shared_entry(ctx, &id).is_none() && partial_download(ctx, &id).is_none() {
+        return not_here(req_id, &id);
+    }
+    match ctx.library.manifest_bytes(&id) {
+        Ok(Some(bytes)) => Message::Manifest {
+            req_id,
+            bytes: bytes.into(),
+        },
+        Ok(None) => not_here(req_id, &id),
+        Err(e) => internal(req_id, e),
+    }
+}
+
 /// An entry for `id` whose file is unchanged on disk, if any.
 fn shared_entry(ctx: &Ctx, id: &FileId) -> Option<Entry> {
-    let snap = ctx.library.snapshot().ok()?;
-    let hex = id.to_string();
-    snap.by_id(&hex)
+    shared_entry_in(ctx, &*ctx.library.snapshot().ok()?, id)
+}
+
+/// [`shared_entry`] in `snap`: looks at the entries of `id` only.
+fn shared_entry_in(ctx: &Ctx, snap: &Snapshot, id: &FileId) -> Option<Entry> {
+    snap.by_id(&id.to_string())
+        .inspect(|_| ctx.examined(1))
         .find(|e| std::fs::metadata(&e.path).is_ok_and(|m| e.matches(&m)))
         .cloned()
 }
 
-/// This node's download of `id` in progress, if any, when no whole copy is
-/// shared (a whole copy is always preferred).
+/// This node's download of `id` in progress (its part file there), if any.
+/// Callers prefer a whole shared copy when there is one.
 fn partial_download(ctx: &Ctx, id: &FileId) -> Option<Download> {
-    let snap = ctx.library.snapshot().ok()?;
-    let hex = id.to_string();
-    snap.downloads
-        .values()
-        .find(|d| d.id == hex && d.part.exists())
+    partial_download_in(ctx, &*ctx.library.snapshot().ok()?, id)
+}
+
+/// [`partial_download`] in `snap`: looks at the downloads of `id` only.
+fn partial_download_in(ctx: &Ctx, snap: &Snapshot, id: &FileId) -> Option<Download> {
+    snap.downloads_of(&id.to_string())
+        .inspect(|_| ctx.examined(1))
+        .find(|d| d.part.exists())
         .cloned()
 }
 
@@ -1121,12 +1477,17 @@ fn holding(ctx: &Ctx, id: &FileId) -> Option<Holding> {
     if shared_entry(ctx, id).is_some() {
         return Some(Holding::All);
     }
-    let view = ctx.partials.view(&ctx.library, id)?;
-    Some(if view.have.is_full() {
+    let d = partial_download(ctx, id)?;
+    Some(partial_holding(&ctx.partials.view(&ctx.library, &d)?))
+}
+
+/// What a view of a download in progress offers.
+fn partial_holding(view: &crate::partials::View) -> Holding {
+    if view.have.is_full() {
         Holding::All
     } else {
         Holding::Some((*view.have).clone())
-    })
+    }
 }
 
 /// The answer to `GetHave`: every chunk of a shared file, the verified
@@ -1190,13 +1551,20 @@ async fn subscription(
     let mut tick = tokio::time::interval(HAVE_POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut watch = Watch::new(id);
     loop {
         tick.tick().await;
         let c = ctx.clone();
-        let now = tokio::task::spawn_blocking(move || holding(&c, &id))
-            .await
-            .ok()
-            .flatten();
+        let Ok((w, seen)) = tokio::task::spawn_blocking(move || {
+            let seen = watch.check(&c);
+            (watch, seen)
+        })
+        .await
+        else {
+            break;
+        };
+        watch = w;
+        let Some(now) = seen else { continue };
         let (msg, last) = match now {
             None => (
                 error(
@@ -1236,6 +1604,64 @@ async fn subscription(
         .remove(&req_id);
 }
 
+/// What a `Have` subscription has seen of its download, so that a check
+/// that finds nothing new costs two `stat`s (`library.json`, through the
+/// library's cache, and the download's state file) whatever the library's
+/// size: the download is looked up again (by ID) only when the library
+/// changed, and its state file read again only when its stamp did.
+struct Watch {
+    id: FileId,
+    /// The library revision the download was last looked up at.
+    revision: Option<u64>,
+    /// The download's record then (`None`: gone).
+    download: Option<Download>,
+    /// Its state file's stamp when last read.
+    stamp: Option<crate::partials::Stamp>,
+}
+
+impl Watch {
+    fn new(id: FileId) -> Self {
+        Self {
+            id,
+            revision: None,
+            download: None,
+            stamp: None,
+        }
+    }
+
+    /// `None` when nothing changed since the last check; otherwise what
+    /// this node holds of the file now (`Some(None)`: nothing, the
+    /// download is gone).
+    fn check(&mut self, ctx: &Ctx) -> Option<Option<Holding>> {
+        ctx.stats.have_checks.fetch_add(1, Ordering::Relaxed);
+        let Ok(snap) = ctx.library.snapshot() else {
+            return Some(None);
+        };
+        if self.revision != Some(snap.revision) {
+            self.revision = Some(snap.revision);
+            self.stamp = None;
+            // Finished (and shared), or withdrawn?
+            if shared_entry_in(ctx, &snap, &self.id).is_some() {
+                return Some(Some(Holding::All));
+            }
+            self.download = partial_download_in(ctx, &snap, &self.id);
+        }
+        let Some(d) = self.download.as_ref() else {
+            return Some(None);
+        };
+        let stamp = crate::partials::state_stamp(&d.state);
+        if self.stamp == Some(stamp) {
+            return None;
+        }
+        self.stamp = Some(stamp);
+        Some(
+            ctx.partials
+                .view(&ctx.library, d)
+                .map(|v| partial_holding(&v)),
+        )
+    }
+}
+
 /// The library's files as a catalog lists them: sorted by name, one item
 /// per file ID, with every library entry holding that content. Cached per
 /// library revision; whether a file is unchanged on disk is checked only
@@ -1248,6 +1674,7 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
     {
         return Ok(c.clone());
     }
+    ctx.examined(snap.files.len() + snap.downloads.len());
     let mut by_id: HashMap<FileId, (CatalogEntry, Source)> = HashMap::new();
     // Unlisted files are served to whoever names their ID, never listed
     // (nor their downloads in progress).
@@ -1362,20 +1789,24 @@ fn catalog(ctx: &Ctx, req_id: u32, cursor: u32) -> Message {
     }
 }
 
-fn read_chunk(
+/// Where the bytes of chunk `index` of `id` are, for the write side to
+/// read as it sends them: a shared file unchanged since it was hashed (or,
+/// with none, a download in progress that verified it). Only `stat`s and
+/// an `open` here; nothing of the chunk is read.
+fn plan_chunk(
     ctx: &Ctx,
     conn: &ConnState,
     req_id: u32,
     id: FileId,
     index: u32,
-) -> Result<ChunkReply, Message> {
+) -> Result<ChunkPlan, Message> {
     let files = &conn.files;
     let cached = files.lock().expect("open files lock").get(&id).cloned();
     let (file, entry) = match cached {
         Some(c) => c,
         None => {
             let Some(entry) = shared_entry(ctx, &id) else {
-                return read_partial_chunk(ctx, conn, req_id, id, index);
+                return plan_partial_chunk(ctx, req_id, id, index);
             };
             let file = File::open(&entry.path).map_err(|e| internal(req_id, e))?;
             let mut open = files.lock().expect("open files lock");
@@ -1390,22 +1821,24 @@ fn read_chunk(
         }
     };
     let (start, len) = chunk_span(req_id, &id, entry.size, index)?;
-    // The file must still be what was hashed: same size and mtime.
-    let unchanged = file.metadata().is_ok_and(|m| entry.matches(&m));
-    let mut data = conn.take_buffer(len);
-    if !unchanged || file.read_exact_at(&mut data, start).is_err() {
-        conn.give_back(data);
-        files.lock().expect("open files lock").remove(&id);
+    // The file must still be what was hashed: same size and mtime (and so
+    // again after every slice read).
+    if !file.metadata().is_ok_and(|m| entry.matches(&m)) {
+        conn.forget_file(&id);
         return Err(error(
             req_id,
             ErrorCode::Unavailable,
             format!("file {id} changed on disk since it was shared"),
         ));
     }
-    Ok(ChunkReply {
+    Ok(ChunkPlan {
         req_id,
         index,
-        data,
+        id,
+        file,
+        start,
+        len,
+        check: Check::Unchanged(entry),
     })
 }
 
@@ -1424,51 +1857,36 @@ fn chunk_span(req_id: u32, id: &FileId, size: u64, index: u32) -> Result<(u64, u
     Ok((start, chunk_size.min(size - start) as usize))
 }
 
-/// A chunk of this node's download of `id` in progress, if it is verified.
-fn read_partial_chunk(
+/// [`plan_chunk`] for this node's download of `id` in progress: a chunk
+/// its state file lists, to be checked against the manifest as it is read
+/// (the part file may have changed under us: a download started over).
+fn plan_partial_chunk(
     ctx: &Ctx,
-    conn: &ConnState,
     req_id: u32,
     id: FileId,
     index: u32,
-) -> Result<ChunkReply, Message> {
-    let Some(view) = ctx.partials.view(&ctx.library, &id) else {
+) -> Result<ChunkPlan, Message> {
+    let view = partial_download(ctx, &id).and_then(|d| ctx.partials.view(&ctx.library, &d));
+    let Some(view) = view else {
         return Err(not_here(req_id, &id));
     };
     let (start, len) = chunk_span(req_id, &id, view.size, index)?;
-    if !view.have.get(index) {
+    let hash = view.manifest.hashes().get(index as usize);
+    let (true, Some(hash)) = (view.have.get(index), hash) else {
         return Err(error(
             req_id,
             ErrorCode::Unavailable,
             format!("this node is still downloading {id} and does not hold chunk {index} yet"),
         ));
-    }
-    let mut data = conn.take_buffer(len);
-    if let Err(e) = view.part.read_exact_at(&mut data, start) {
-        conn.give_back(data);
-        return Err(error(
-            req_id,
-            ErrorCode::Unavailable,
-            format!("the download of {id} cannot be read here: {e}"),
-        ));
-    }
-    // Checked again as read: the part file may have changed under us (a
-    // download started over), and we vouch only for verified bytes.
-    if !view.manifest.verify_chunk(index, &data) {
-        conn.give_back(data);
-        return Err(error(
-            req_id,
-            ErrorCode::Unavailable,
-            format!("chunk {index} of the download of {id} is not verified here"),
-        ));
-    }
-    ctx.stats
-        .partial_chunks_served
-        .fetch_add(1, Ordering::Relaxed);
-    Ok(ChunkReply {
+    };
+    Ok(ChunkPlan {
         req_id,
         index,
-        data,
+        id,
+        file: view.part.clone(),
+        start,
+        len,
+        check: Check::Hash(*hash),
     })
 }
 
@@ -1487,24 +1905,4 @@ mod tests {
     }
 
     use super::*;
-
-    #[test]
-    fn spare_buffers_are_bounded_and_sized_exactly() {
-        let conn = ConnState::new(mpsc::channel(1).0);
-        let bufs: Vec<Vec<u8>> = (0..SPARE_BUFFERS + 5)
-            .map(|_| conn.take_buffer(1000))
-            .collect();
-        assert!(bufs.iter().all(|b| b.len() == 1000));
-        for b in bufs {
-            conn.give_back(b);
-        }
-        assert_eq!(
-            conn.spare.lock().unwrap().len(),
-            SPARE_BUFFERS,
-            "extra buffers are freed"
-        );
-        // A recycled buffer is resized to exactly what is asked.
-        assert_eq!(conn.take_buffer(10).len(), 10);
-        assert_eq!(conn.take_buffer(5000).len(), 5000);
-    }
 }

@@ -23,13 +23,13 @@
 //! when `get` and `serve` are separate processes. A finished download
 //! becomes an ordinary shared entry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use peershare_proto::id::{ID_LEN, sha256};
@@ -122,6 +122,38 @@ pub struct Snapshot {
     /// Downloads in progress, keyed by the absolute path of their output.
     #[serde(default)]
     pub downloads: BTreeMap<PathBuf, Download>,
+    /// Where each file ID is among `files` and `downloads`, so that a
+    /// lookup by ID costs O(entries with that ID), not O(library). Built on
+    /// the first lookup ([`Library::snapshot`] builds it as it loads one)
+    /// and never updated: a snapshot must not be looked up by ID after it
+    /// changed (the library's own edits never do).
+    #[serde(skip)]
+    index: OnceLock<IdIndex>,
+}
+
+/// A snapshot's keys by file ID (hex).
+#[derive(Debug, Clone, Default)]
+struct IdIndex {
+    files: HashMap<String, Vec<PathBuf>>,
+    downloads: HashMap<String, Vec<PathBuf>>,
+}
+
+impl IdIndex {
+    fn of(snap: &Snapshot) -> Self {
+        let mut index = Self::default();
+        for (key, e) in &snap.files {
+            index
+                .files
+                .entry(e.id.clone())
+                .or_default()
+                .push(key.clone());
+        }
+        for (key, d) in &snap.downloads {
+            let keys = index.downloads.entry(d.id.clone()).or_default();
+            keys.push(key.clone());
+        }
+        index
+    }
 }
 
 /// A download in progress, as a partial source of its file.
@@ -149,9 +181,26 @@ impl Download {
 }
 
 impl Snapshot {
-    /// Entries with this file ID (several paths may hold the same content).
-    pub fn by_id<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
-        self.files.values().filter(move |e| e.id == id)
+    /// Shared entries with this file ID (hex; several paths may hold the
+    /// same content), found through the index.
+    pub fn by_id<'a>(&'a self, id: &str) -> impl Iterator<Item = &'a Entry> + 'a {
+        let keys = self.index().files.get(id).map_or(&[][..], Vec::as_slice);
+        keys.iter().filter_map(|k| self.files.get(k))
+    }
+
+    /// Downloads in progress of this file ID (hex), found through the
+    /// index.
+    pub fn downloads_of<'a>(&'a self, id: &str) -> impl Iterator<Item = &'a Download> + 'a {
+        let keys = self
+            .index()
+            .downloads
+            .get(id)
+            .map_or(&[][..], Vec::as_slice);
+        keys.iter().filter_map(|k| self.downloads.get(k))
+    }
+
+    fn index(&self) -> &IdIndex {
+        self.index.get_or_init(|| IdIndex::of(self))
     }
 
     /// How many entries a server's catalog of this library lists: one per
@@ -291,15 +340,15 @@ impl Library {
     /// not changed since the last call; read again when it has.
     pub fn is_trusted(&self, node: &NodeId) -> Result<bool, StoreError> {
         let stamp = file_stamp(&self.dir.join(TRUST_FILE))?;
-        let mut cache = self.trust_cache.lock().expect("trust cache lock");
-        if let Some((at, ids)) = cache.as_ref()
+        if let Some((at, ids)) = self.trust_cache.lock().expect("trust cache lock").as_ref()
             && *at == stamp
         {
             return Ok(ids.contains(node));
         }
+        // Read outside the lock, as in `snapshot`.
         let ids: TrustedSet = Arc::new(self.trusted()?.into_keys().collect());
         let found = ids.contains(node);
-        *cache = Some((stamp, ids));
+        *self.trust_cache.lock().expect("trust cache lock") = Some((stamp, ids));
         Ok(found)
     }
 
@@ -386,16 +435,21 @@ impl Library {
     }
 
     /// The current library, re-read only when `library.json` changed.
+    ///
+    /// The cache's lock is not held while reading: a read that hangs holds
+    /// up its own caller, not every request of a server (callers that miss
+    /// at once may each read; the last one's copy stays).
     pub fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
         let stamp = file_stamp(&self.library_path())?;
-        let mut cache = self.cache.lock().expect("library cache lock");
-        if let Some(c) = cache.as_ref()
+        if let Some(c) = self.cache.lock().expect("library cache lock").as_ref()
             && c.stamp == stamp
         {
             return Ok(c.snapshot.clone());
         }
         let snapshot = Arc::new(self.read_library()?);
-        *cache = Some(Cached {
+        // Indexed once per load, so that lookups by ID are cheap.
+        snapshot.index();
+        *self.cache.lock().expect("library cache lock") = Some(Cached {
             stamp,
             snapshot: snapshot.clone(),
         });
@@ -1085,6 +1139,35 @@ mod tests {
         assert_eq!(l.end_download(&b, false).unwrap(), None);
         assert_eq!(l.snapshot().unwrap().files.len(), 1);
         assert!(l.snapshot().unwrap().downloads.is_empty());
+    }
+
+    #[test]
+    fn lookups_by_id_find_every_entry_and_download_of_that_id_only() {
+        let (d, l) = lib();
+        let (x, y, z) = (d.path().join("x"), d.path().join("y"), d.path().join("z"));
+        fs::write(&x, b"same").unwrap();
+        fs::write(&y, b"same").unwrap();
+        fs::write(&z, b"other").unwrap();
+        let s = l.share(&[x, y, z], &ShareProgress::default()).unwrap();
+        let m = Manifest::from_bytes(b"same");
+        let out = d.path().join("dl");
+        let record = Download {
+            id: m.id().to_string(),
+            name: "dl".into(),
+            size: 4,
+            part: out.with_extension("part"),
+            state: out.with_extension("state"),
+            unlisted: false,
+        };
+        l.begin_download(&out, &m, record.clone()).unwrap();
+        let snap = l.snapshot().unwrap();
+        let same: Vec<_> = snap.by_id(&s[0].entry.id).map(|e| &e.path).collect();
+        assert_eq!(same, [&s[0].entry.path, &s[1].entry.path]);
+        assert_eq!(snap.by_id(&s[2].entry.id).count(), 1);
+        assert_eq!(snap.by_id(&"0".repeat(64)).count(), 0);
+        let dl: Vec<_> = snap.downloads_of(&record.id).collect();
+        assert_eq!(dl, [&record]);
+        assert_eq!(snap.downloads_of(&s[2].entry.id).count(), 0);
     }
 
     #[test]

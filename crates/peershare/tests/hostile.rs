@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::*;
 use peershare::{ServerConfig, Tls};
-use peershare_proto::NodeId;
 use peershare_proto::wire::{
-    ErrorCode, Hello, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, decode_frame,
+    ErrorCode, Hello, Holding, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, decode_frame,
 };
+use peershare_proto::{FileId, NodeId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -614,4 +614,478 @@ async fn an_idle_connection_makes_room_for_a_newcomer() {
     assert!(read_until_closed(&mut oldest).await.is_empty());
     assert_eq!(node.stats.idle_evicted.load(Ordering::Relaxed), 1);
     assert_eq!(node.stats.refused_busy.load(Ordering::Relaxed), 0);
+}
+
+/// Writes one frame and flushes it out of the TLS session.
+async fn send_frame(s: &mut Stream, msg: Message) {
+    s.write_all(&msg.to_frame().unwrap()).await.unwrap();
+    s.flush().await.unwrap();
+}
+
+/// The next frame the server sends; fails after 10 s.
+async fn next_frame(s: &mut Stream) -> Message {
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(m) = decode_frame(&mut buf, MAX_FRAME_LEN).expect("a valid frame") {
+            return m;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read_buf(&mut buf))
+            .await
+            .expect("a frame within 10 s")
+            .unwrap();
+        assert_ne!(n, 0, "closed before a whole frame");
+    }
+}
+
+/// A FIFO put in place of a file: a read of it blocks, as a read from a
+/// stuck disk or a hung network filesystem would, until this is dropped.
+/// It is held open for writing (which never blocks with `O_RDWR`), so a
+/// reader's `open` succeeds and its `read` waits: its descriptor shows in
+/// `/proc/self/fd` ([`StuckFile::readers`]).
+struct StuckFile {
+    path: std::path::PathBuf,
+    _writer: std::fs::File,
+}
+
+impl StuckFile {
+    fn replace(path: &std::path::Path) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        let _ = std::fs::remove_file(path);
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a plain syscall on a NUL-terminated path.
+        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+        let writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        Self {
+            path: std::fs::canonicalize(path).unwrap(),
+            _writer: writer,
+        }
+    }
+
+    /// Descriptors of this process open on the FIFO besides ours: reads
+    /// stuck in it (or about to be).
+    fn readers(&self) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == self.path))
+            .count()
+            .saturating_sub(1)
+    }
+}
+
+/// Regression (issue #10): `GetManifest` read the manifest on an async
+/// worker. With the server on a single worker thread, one manifest read
+/// that never returned (a FIFO in place of the manifest file) stopped every
+/// connection. Now another client is served in full meanwhile, and
+/// shutdown does not wait for the stuck read.
+#[test]
+fn a_stuck_manifest_read_holds_up_no_other_connection() {
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client_rt = tokio::runtime::Runtime::new().unwrap();
+    let (stuck, other) = (data(100_000, 20), data(300_000, 21));
+    let mut node = server_rt.block_on(Node::start(
+        &[("stuck", &stuck), ("other", &other)],
+        ServerConfig::default(),
+    ));
+    let id = id_of(&stuck);
+    let manifest = node.lib.dir().join(format!("manifests/{id}.manifest"));
+    // Dropped (and so unblocked) before the runtimes, even on a panic.
+    let fifo = StuckFile::replace(&manifest);
+    client_rt.block_on(async {
+        let mut s = handshaken(node.addr).await;
+        send_frame(&mut s, Message::GetManifest { req_id: 1, id }).await;
+        wait_for("the server to be stuck reading the manifest", 10, || {
+            fifo.readers() == 1
+        })
+        .await;
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            honest_download_works(&node, &other),
+        )
+        .await
+        .expect("another client is served while a manifest read is stuck");
+        let started = Instant::now();
+        node.shutdown().await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+        assert_eq!(fifo.readers(), 1, "the read is still stuck");
+    });
+    drop(fifo);
+    server_rt.shutdown_timeout(Duration::from_secs(10));
+}
+
+/// A download in progress recorded in `node`'s library, its part file
+/// holding `content` and no state file yet (nothing verified): its file ID
+/// and state file.
+fn in_progress(node: &Node, name: &str, content: &[u8]) -> (FileId, std::path::PathBuf) {
+    let m = peershare_proto::Manifest::from_bytes(content);
+    let out = node.path(name);
+    let (part, state) = peershare::partial::part_paths(&out);
+    std::fs::write(&part, content).unwrap();
+    let record = peershare::store::Download {
+        id: m.id().to_string(),
+        name: name.into(),
+        size: content.len() as u64,
+        part,
+        state: state.clone(),
+        unlisted: false,
+    };
+    node.lib.begin_download(&out, &m, record).unwrap();
+    (m.id(), state)
+}
+
+/// Regression (issue #10): the partials' cache lock was held across the
+/// read of a download's state file, so one read that never returned (a
+/// FIFO in place of the state file) stopped the `GetHave` and partial
+/// chunks of every download. Now another download is answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_state_file_read_holds_up_no_other_download() {
+    let mut node = Node::start(&[], ServerConfig::default()).await;
+    let (stuck, stuck_state) = in_progress(&node, "stuck", &data(100_000, 22));
+    let (fine, _) = in_progress(&node, "fine", &data(100_000, 23));
+    let fifo = StuckFile::replace(&stuck_state);
+    let have = |id| Message::GetHave {
+        req_id: 1,
+        id,
+        subscribe: false,
+    };
+    let mut a = handshaken(node.addr).await;
+    send_frame(&mut a, have(stuck)).await;
+    wait_for("the server to be stuck reading the state file", 10, || {
+        fifo.readers() == 1
+    })
+    .await;
+    let mut b = handshaken(node.addr).await;
+    send_frame(&mut b, have(fine)).await;
+    let got = next_frame(&mut b).await;
+    assert!(
+        matches!(&got, Message::Have { req_id: 1, holding: Holding::Some(h) } if h.count() == 0),
+        "{got:?}"
+    );
+    node.shutdown().await;
+    assert_eq!(fifo.readers(), 1, "the read is still stuck");
+}
+
+/// Adds `n` shared files and `n` downloads in progress of other content to
+/// `lib`, none of them on disk: a large library. (Written directly:
+/// sharing that many files would hash and sync each one.)
+fn add_unrelated(lib: &peershare::Library, n: usize) {
+    let mut snap = (*lib.snapshot().unwrap()).clone();
+    for i in 0..n {
+        let id = format!("{:064x}", i + 1);
+        let path = lib.dir().join(format!("absent/{i}"));
+        let entry = peershare::store::Entry {
+            id: id.clone(),
+            name: format!("file {i}"),
+            path: path.clone(),
+            size: 1000,
+            mtime_ns: 0,
+            unlisted: false,
+        };
+        snap.files.insert(path.clone(), entry);
+        let download = peershare::store::Download {
+            id,
+            name: format!("download {i}"),
+            size: 1000,
+            part: path.with_extension("part"),
+            state: path.with_extension("state"),
+            unlisted: false,
+        };
+        snap.downloads.insert(path.with_extension("out"), download);
+    }
+    snap.revision += 1;
+    let json = serde_json::to_vec(&snap).unwrap();
+    peershare::store::write_atomic(&lib.dir().join("library.json"), &json).unwrap();
+}
+
+/// Regression (issue #10): every check of a `Have` subscription (each
+/// subscription, every `HAVE_POLL_INTERVAL`) scanned the whole library, so
+/// a client holding subscriptions on a large library cost the server CPU
+/// in proportion. Now a check that finds nothing new looks at no library
+/// entry, a change of the library costs a lookup by file ID, and a new
+/// state file is still announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_have_subscription_check_costs_the_same_whatever_the_library_size() {
+    const UNRELATED: usize = 5_000;
+    const CHECKS: u64 = 8;
+    let node = Node::start(&[], ServerConfig::default()).await;
+    add_unrelated(&node.lib, UNRELATED);
+    let content = data(1024 * 1024, 24);
+    let (id, state) = in_progress(&node, "dl", &content);
+    let chunks = peershare_proto::Manifest::from_bytes(&content).chunk_count();
+    let stats = node.stats.clone();
+    let examined = || stats.library_entries_examined.load(Ordering::Relaxed);
+    let checks = || stats.have_checks.load(Ordering::Relaxed);
+    let mut s = handshaken(node.addr).await;
+    send_frame(
+        &mut s,
+        Message::GetHave {
+            req_id: 1,
+            id,
+            subscribe: true,
+        },
+    )
+    .await;
+    let got = next_frame(&mut s).await;
+    assert!(
+        matches!(&got, Message::Have { req_id: 1, holding: Holding::Some(h) } if h.count() == 0),
+        "{got:?}"
+    );
+    // The first check looks the download up (the library is new to it).
+    wait_for("a first check", 10, || checks() >= 1).await;
+    let (before, at) = (examined(), checks());
+    wait_for("more checks", 10, || checks() >= at + CHECKS).await;
+    let per_check = (examined() - before) as f64 / (checks() - at) as f64;
+    assert_eq!(
+        examined(),
+        before,
+        "{per_check} entries looked at per check of an unchanged library of {} entries",
+        2 * UNRELATED + 1
+    );
+    // The download verifies a chunk: announced, without a library lookup.
+    let mut done = peershare::partial::Bitmap::new(chunks);
+    done.set(0);
+    let record = peershare::partial::encode_state(&id, content.len() as u64, &done);
+    peershare::store::write_atomic(&state, &record).unwrap();
+    let got = next_frame(&mut s).await;
+    assert!(
+        matches!(&got, Message::Have { req_id: 1, holding: Holding::Some(h) } if h.count() == 1),
+        "{got:?}"
+    );
+    assert_eq!(
+        examined(),
+        before,
+        "the state file changed, not the library"
+    );
+    // The library changes (another download begins): the next check looks
+    // up this download again, by its ID only.
+    in_progress(&node, "another", &data(1000, 25));
+    let at = checks();
+    wait_for("checks after the change", 10, || checks() >= at + 2).await;
+    let looked = examined() - before;
+    assert!(
+        (1..=2).contains(&looked),
+        "{looked} entries looked at after a library change"
+    );
+}
+
+/// A node sharing one sparse file of `len` bytes (all zeros, so hashing it
+/// reads no disk), and its file ID.
+async fn sparse_node(len: u64, config: ServerConfig) -> (Node, FileId) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big");
+    std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+    let lib = peershare::Library::open(dir.path().join("data")).unwrap();
+    let shared = tokio::task::spawn_blocking({
+        let lib = lib.clone();
+        move || lib.share(&[path], &peershare::ShareProgress::default())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let id = shared[0].entry.id.parse().unwrap();
+    (Node::serve(dir, lib, config).await, id)
+}
+
+/// Bytes of a file with the largest chunks (8 MiB): just over 4 GiB.
+const LARGE_CHUNKS_FILE: u64 = (4 << 30) + 1;
+
+/// A TLS connection to `addr`, handshaken, over a socket shaped like a LAN
+/// peer's rather than loopback's: Ethernet-sized segments and a small
+/// receive buffer. (Loopback's 64 KiB segments let the kernel buffer some
+/// 4 MB for one connection and wake a blocked writer only once more than a
+/// megabyte was taken.)
+async fn lan_like(addr: std::net::SocketAddr) -> Stream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    socket2::SockRef::from(&sock).set_tcp_mss(1448).unwrap();
+    let tcp = sock.connect(addr).await.unwrap();
+    let tls = Tls::ephemeral();
+    let mut s = tls.client_stream(tcp).await.unwrap();
+    handshake(&mut s, tls.node_id()).await;
+    s
+}
+
+/// Requests for chunks `0..n` of `id` (request IDs 1..=n), in one write.
+async fn ask_chunks(s: &mut Stream, id: FileId, n: u32) {
+    let mut frames = BytesMut::new();
+    for i in 0..n {
+        Message::GetChunk {
+            req_id: i + 1,
+            id,
+            index: i,
+        }
+        .encode(&mut frames)
+        .unwrap();
+    }
+    s.write_all(&frames).await.unwrap();
+    s.flush().await.unwrap();
+}
+
+/// Issue #10, item 4: the write timeout bounds each piece of a chunk, not
+/// the chunk. A client reading slowly (about 300 KB/s) from a file with
+/// 8 MiB chunks keeps being served long past the write timeout (a whole
+/// chunk takes it half a minute), while one that reads nothing is closed
+/// once the write timeout has passed since its buffers filled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_served_past_the_write_timeout_and_a_non_reader_is_not() {
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
+    /// Bytes per read, and reads per second, of the slow reader.
+    const READ: usize = 16 * 1024;
+    const READS_PER_SECOND: u64 = 19;
+    let observed = WRITE_TIMEOUT * 2;
+    let config = ServerConfig {
+        write_timeout: WRITE_TIMEOUT,
+        ..ServerConfig::default()
+    };
+    let (node, id) = sparse_node(LARGE_CHUNKS_FILE, config).await;
+    let chunk = peershare_proto::manifest::chunk_size_for(LARGE_CHUNKS_FILE) as usize;
+    assert_eq!(chunk, peershare_proto::manifest::MAX_CHUNK_SIZE as usize);
+    let mut slow = lan_like(node.addr).await;
+    let mut still = lan_like(node.addr).await;
+    ask_chunks(&mut slow, id, 2).await;
+    ask_chunks(&mut still, id, 2).await;
+    let started = Instant::now();
+    let reading = async {
+        let (mut head, mut got) = (Vec::new(), 0);
+        let mut buf = vec![0u8; READ];
+        let pace = Duration::from_secs(1) / READS_PER_SECOND as u32;
+        while started.elapsed() < observed {
+            let n = tokio::time::timeout(WRITE_TIMEOUT, slow.read(&mut buf))
+                .await
+                .expect("the slow reader keeps receiving")
+                .unwrap_or(0);
+            assert_ne!(
+                n,
+                0,
+                "the slow reader was closed after {got} bytes, {:?} in",
+                started.elapsed()
+            );
+            got += n;
+            if head.len() < 64 {
+                head.extend_from_slice(&buf[..n]);
+            }
+            // The reader's pace is the behaviour under test.
+            tokio::time::sleep(pace).await;
+        }
+        (head, got)
+    };
+    let stats = node.stats.clone();
+    let closing = async {
+        wait_for("the non-reader to be closed", 30, || {
+            stats.connections_active.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        started.elapsed()
+    };
+    let ((head, got), closed_after) = tokio::join!(reading, closing);
+    // Seen from the server: the slow reader's connection is still open and
+    // being served. (Its client alone cannot tell: after a close it would
+    // go on reading what the kernels buffered for seconds.)
+    assert_eq!(
+        node.stats.connections_active.load(Ordering::Relaxed),
+        1,
+        "the server closed the slow reader within {observed:?}"
+    );
+    let header = peershare_proto::wire::chunk_header(1, 0, chunk as u32);
+    assert_eq!(head[..header.len()], header, "chunk 0 is coming");
+    assert!(
+        closed_after >= WRITE_TIMEOUT && closed_after < WRITE_TIMEOUT + Duration::from_secs(5),
+        "the non-reader was closed after {closed_after:?}"
+    );
+    // The one closed is the one that did not read.
+    read_until_closed(&mut still).await;
+    assert_eq!(node.stats.chunks_served.load(Ordering::Relaxed), 0);
+    eprintln!(
+        "slow reader: {got} bytes in {observed:?} (reading at most {} KB/s), still served; \
+         non-reader closed after {closed_after:?} (write timeout {WRITE_TIMEOUT:?})",
+        READ as u64 * READS_PER_SECOND / 1000
+    );
+    assert!(
+        got < chunk,
+        "held back by its reading, not served from buffers"
+    );
+}
+
+/// A shared file that changes in the middle of a chunk being sent, after
+/// the chunk's header went out: the header cannot be taken back, so the
+/// connection is closed before the frame is complete (the client sees a
+/// lost connection, never a whole chunk of changed bytes); asked again,
+/// the file is withdrawn. (The whole chunk used to be read before sending,
+/// so a change while it was sent went unseen.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_changes_in_the_middle_of_a_chunk_ends_the_connection() {
+    /// 1 MiB chunks: four slices each.
+    const LEN: u64 = (512 << 20) + 1;
+    let chunk = peershare_proto::manifest::chunk_size_for(LEN) as usize;
+    assert!(chunk >= 3 * peershare::server::SEND_SLICE);
+    let config = ServerConfig {
+        // A chunk takes some 4 s: its third slice is read long after the
+        // header went out.
+        max_upload_rate: Some(chunk as u64 / 4),
+        ..ServerConfig::default()
+    };
+    let (node, id) = sparse_node(LEN, config).await;
+    let mut s = handshaken(node.addr).await;
+    ask_chunks(&mut s, id, 1).await;
+    let header = peershare_proto::wire::chunk_header(1, 0, chunk as u32);
+    let mut got = vec![0u8; header.len()];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, header);
+    let file = std::fs::File::options()
+        .write(true)
+        .open(node.path("big"))
+        .unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(1))
+        .unwrap();
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the connection");
+    assert!(
+        rest.len() < chunk,
+        "{} bytes of a {chunk}-byte chunk, then {end:?}",
+        rest.len()
+    );
+    assert_eq!(node.stats.chunks_served.load(Ordering::Relaxed), 0);
+    let mut again = handshaken(node.addr).await;
+    ask_chunks(&mut again, id, 1).await;
+    let answer = next_frame(&mut again).await;
+    assert!(
+        matches!(
+            &answer,
+            Message::Error {
+                req_id: 1,
+                code: ErrorCode::NotFound,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
+}
+
+/// With a budget of a single slice for all connections, answers wait
+/// their turn: two downloads at once both complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_of_one_slice_serves_every_connection_in_turn() {
+    let config = ServerConfig {
+        max_buffered_bytes: 1,
+        ..ServerConfig::default()
+    };
+    let content = data(3 * 1024 * 1024, 26);
+    let node = Node::start(&[("f", &content)], config).await;
+    tokio::join!(
+        honest_download_works(&node, &content),
+        honest_download_works(&node, &content)
+    );
+    assert!(node.stats.chunks_served.load(Ordering::Relaxed) >= 2 * 48);
 }
