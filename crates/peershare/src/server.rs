@@ -1679,8 +1679,11 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
     // Unlisted files are served to whoever names their ID, never listed
     // (nor their downloads in progress).
     let mut unlisted = std::collections::HashSet::new();
+    // A library an older release wrote may hold names no node may list:
+    // never listed (still served by ID).
+    let listable = |name: &str| peershare_proto::wire::check_shared_name(name).is_ok();
     for e in snap.files.values() {
-        if e.name.len() > peershare_proto::wire::MAX_NAME_LEN {
+        if !listable(&e.name) {
             continue;
         }
         if e.unlisted {
@@ -1703,7 +1706,7 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
     }
     // Downloads in progress, unless a whole copy is shared.
     for d in snap.downloads.values() {
-        if d.name.len() > peershare_proto::wire::MAX_NAME_LEN {
+        if !listable(&d.name) {
             continue;
         }
         let Some(id) = d.file_id() else { continue };
@@ -1722,6 +1725,16 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
     }
     let mut items: Vec<_> = by_id.into_values().collect();
     items.sort_by(|a, b| a.0.name.cmp(&b.0.name).then(a.0.id.cmp(&b.0.id)));
+    // `share` refuses to list more, but a library an older release wrote may
+    // hold more: no catalog of ours is longer than a client keeps.
+    let limit = peershare_proto::wire::MAX_CATALOG_ENTRIES;
+    if items.len() > limit {
+        tracing::warn!(
+            "the library lists {} files, more than the {limit} a catalog holds; listing the first {limit} by name",
+            items.len()
+        );
+        items.truncate(limit);
+    }
     let built = CachedCatalog {
         revision: snap.revision,
         items: Arc::new(items),
@@ -1905,4 +1918,57 @@ mod tests {
     }
 
     use super::*;
+
+    /// An entry as an older release's library may hold it.
+    fn entry(dir: &std::path::Path, n: usize, name: &str) -> Entry {
+        Entry {
+            id: FileId([n as u8; 32]).to_string(),
+            name: name.into(),
+            path: dir.join(format!("f{n}")),
+            size: 1,
+            mtime_ns: 0,
+            unlisted: false,
+        }
+    }
+
+    /// Regression (review of issue 10.9/10.11): `share` refuses names no
+    /// node may list and catalogs over the limit, but a library an older
+    /// release wrote may hold them, and the server listed them.
+    #[test]
+    fn the_catalog_never_lists_a_bad_name_nor_more_than_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Library::open(dir.path().join("data")).unwrap();
+        lib.insert_unchecked(vec![
+            entry(dir.path(), 1, "fine.txt"),
+            entry(dir.path(), 2, "a\nforged line"),
+            entry(dir.path(), 3, "../escape"),
+        ])
+        .unwrap();
+        let server = Server::new(lib, Tls::ephemeral(), 0, ServerConfig::default());
+        let list = catalog_list(&server.ctx).unwrap();
+        let names: Vec<&str> = list.items.iter().map(|i| i.0.name.as_str()).collect();
+        assert_eq!(names, ["fine.txt"]);
+    }
+
+    #[test]
+    fn a_library_over_the_catalog_limit_is_listed_up_to_it() {
+        let limit = peershare_proto::wire::MAX_CATALOG_ENTRIES;
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Library::open(dir.path().join("data")).unwrap();
+        let entries = (0..limit + 3)
+            .map(|n| {
+                let mut e = entry(dir.path(), 0, &format!("f{n:07}"));
+                let mut id = [0u8; 32];
+                id[..8].copy_from_slice(&(n as u64).to_be_bytes());
+                e.id = FileId(id).to_string();
+                e.path = dir.path().join(format!("f{n}"));
+                e
+            })
+            .collect();
+        lib.insert_unchecked(entries).unwrap();
+        let server = Server::new(lib, Tls::ephemeral(), 0, ServerConfig::default());
+        let list = catalog_list(&server.ctx).unwrap();
+        assert_eq!(list.items.len(), limit);
+        assert_eq!(list.items[limit - 1].0.name, format!("f{:07}", limit - 1));
+    }
 }
