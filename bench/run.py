@@ -48,6 +48,7 @@ PLAINTEXT_ENV = "PEERSHARE_INSECURE_PLAINTEXT"
 PLAINTEXT_WARNING = "connections are NOT encrypted"
 TLS_TOOL = "peershare"  # the default, measured build: TLS 1.3 (the targets apply to it)
 PLAIN_TOOL = "peershare-plaintext"
+BASE_TOOL = "peershare-baseline"  # --baseline-binary: another release build, e.g. the previous commit
 
 MB = 1_000_000
 MIB = 1 << 20
@@ -417,7 +418,7 @@ class Variant:
 
     @property
     def log_tag(self) -> str:
-        return "-plaintext" if self.plaintext else ""
+        return "" if self.tool == TLS_TOOL else self.tool.removeprefix("peershare")
 
 
 def check_encryption(v: Variant, logs: dict[str, Path]) -> None:
@@ -744,6 +745,8 @@ def print_report(size: int, share_info: dict, summaries: dict[str, dict], target
     if cost is not None:
         print(f"Plaintext: {env['plaintext_binary']} (built {env['plaintext_binary_mtime']}), "
               f"{PLAINTEXT_ENV}=1.")
+    if env.get("baseline_binary"):
+        print(f"Baseline: {env['baseline_binary']} (built {env['baseline_binary_mtime']}).")
     print(f"Hashing (peershare share, once): {share_info['wall_s']:.2f} s = "
           f"{share_info['mb_per_s']:.0f} MB/s ({share_info['mib_per_s']:.0f} MiB/s), "
           f"CPU {share_info['cpu_s']:.2f} s, peak RSS {share_info['peak_rss_mib']:.1f} MiB")
@@ -819,6 +822,10 @@ def main() -> int:
                          f"{PLAINTEXT_ENV}=1, interleaved with the others, to report what TLS costs "
                          "(PATH defaults to target/plaintext/release/peershare; build it with "
                          f"`{PLAINTEXT_BUILD}`)")
+    ap.add_argument("--baseline-binary", type=Path, default=None, metavar="PATH",
+                    help="also measure this other (TLS) build of peershare, interleaved with the "
+                         "others, e.g. one built from the previous commit into its own target dir: "
+                         "an A/B in one invocation (its ps ratio is this build / the baseline)")
     ap.add_argument("--verify", choices=["all", "first"], default="all",
                     help="SHA-256 check of every output (all, default) or only the first of each "
                          "tool (first; later runs check the size only)")
@@ -841,6 +848,13 @@ def main() -> int:
         if abs(skew) > 600:
             log(f"warning: the plaintext binary was built {abs(skew) / 60:.0f} min "
                 f"{'after' if skew > 0 else 'before'} {binary.name}: are both built from the same source?")
+    base_binary = None
+    if args.baseline_binary is not None:
+        base_binary = args.baseline_binary.resolve()
+        if not (base_binary.is_file() and os.access(base_binary, os.X_OK)):
+            die(f"{base_binary} not found")
+        if base_binary == binary:
+            die("--baseline-binary must be another build than --binary", 2)
     if shutil.which("socat") is None:
         die("socat is not installed: run `apt-get install socat` (or your system's equivalent)")
     if sys.platform != "linux":
@@ -867,6 +881,9 @@ def main() -> int:
     if plain_binary is not None:
         variants.append(Variant(PLAIN_TOOL, plain_binary, True, work / "serve-data-plaintext",
                                 work / "get-data-plaintext"))
+    if base_binary is not None:
+        variants.append(Variant(BASE_TOOL, base_binary, False, work / "serve-data-baseline",
+                                work / "get-data-baseline"))
     for v in variants:
         if v.get_dir.exists():
             shutil.rmtree(v.get_dir)
@@ -943,6 +960,8 @@ def main() -> int:
     if plain_binary is not None:
         env.update(plaintext_binary=str(plain_binary), plaintext_binary_mtime=mtime(plain_binary),
                    plaintext_hashing=share_infos[PLAIN_TOOL])
+    if base_binary is not None:
+        env.update(baseline_binary=str(base_binary), baseline_binary_mtime=mtime(base_binary))
     print_report(size, share_info, summaries, targets, floor, env, cost)
 
     if args.json:
