@@ -810,6 +810,8 @@ async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
         library: Some(lib.clone()),
         share: !a.no_share,
         unlisted,
+        pool: None,
+        live: None,
     };
     let counters = Arc::new(Progress::default());
     let display = progress::downloading(counters.clone(), quiet);

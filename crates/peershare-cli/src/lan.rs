@@ -27,6 +27,7 @@ pub fn config(d: &DiscoveryArgs, interval: Duration) -> DiscoveryConfig {
         interfaces: (!d.interfaces.is_empty()).then(|| d.interfaces.clone()),
         ipv4: d.discovery_family != Family::Ipv6,
         ipv6: d.discovery_family != Family::Ipv4,
+        only_ip: None,
     }
 }
 

@@ -51,6 +51,11 @@ pub struct DiscoveryConfig {
     pub ipv4: bool,
     /// Use IPv6 link-local multicast.
     pub ipv6: bool,
+    /// Announce only on the interface holding this address (a server that
+    /// listens on one address is reachable only there: announcing it on
+    /// every interface would make peers record an address where nobody
+    /// listens). `None`: every chosen interface.
+    pub only_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for DiscoveryConfig {
@@ -62,6 +67,7 @@ impl Default for DiscoveryConfig {
             interfaces: None,
             ipv4: true,
             ipv6: true,
+            only_ip: None,
         }
     }
 }
@@ -77,6 +83,7 @@ fn chosen_interfaces(config: &DiscoveryConfig) -> Vec<if_addrs::Interface> {
                 .as_ref()
                 .is_none_or(|names| names.contains(&i.name))
         })
+        .filter(|i| config.only_ip.is_none_or(|ip| i.ip() == ip))
         .collect()
 }
 

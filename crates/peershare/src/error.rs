@@ -181,6 +181,28 @@ impl PeerError {
         matches!(self, PeerError::Connect { source, .. } if source.kind() == io::ErrorKind::ConnectionRefused)
     }
 
+    /// What kind of failure this is, for a program to act on (the CLI's
+    /// exit status): `unreachable` (no connection, silence, busy),
+    /// `refused` (the peer serves only nodes it trusts), else `failed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerError::Connect { .. }
+            | PeerError::Timeout { .. }
+            | PeerError::Stalled { .. }
+            | PeerError::TooSlow { .. } => "unreachable",
+            PeerError::Remote {
+                code: ErrorCode::NotTrusted,
+                ..
+            }
+            | PeerError::Ended {
+                code: ErrorCode::NotTrusted,
+                ..
+            } => "refused",
+            e if e.is_busy() => "unreachable",
+            _ => "failed",
+        }
+    }
+
     /// True when the peer answered that it does not have the thing asked.
     pub fn is_not_found(&self) -> bool {
         matches!(
@@ -247,6 +269,32 @@ pub enum DownloadError {
     UnsafeName(#[from] UnsafeName),
     #[error("the download was cancelled; run the same command again to resume")]
     Cancelled,
+}
+
+impl DownloadError {
+    /// What kind of failure this is, for a program to act on (the CLI's
+    /// exit status, the API's `error.kind`): `usage`, `unreachable`,
+    /// `not_found`, `corrupt`, `local`, `refused`, `cancelled`, or
+    /// `failed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DownloadError::NoPeers => "usage",
+            DownloadError::AllUnreachable(errs) => {
+                errs.first().map_or("unreachable", PeerError::kind)
+            }
+            DownloadError::NotFound { .. } => "not_found",
+            DownloadError::AllSourcesCorrupt => "corrupt",
+            DownloadError::OutputExists(_)
+            | DownloadError::InProgress(_)
+            | DownloadError::NoSpace { .. }
+            | DownloadError::DiskFull { .. }
+            | DownloadError::NotAPlainFile { .. }
+            | DownloadError::SyncFailed { .. }
+            | DownloadError::Disk { .. } => "local",
+            DownloadError::UnsafeName(_) | DownloadError::AllSourcesFailed(_) => "failed",
+            DownloadError::Cancelled => "cancelled",
+        }
+    }
 }
 
 fn join_peer_errors(errs: &[PeerError]) -> String {

@@ -83,14 +83,18 @@ use tokio::task::JoinSet;
 
 use crate::conn::{FrameReader, FrameWriter, ReadError};
 use crate::error::ServeError;
-use crate::partials::Partials;
+use crate::live::{LiveOffers, Servable};
+use crate::node::events::PeerRef;
+use crate::partials::{Partials, View};
 use crate::store::{Download, Entry, Library, Snapshot};
 use crate::tls::{BoxRead, BoxWrite, Tls};
 
 mod slices;
+mod uploads;
 
 pub use slices::SEND_SLICE;
 use slices::{Check, ChunkPlan, Slice, SliceError, SlicePool, Slices};
+pub use uploads::{ConnectionUploads, MAX_UPLOADS_PER_CONNECTION, UploadInfo, Uploads};
 
 /// `Have` subscriptions one connection may hold at once; more are refused
 /// with `Busy`.
@@ -226,6 +230,13 @@ struct Ctx {
     partials: Partials,
     /// The chunk buffers of all connections.
     slices: Arc<SlicePool>,
+    /// This process's downloads, offered from memory.
+    live: LiveOffers,
+    /// Offer only `live`, not the library (a `get` that runs without a
+    /// node serves only what it downloads).
+    only_live: bool,
+    /// What peers take from this node.
+    uploads: Uploads,
 }
 
 impl Server {
@@ -250,12 +261,44 @@ impl Server {
                 catalog: Mutex::new(None),
                 partials: Partials::default(),
                 slices,
+                live: LiveOffers::default(),
+                only_live: false,
+                uploads: Uploads::default(),
             }),
         }
     }
 
+    fn ctx_mut(&mut self) -> &mut Ctx {
+        Arc::get_mut(&mut self.ctx).expect("a server is configured before it runs")
+    }
+
+    /// Also offers this process's downloads ([`LiveOffers`]): their
+    /// verified chunks at once, and the finished files while it runs.
+    pub fn with_live(mut self, live: LiveOffers) -> Self {
+        self.ctx_mut().live = live;
+        self
+    }
+
+    /// Offers only this process's downloads, not the library.
+    pub fn only_live(mut self) -> Self {
+        self.ctx_mut().only_live = true;
+        self
+    }
+
+    /// Counts uploads in `uploads` (a node's servers share one, which may
+    /// publish events).
+    pub fn with_uploads(mut self, uploads: Uploads) -> Self {
+        self.ctx_mut().uploads = uploads;
+        self
+    }
+
     pub fn stats(&self) -> Arc<ServerStats> {
         self.ctx.stats.clone()
+    }
+
+    /// What peers take from this server.
+    pub fn uploads(&self) -> Uploads {
+        self.ctx.uploads.clone()
     }
 
     /// Serves until `shutdown` completes, then closes every connection and
@@ -635,8 +678,8 @@ impl Connection {
         else {
             return;
         };
-        if self.greet(&mut writer, first, proven).await {
-            self.pipeline(reader, writer).await;
+        if let Some(peer) = self.greet(&mut writer, first, proven).await {
+            self.pipeline(reader, writer, peer).await;
         }
     }
 
@@ -692,23 +735,24 @@ impl Connection {
 
     /// Checks the client's first frame (a `Hello` naming the node its key
     /// proves) and, with `trusted_only`, that the node is trusted; then
-    /// answers with this node's `Hello`. False when the connection is to
-    /// end (the client was told why, when it can be).
+    /// answers with this node's `Hello`. The client's node ID, or `None`
+    /// when the connection is to end (the client was told why, when it can
+    /// be).
     async fn greet(
         &self,
         writer: &mut FrameWriter<BoxWrite>,
         first: Result<Option<Message>, ReadError>,
         proven: Option<NodeId>,
-    ) -> bool {
+    ) -> Option<NodeId> {
         let ctx = &self.ctx;
         let addr = self.addr;
         let h = match check_hello(first, proven) {
             Ok(h) => h,
-            Err(None) => return false,
+            Err(None) => return None,
             Err(Some(refusal)) => {
                 ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 self.say_and_close(writer, &refusal).await;
-                return false;
+                return None;
             }
         };
         if ctx.config.trusted_only && !ctx.trusts(h.node_id).await {
@@ -725,7 +769,7 @@ impl Connection {
                 ),
             };
             self.say_and_close(writer, &msg).await;
-            return false;
+            return None;
         }
         tracing::debug!(%addr, peer = %h.node_id.short(), "handshake");
         let hello = Message::Hello(Hello {
@@ -735,7 +779,8 @@ impl Connection {
             capabilities: capability::ALL,
         });
         let limit = ctx.config.write_timeout;
-        writer.send_timed(&hello, WRITE_PIECE, limit).await.is_ok()
+        let sent = writer.send_timed(&hello, WRITE_PIECE, limit).await.is_ok();
+        sent.then_some(h.node_id)
     }
 
     /// Sends `msg`, then closes the connection.
@@ -753,14 +798,23 @@ impl Connection {
     /// write side ends too. If the write side ends first (the peer stopped
     /// reading, or an answer could not be sent), the connection is over:
     /// the read side is dropped with it.
-    async fn pipeline(&mut self, reader: FrameReader<BoxRead>, writer: FrameWriter<BoxWrite>) {
+    async fn pipeline(
+        &mut self,
+        reader: FrameReader<BoxRead>,
+        writer: FrameWriter<BoxWrite>,
+        peer: NodeId,
+    ) {
         let ctx = &self.ctx;
         // Listed among the established connections, so that a newcomer
         // finding every slot taken can close the one idle the longest.
         let (_listed, heard, mut kicked) = ctx.established.list(ctx.now_ms());
         let (tx, rx) = mpsc::channel::<Pending>(ctx.config.max_requests_in_flight.max(1));
         let (push_tx, push_rx) = mpsc::channel::<Message>(MAX_HAVE_SUBSCRIPTIONS);
-        let conn = Arc::new(ConnState::new(push_tx));
+        let uploads = ctx.uploads.connection(PeerRef {
+            node_id: peer.to_string(),
+            addr: self.addr,
+        });
+        let conn = Arc::new(ConnState::new(push_tx, uploads));
         // Subscriptions end with the connection, however it ends.
         let _end_subscriptions = EndSubscriptions(conn.clone());
         let read_side = ReadSide {
@@ -1070,6 +1124,9 @@ impl WriteSide<'_> {
         ctx.stats
             .bytes_served
             .fetch_add(plan.len as u64, Ordering::Relaxed);
+        self.conn
+            .uploads
+            .sent(plan.id, &plan.name, plan.of_chunks, plan.len as u64);
         if matches!(plan.check, Check::Hash(_)) {
             ctx.stats
                 .partial_chunks_served
@@ -1276,6 +1333,8 @@ struct ConnState {
     subscriptions: Mutex<Subscriptions>,
     /// Where subscriptions send their updates (to the write side).
     push: mpsc::Sender<Message>,
+    /// What the peer took on this connection.
+    uploads: ConnectionUploads,
 }
 
 #[derive(Default)]
@@ -1299,12 +1358,13 @@ impl Drop for EndSubscriptions {
 }
 
 impl ConnState {
-    fn new(push: mpsc::Sender<Message>) -> Self {
+    fn new(push: mpsc::Sender<Message>, uploads: ConnectionUploads) -> Self {
         Self {
             files: Mutex::default(),
             open_requests: Mutex::default(),
             subscriptions: Mutex::default(),
             push,
+            uploads,
         }
     }
 
@@ -1427,11 +1487,61 @@ fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pending {
     }
 }
 
-/// The answer to `GetManifest`: the stored manifest of a file offered
-/// here (shared, or a download in progress), or `NotFound`.
+/// What this node offers of a file, best first.
+enum Offer {
+    /// A shared copy unchanged on disk (or a finished download of this
+    /// process: the same thing).
+    Shared(Entry),
+    /// This process's download in progress, and its shared name.
+    Live(View, String),
+    /// A download recorded in the library (another process's, through its
+    /// state file).
+    Recorded(Download),
+}
+
+/// What this node offers of `id` (blocking: it may `stat` and `open`).
+fn offer(ctx: &Ctx, id: &FileId) -> Option<Offer> {
+    if !ctx.only_live
+        && let Some(e) = shared_entry(ctx, id)
+    {
+        return Some(Offer::Shared(e));
+    }
+    if let Some(live) = ctx.live.get(id) {
+        match live.servable() {
+            Some(Servable::Complete(e)) if unchanged(&e) => return Some(Offer::Shared(e)),
+            Some(Servable::Partial(view)) => return Some(Offer::Live(view, live.name.clone())),
+            _ => {}
+        }
+    }
+    if !ctx.only_live
+        && let Some(d) = partial_download(ctx, id)
+    {
+        return Some(Offer::Recorded(d));
+    }
+    None
+}
+
+/// True when the file an entry names is as it was when recorded.
+fn unchanged(e: &Entry) -> bool {
+    std::fs::metadata(&e.path).is_ok_and(|m| e.matches(&m))
+}
+
+/// The answer to `GetManifest`: the manifest of a file offered here
+/// (shared, or a download in progress), or `NotFound`.
 fn manifest(ctx: &Ctx, req_id: u32, id: FileId) -> Message {
-    if shared_entry(ctx, &id).is_none() && partial_download(ctx, &id).is_none() {
+    let Some(offer) = offer(ctx, &id) else {
         return not_here(req_id, &id);
+    };
+    // This process's download (finished or not): its manifest is in memory.
+    let in_memory = match &offer {
+        Offer::Live(view, _) => Some(view.manifest.clone()),
+        _ => ctx.live.get(&id).map(|l| l.manifest.clone()),
+    };
+    if let Some(m) = in_memory {
+        return Message::Manifest {
+            req_id,
+            bytes: m.encode().into(),
+        };
     }
     match ctx.library.manifest_bytes(&id) {
         Ok(Some(bytes)) => Message::Manifest {
@@ -1474,11 +1584,11 @@ fn partial_download_in(ctx: &Ctx, snap: &Snapshot, id: &FileId) -> Option<Downlo
 /// download that has every chunk), the verified ones of a download in
 /// progress, or `None`.
 fn holding(ctx: &Ctx, id: &FileId) -> Option<Holding> {
-    if shared_entry(ctx, id).is_some() {
-        return Some(Holding::All);
+    match offer(ctx, id)? {
+        Offer::Shared(_) => Some(Holding::All),
+        Offer::Live(view, _) => Some(partial_holding(&view)),
+        Offer::Recorded(d) => Some(partial_holding(&ctx.partials.view(&ctx.library, &d)?)),
     }
-    let d = partial_download(ctx, id)?;
-    Some(partial_holding(&ctx.partials.view(&ctx.library, &d)?))
 }
 
 /// What a view of a download in progress offers.
@@ -1617,6 +1727,8 @@ struct Watch {
     download: Option<Download>,
     /// Its state file's stamp when last read.
     stamp: Option<crate::partials::Stamp>,
+    /// The live offer's set last seen.
+    live_seen: Option<Arc<peershare_proto::bitmap::Bitmap>>,
 }
 
 impl Watch {
@@ -1626,6 +1738,7 @@ impl Watch {
             revision: None,
             download: None,
             stamp: None,
+            live_seen: None,
         }
     }
 
@@ -1634,6 +1747,27 @@ impl Watch {
     /// download is gone).
     fn check(&mut self, ctx: &Ctx) -> Option<Option<Holding>> {
         ctx.stats.have_checks.fetch_add(1, Ordering::Relaxed);
+        // This process's download: in memory, no file looked at.
+        if let Some(live) = ctx.live.get(&self.id) {
+            return match live.have() {
+                None => Some(Some(Holding::All)),
+                Some(have)
+                    if self
+                        .live_seen
+                        .as_ref()
+                        .is_some_and(|s| Arc::ptr_eq(s, &have)) =>
+                {
+                    None
+                }
+                Some(have) => {
+                    self.live_seen = Some(have.clone());
+                    Some(Some(Holding::Some((*have).clone())))
+                }
+            };
+        }
+        if ctx.only_live {
+            return Some(None);
+        }
         let Ok(snap) = ctx.library.snapshot() else {
             return Some(None);
         };
@@ -1667,10 +1801,16 @@ impl Watch {
 /// library revision; whether a file is unchanged on disk is checked only
 /// for the page being answered, so a request costs O(page), not O(library).
 fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
-    let snap = ctx.library.snapshot()?;
+    let snap = if ctx.only_live {
+        Arc::new(Snapshot::default())
+    } else {
+        ctx.library.snapshot()?
+    };
+    let (live_revision, live) = ctx.live.list();
+    let revision = (snap.revision, live_revision);
     let mut cache = ctx.catalog.lock().expect("catalog cache lock");
     if let Some(c) = cache.as_ref()
-        && c.revision == snap.revision
+        && c.revision == revision
     {
         return Ok(c.clone());
     }
@@ -1682,6 +1822,25 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
     // A library an older release wrote may hold names no node may list:
     // never listed (still served by ID).
     let listable = |name: &str| peershare_proto::wire::check_shared_name(name).is_ok();
+    // This process's downloads first: their offer is the freshest.
+    for o in live.iter().filter(|o| listable(&o.name)) {
+        if o.unlisted {
+            unlisted.insert(o.id);
+            continue;
+        }
+        let flags = if o.is_complete() {
+            0
+        } else {
+            entry_flags::PARTIAL
+        };
+        let entry = CatalogEntry {
+            id: o.id,
+            size: o.size(),
+            flags,
+            name: o.name.clone(),
+        };
+        by_id.insert(o.id, (entry, Source::Live(o.clone())));
+    }
     for e in snap.files.values() {
         if !listable(&e.name) {
             continue;
@@ -1691,6 +1850,9 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
             continue;
         }
         let Some(id) = e.file_id() else { continue };
+        if unlisted.contains(&id) {
+            continue;
+        }
         let item = by_id.entry(id).or_insert_with(|| {
             let entry = CatalogEntry {
                 id,
@@ -1700,8 +1862,14 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
             };
             (entry, Source::Files(Vec::new()))
         });
-        if let (_, Source::Files(paths)) = item {
-            paths.push(e.clone());
+        match item {
+            (_, Source::Files(paths)) => paths.push(e.clone()),
+            // A whole copy beats a download in progress.
+            (entry, source @ Source::Live(_)) => {
+                entry.flags = 0;
+                *source = Source::Files(vec![e.clone()]);
+            }
+            _ => {}
         }
     }
     // Downloads in progress, unless a whole copy is shared.
@@ -1736,7 +1904,7 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
         items.truncate(limit);
     }
     let built = CachedCatalog {
-        revision: snap.revision,
+        revision,
         items: Arc::new(items),
     };
     *cache = Some(built.clone());
@@ -1745,7 +1913,8 @@ fn catalog_list(ctx: &Ctx) -> Result<CachedCatalog, crate::error::StoreError> {
 
 #[derive(Clone)]
 struct CachedCatalog {
-    revision: u64,
+    /// The library's revision and the live offers' it was built at.
+    revision: (u64, u64),
     items: Arc<Vec<(CatalogEntry, Source)>>,
 }
 
@@ -1754,8 +1923,10 @@ struct CachedCatalog {
 enum Source {
     /// Shared files with this content (any unchanged one will do).
     Files(Vec<Entry>),
-    /// This node's download in progress.
+    /// This node's download in progress (recorded in the library).
     Partial(Download),
+    /// This process's download (in progress, or finished while it runs).
+    Live(Arc<crate::live::LiveOffer>),
 }
 
 impl Source {
@@ -1766,6 +1937,11 @@ impl Source {
                 .iter()
                 .any(|e| std::fs::metadata(&e.path).is_ok_and(|m| e.matches(&m))),
             Source::Partial(d) => d.part.exists(),
+            Source::Live(o) => match o.servable() {
+                Some(Servable::Complete(e)) => unchanged(&e),
+                Some(Servable::Partial(_)) => true,
+                None => false,
+            },
         }
     }
 }
@@ -1796,7 +1972,7 @@ fn catalog(ctx: &Ctx, req_id: u32, cursor: u32) -> Message {
     }
     Message::Catalog {
         req_id,
-        revision: list.revision,
+        revision: list.revision.0 + list.revision.1,
         next: (i < all.len()).then_some(i as u32),
         entries,
     }
@@ -1818,8 +1994,18 @@ fn plan_chunk(
     let (file, entry) = match cached {
         Some(c) => c,
         None => {
-            let Some(entry) = shared_entry(ctx, &id) else {
-                return plan_partial_chunk(ctx, req_id, id, index);
+            let entry = match offer(ctx, &id) {
+                None => return Err(not_here(req_id, &id)),
+                Some(Offer::Shared(entry)) => entry,
+                Some(Offer::Live(view, name)) => {
+                    return plan_partial_chunk(req_id, id, index, &view, &name);
+                }
+                Some(Offer::Recorded(d)) => {
+                    let Some(view) = ctx.partials.view(&ctx.library, &d) else {
+                        return Err(not_here(req_id, &id));
+                    };
+                    return plan_partial_chunk(req_id, id, index, &view, &d.name);
+                }
             };
             let file = File::open(&entry.path).map_err(|e| internal(req_id, e))?;
             let mut open = files.lock().expect("open files lock");
@@ -1851,8 +2037,16 @@ fn plan_chunk(
         file,
         start,
         len,
+        name: entry.name.as_str().into(),
+        of_chunks: chunks_of(entry.size),
         check: Check::Unchanged(entry),
     })
+}
+
+/// Chunks in a file of `size` bytes.
+fn chunks_of(size: u64) -> u32 {
+    peershare_proto::manifest::chunk_count(size, peershare_proto::manifest::chunk_size_for(size))
+        as u32
 }
 
 /// Where chunk `index` of file `id`, `size` bytes, lies: its offset and
@@ -1870,19 +2064,17 @@ fn chunk_span(req_id: u32, id: &FileId, size: u64, index: u32) -> Result<(u64, u
     Ok((start, chunk_size.min(size - start) as usize))
 }
 
-/// [`plan_chunk`] for this node's download of `id` in progress: a chunk
-/// its state file lists, to be checked against the manifest as it is read
-/// (the part file may have changed under us: a download started over).
+/// [`plan_chunk`] for a download in progress (`view` of it, shared as
+/// `name`): a chunk it verified, to be checked against the manifest as it
+/// is read (the part file may have changed under us: a download started
+/// over).
 fn plan_partial_chunk(
-    ctx: &Ctx,
     req_id: u32,
     id: FileId,
     index: u32,
+    view: &View,
+    name: &str,
 ) -> Result<ChunkPlan, Message> {
-    let view = partial_download(ctx, &id).and_then(|d| ctx.partials.view(&ctx.library, &d));
-    let Some(view) = view else {
-        return Err(not_here(req_id, &id));
-    };
     let (start, len) = chunk_span(req_id, &id, view.size, index)?;
     let hash = view.manifest.hashes().get(index as usize);
     let (true, Some(hash)) = (view.have.get(index), hash) else {
@@ -1900,6 +2092,8 @@ fn plan_partial_chunk(
         start,
         len,
         check: Check::Hash(*hash),
+        name: name.into(),
+        of_chunks: view.manifest.chunk_count(),
     })
 }
 

@@ -100,6 +100,25 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry of file `id` at `path`, as `meta` (a fresh stat of it)
+    /// shows it now.
+    pub fn of(
+        id: String,
+        name: String,
+        path: PathBuf,
+        meta: &fs::Metadata,
+        unlisted: bool,
+    ) -> Self {
+        Self {
+            id,
+            name,
+            path,
+            size: meta.len(),
+            mtime_ns: mtime_ns(meta),
+            unlisted,
+        }
+    }
+
     pub fn file_id(&self) -> Option<FileId> {
         self.id.parse().ok()
     }

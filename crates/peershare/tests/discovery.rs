@@ -259,3 +259,32 @@ async fn a_flood_of_changes_is_reported_once_per_interval() {
     let _ = stop.send(());
     task.await.unwrap();
 }
+
+/// Regression (issue 11): `serve --listen 127.0.0.1:P` announced itself on
+/// every interface, so peers on the LAN recorded an address where nobody
+/// listened. A node that listens on one address announces only where that
+/// address is.
+#[test]
+fn a_node_listening_on_one_address_announces_only_there() {
+    let everywhere = DiscoveryConfig::default();
+    let loopback = DiscoveryConfig {
+        only_ip: Some("127.0.0.1".parse().unwrap()),
+        ..DiscoveryConfig::default()
+    };
+    let targets = peershare::discovery::lan_targets(&loopback);
+    assert_eq!(
+        targets,
+        vec![
+            "127.255.255.255:9000"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+        ]
+    );
+    // (Everywhere includes the loopback too, and any other interface.)
+    assert!(peershare::discovery::lan_targets(&everywhere).contains(&targets[0]));
+    let v6_only = DiscoveryConfig {
+        only_ip: Some("::1".parse().unwrap()),
+        ..DiscoveryConfig::default()
+    };
+    assert!(peershare::discovery::broadcast_targets(&v6_only).is_empty());
+}

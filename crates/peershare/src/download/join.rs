@@ -16,20 +16,25 @@ use tokio::task::JoinSet;
 use super::DownloadRequest;
 use crate::client::{ClientConfig, HaveWatch, PeerConn};
 use crate::error::PeerError;
+use crate::pool::PeerPool;
 use crate::tls::Tls;
 
-/// An address that answered "not here" (or failed) is asked again the next
-/// time discovery reports it; after a second such answer it waits this
-/// long, doubling per answer, to `MAX_REJOIN_BACKOFF`.
-pub const REJOIN_BACKOFF: Duration = Duration::from_secs(5);
+/// An address that answered "not here" (or could not be reached) is asked
+/// again after this long, the wait doubling per answer to
+/// `MAX_REJOIN_BACKOFF`, for as long as the download runs: a peer whose own
+/// download had not started when first asked is a source a moment later.
+pub const REJOIN_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between two askings of the same address.
-pub const MAX_REJOIN_BACKOFF: Duration = Duration::from_secs(60);
+pub const MAX_REJOIN_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Retries of an address that answered busy wait this long at first,
 /// doubling (with jitter) to `MAX_BUSY_BACKOFF`.
 pub const BUSY_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between two tries of a busy address.
 pub const MAX_BUSY_BACKOFF: Duration = Duration::from_secs(16);
+/// Addresses a download remembers to ask again, at most (reports beyond
+/// it are still asked once).
+pub const MAX_KNOWN_ADDRS: usize = 1024;
 /// Node IDs remembered as announced at one address (a spoofed flood of
 /// announcements must not grow memory).
 pub const MAX_ANNOUNCED_PER_ADDR: usize = 8;
@@ -85,8 +90,10 @@ pub(super) async fn join_peer(
     expect: Expect,
     config: ClientConfig,
     deadline: Duration,
+    pool: Option<PeerPool>,
 ) -> Joined {
-    match tokio::time::timeout(deadline, contact(addr, id, tls, expect, config)).await {
+    let contacting = contact(addr, id, tls, expect, config, pool);
+    match tokio::time::timeout(deadline, contacting).await {
         Ok(joined) => joined,
         Err(_) => Joined::Failed(PeerError::Timeout {
             addr,
@@ -101,12 +108,19 @@ async fn contact(
     tls: Tls,
     expect: Expect,
     config: ClientConfig,
+    pool: Option<PeerPool>,
 ) -> Joined {
     let node = match &expect {
         Expect::Node(n) => Some(*n),
         Expect::Any | Expect::OneOf(_) => None,
     };
-    let conn = match PeerConn::connect(addr, &tls, node, config).await {
+    let connected = match &pool {
+        Some(pool) => pool.connect(addr, &tls, node, config).await,
+        None => PeerConn::connect(addr, &tls, node, config)
+            .await
+            .map(Arc::new),
+    };
+    let conn = match connected {
         Ok(c) => c,
         // Someone else answers there: asking again will not help.
         Err(e @ PeerError::WrongNode { .. }) => return Joined::Failed(e),
@@ -134,7 +148,7 @@ async fn contact(
     };
     match conn.have(id, true).await {
         Ok((holding, have)) => Joined::Ready(Ready {
-            conn: Arc::new(conn),
+            conn,
             manifest,
             holding,
             have,
@@ -165,6 +179,9 @@ pub(super) struct Joins {
     busy: HashMap<SocketAddr, (Duration, Duration)>,
     /// How long busy addresses are retried.
     retry_busy_for: Duration,
+    /// Every address given or reported: those that said no are asked
+    /// again when their backoff is over.
+    known: HashSet<SocketAddr>,
     /// Why peers that connected could not take part, once per address.
     pub failures: Vec<String>,
     /// Why peers could not be reached, once per address.
@@ -185,6 +202,7 @@ impl Joins {
             announced: HashMap::new(),
             busy: HashMap::new(),
             retry_busy_for: req.config.retry_busy_for,
+            known: req.peers.iter().copied().collect(),
             failures: Vec::new(),
             unreachable: Vec::new(),
             not_found: 0,
@@ -224,10 +242,10 @@ impl Joins {
         }
         let expect = self.expected(addr);
         let (id, tls, config) = (req.id, req.tls.clone(), req.config.client.clone());
-        let deadline = req.config.join_timeout;
+        let (deadline, pool) = (req.config.join_timeout, req.pool.clone());
         self.joining.spawn(tagged(addr, async move {
             tokio::time::sleep(delay).await;
-            join_peer(addr, id, tls, expect, config, deadline).await
+            join_peer(addr, id, tls, expect, config, deadline, pool).await
         }));
     }
 
@@ -285,7 +303,15 @@ impl Joins {
             }
             Joined::Failed(e) => {
                 tracing::info!("{e}");
-                self.backoff(addr, now);
+                // Another node than a ticket names: asking again will not
+                // help. (One not among those announced may be, later.)
+                if matches!(e, PeerError::WrongNode { .. })
+                    && matches!(self.expected(addr), Expect::Node(_))
+                {
+                    self.settled.insert(addr);
+                } else {
+                    self.backoff(addr, now);
+                }
                 if self.failed_once.insert(addr) {
                     self.failures.push(e.to_string());
                 }
@@ -307,6 +333,9 @@ impl Joins {
             if let Some(node) = node {
                 self.announce(addr, node);
             }
+            if self.known.len() < MAX_KNOWN_ADDRS {
+                self.known.insert(addr);
+            }
         }
         let all = reported
             .iter()
@@ -322,17 +351,39 @@ impl Joins {
         }
     }
 
+    /// When the next address that said no may be asked again.
+    pub fn next_retry(&self) -> Option<Duration> {
+        self.known
+            .iter()
+            .filter(|a| !self.settled.contains(a) && !self.trying.contains(a))
+            .filter_map(|a| self.retry_at.get(a).map(|(t, _)| *t))
+            .min()
+    }
+
+    /// Asks again every address that said no whose backoff is over.
+    pub fn retry_due(&mut self, now: Duration, req: &DownloadRequest) {
+        let due: Vec<SocketAddr> = self
+            .known
+            .iter()
+            .filter(|a| !self.settled.contains(a) && !self.trying.contains(a))
+            .filter(|a| self.retry_at.get(a).is_some_and(|(t, _)| *t <= now))
+            .copied()
+            .collect();
+        for addr in due {
+            tracing::debug!(peer = %addr, "asking it again");
+            self.ask(addr, req);
+        }
+    }
+
     /// A source given up on may be asked again when it is reported again.
     pub fn unsettle(&mut self, addr: SocketAddr) {
         self.settled.remove(&addr);
     }
 
     fn backoff(&mut self, addr: SocketAddr, now: Duration) {
-        let next = match self.retry_at.get(&addr) {
-            None => (now, REJOIN_BACKOFF),
-            Some((_, wait)) => (now + *wait, (*wait * 2).min(MAX_REJOIN_BACKOFF)),
-        };
-        self.retry_at.insert(addr, next);
+        let wait = self.retry_at.get(&addr).map_or(REJOIN_BACKOFF, |(_, w)| *w);
+        self.retry_at
+            .insert(addr, (now + wait, (wait * 2).min(MAX_REJOIN_BACKOFF)));
     }
 
     /// Every reason peers could not take part, for an error message.

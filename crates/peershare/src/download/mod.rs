@@ -36,6 +36,8 @@
 //! in `STATE.md` beside this file.
 
 mod join;
+pub mod manager;
+pub mod order;
 mod part_file;
 mod session;
 
@@ -54,11 +56,14 @@ use tokio::sync::watch;
 
 use crate::client::ClientConfig;
 use crate::error::DownloadError;
+use crate::live::LiveOffers;
+use crate::pool::PeerPool;
 use crate::store::Library;
 use crate::tls::Tls;
 
 pub use join::{
-    BUSY_BACKOFF, MAX_ANNOUNCED_PER_ADDR, MAX_BUSY_BACKOFF, MAX_REJOIN_BACKOFF, REJOIN_BACKOFF,
+    BUSY_BACKOFF, MAX_ANNOUNCED_PER_ADDR, MAX_BUSY_BACKOFF, MAX_KNOWN_ADDRS, MAX_REJOIN_BACKOFF,
+    REJOIN_BACKOFF,
 };
 pub use session::{
     MAX_FRUITLESS_RECONNECTS, MAX_RECONNECT_BACKOFF, MAX_REFUSED_RECONNECTS, RECONNECT_BACKOFF,
@@ -170,6 +175,13 @@ pub struct DownloadRequest {
     /// Keep the download, and the finished file, out of the library's
     /// catalog (the ticket said the file is unlisted).
     pub unlisted: bool,
+    /// The node's connections, shared with its other downloads (`None`:
+    /// this download's own).
+    pub pool: Option<PeerPool>,
+    /// With `share`: where this process's server looks for downloads in
+    /// progress, so their verified chunks are offered at once (and the
+    /// finished file while the process runs).
+    pub live: Option<LiveOffers>,
 }
 
 /// Live counters a UI can poll.
@@ -204,7 +216,7 @@ pub struct PeerProgress {
 }
 
 /// What one peer contributed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PeerReport {
     pub addr: SocketAddr,
     pub node_id: Option<String>,
@@ -220,7 +232,7 @@ pub struct PeerReport {
 }
 
 /// The result of a finished download.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct DownloadSummary {
     pub id: String,
     pub name: String,

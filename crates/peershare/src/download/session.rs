@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use peershare_proto::FileId;
 use peershare_proto::manifest::Manifest;
 use peershare_proto::rate::TokenBucket;
 use peershare_proto::schedule::{DropReason, Failure, PeerKey, Scheduler, SchedulerConfig, Status};
 use peershare_proto::ticket::safe_file_name;
 use peershare_proto::wire::Holding;
+use peershare_proto::{FileId, NodeId};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
@@ -28,8 +28,9 @@ use super::{
 };
 use crate::client::{HaveWatch, PeerConn};
 use crate::error::{DownloadError, PeerError};
+use crate::live::LiveHandle;
 use crate::partial::Bitmap;
-use crate::store::Download;
+use crate::store::{Download, Entry};
 
 /// Wait before the first reconnection of a lost peer; doubles for each
 /// further one, to `MAX_RECONNECT_BACKOFF`.
@@ -40,6 +41,9 @@ pub const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(2);
 /// Reconnections in a row that find nobody there (connection refused, or
 /// a peer that no longer has the file) before a peer is given up on.
 pub const MAX_REFUSED_RECONNECTS: u32 = 5;
+/// How often this process's live offer of a download is updated with the
+/// chunks verified meanwhile, at most.
+pub const OFFER_UPDATE_INTERVAL: Duration = Duration::from_millis(100);
 /// Reconnections that succeed but are lost again before the peer delivers
 /// a chunk (it stalls whenever asked) before it is given up on.
 pub const MAX_FRUITLESS_RECONNECTS: u32 = 3;
@@ -177,13 +181,11 @@ impl Slot {
             .map_or(Expect::Any, |n| Expect::Node(*n));
         let mut config = req.config.client.clone();
         config.connect_timeout = config.connect_timeout.min(RECONNECT_CONNECT_TIMEOUT);
-        let deadline = req.config.join_timeout;
+        let (deadline, pool) = (req.config.join_timeout, req.pool.clone());
         async move {
             tokio::time::sleep(delay).await;
-            (
-                slot_no,
-                join_peer(addr, id, tls, expect, config, deadline).await,
-            )
+            let joined = join_peer(addr, id, tls, expect, config, deadline, pool).await;
+            (slot_no, joined)
         }
     }
 }
@@ -275,6 +277,7 @@ pub(super) async fn run<C: Future<Output = ()> + ?Sized>(
     };
     let mut session = Session::new(req, progress, start, joins, manifest, target, opened);
     session.record_in_library().await;
+    session.offer_live();
     session.add_slot(first);
     session.drive(cancel).await
 }
@@ -448,6 +451,10 @@ struct Session {
     /// Bytes received from peers as last seen, and when that count last
     /// grew: the progress watchdog.
     received_mark: (u64, Duration),
+    /// This process's offer of the download (verified chunks, at once).
+    offer: Option<LiveHandle>,
+    /// Chunks verified since the offer was last updated, and when it was.
+    offer_stale: (bool, Instant),
 }
 
 impl Session {
@@ -517,6 +524,8 @@ impl Session {
             last_checkpoint: Instant::now(),
             unsynced: 0,
             received_mark: (0, start.elapsed()),
+            offer: None,
+            offer_stale: (false, Instant::now()),
         }
     }
 
@@ -561,6 +570,41 @@ impl Session {
         }
     }
 
+    /// With `share` and a registry of live offers, offers the verified
+    /// chunks to this process's server from now on.
+    fn offer_live(&mut self) {
+        let (Some(live), true) = (&self.req.live, self.req.share) else {
+            return;
+        };
+        self.offer = Some(live.offer(
+            self.manifest.clone(),
+            self.target.name.clone(),
+            self.req.unlisted,
+            &self.target.part,
+            self.written.clone(),
+        ));
+    }
+
+    /// Updates the live offer with the chunks verified, at most every
+    /// `OFFER_UPDATE_INTERVAL` (a bitmap copy each time).
+    fn refresh_offer(&mut self) {
+        let (stale, at) = self.offer_stale;
+        if let Some(offer) = &self.offer
+            && stale
+            && at.elapsed() >= OFFER_UPDATE_INTERVAL
+        {
+            offer.update(&self.written);
+            self.offer_stale = (false, Instant::now());
+        }
+    }
+
+    /// The slot of the peer that is node `node`, if one is.
+    fn slot_of(&self, node: NodeId) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.conn.remote().node_id == node)
+    }
+
     /// A peer that has (some of) the file joins: a scheduler key, a slot,
     /// and a task forwarding its announcements if it is partial.
     fn add_slot(&mut self, ready: Ready) {
@@ -599,6 +643,8 @@ impl Session {
     ) -> Result<DownloadSummary, DownloadError> {
         let failure = loop {
             let now = self.now();
+            self.joins.retry_due(now, &self.req);
+            self.refresh_offer();
             self.fill_windows(now);
             if let Next::Break(end) = self.check_status(now) {
                 break end;
@@ -798,6 +844,10 @@ impl Session {
             self.starved_since
                 .map(|t| t + self.req.config.starved_timeout),
             Some(self.received_mark.1 + self.req.config.progress_timeout),
+            self.joins.next_retry(),
+            self.offer_stale
+                .0
+                .then(|| now + OFFER_UPDATE_INTERVAL.saturating_sub(self.offer_stale.1.elapsed())),
         ]
         .into_iter()
         .flatten()
@@ -846,6 +896,7 @@ impl Session {
         };
         let len = self.manifest.chunk_len(index).unwrap_or(0) as u64;
         self.written.set(index);
+        self.offer_stale.0 = true;
         self.unsynced += len;
         self.progress.verified.fetch_add(len, Ordering::Relaxed);
         let slot = &mut self.slots[slot_no];
@@ -995,8 +1046,19 @@ impl Session {
             self.req.id,
             "join_peer checks the manifest"
         );
+        // One peer per node, whatever address it was reached at.
+        let node = ready.conn.remote().node_id;
+        if let Some(slot_no) = self.slot_of(node) {
+            let slot = &self.slots[slot_no];
+            if slot.reconnecting || self.sched.dropped(slot.key).is_none() {
+                tracing::debug!(peer = %addr, "the same node as {}", slot.report.addr);
+                return Next::Continue(());
+            }
+        }
         let given_up = self.slots.iter().position(|s| {
-            s.report.addr == addr && !s.reconnecting && self.sched.dropped(s.key).is_some()
+            (s.report.addr == addr || s.conn.remote().node_id == node)
+                && !s.reconnecting
+                && self.sched.dropped(s.key).is_some()
         });
         match given_up {
             Some(slot_no) => {
@@ -1088,7 +1150,8 @@ impl Session {
     /// Complete: make it durable, then give it its final name, and share
     /// it (before the part and state files go, so a server never sees it
     /// neither partial nor whole).
-    async fn complete(self) -> Result<DownloadSummary, DownloadError> {
+    async fn complete(mut self) -> Result<DownloadSummary, DownloadError> {
+        let offer = self.offer.take();
         let force = self.req.force;
         let target = self.target.clone();
         let file = self.file.clone();
@@ -1111,7 +1174,32 @@ impl Session {
         })
         .await
         .expect("finish does not panic")?;
+        if let Some(offer) = offer {
+            self.keep_offering(offer).await;
+        }
         Ok(self.summary(shared))
+    }
+
+    /// The finished file stays offered by this process while it runs, as
+    /// it is now (served while unchanged).
+    async fn keep_offering(&self, offer: LiveHandle) {
+        let (out, id, name, unlisted) = (
+            self.target.out.clone(),
+            self.req.id.to_string(),
+            self.target.name.clone(),
+            self.req.unlisted,
+        );
+        let entry = tokio::task::spawn_blocking(move || {
+            let path = std::fs::canonicalize(&out).ok()?;
+            let meta = std::fs::metadata(&path).ok()?;
+            Some(Entry::of(id, name, path, &meta, unlisted))
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(entry) = entry {
+            offer.complete(entry);
+        }
     }
 
     fn summary(self, shared: bool) -> DownloadSummary {

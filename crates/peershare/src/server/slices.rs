@@ -127,6 +127,10 @@ pub(super) struct ChunkPlan {
     pub(super) start: u64,
     pub(super) len: usize,
     pub(super) check: Check,
+    /// The file's shared name and chunk count, for the uploads it counts
+    /// towards.
+    pub(super) name: Arc<str>,
+    pub(super) of_chunks: u32,
 }
 
 /// What must hold of a chunk's bytes for them to be sent.
@@ -339,6 +343,8 @@ mod tests {
             start: start as u64,
             len,
             check,
+            name: "f".into(),
+            of_chunks: 1,
         };
         (dir, plan)
     }

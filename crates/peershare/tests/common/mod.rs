@@ -129,6 +129,8 @@ pub fn request(id: FileId, peers: Vec<SocketAddr>, out: &Path) -> DownloadReques
         library: None,
         share: true,
         unlisted: false,
+        pool: None,
+        live: None,
     }
 }
 

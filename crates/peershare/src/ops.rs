@@ -1,0 +1,283 @@
+//! What a person or a program asks of a node, as functions over the
+//! node's parts: share and unshare, what this node shares (with tickets),
+//! the catalogs of peers. The local API's handlers call them on a running
+//! node ([`crate::node::Node`]); the CLI calls them itself when no node
+//! runs. One behaviour either way, and one JSON shape (these types are what
+//! `--json` prints and what the API answers).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use peershare_proto::ticket::MAX_TICKET_ADDRS;
+use peershare_proto::{FileId, NodeId, Ticket};
+use serde::{Deserialize, Serialize};
+
+use crate::client::{ClientConfig, PeerConn};
+use crate::error::{PeerError, StoreError};
+use crate::pool::PeerPool;
+use crate::store::{Entry, Library, ShareProgress};
+use crate::tls::Tls;
+
+/// A shared file, with a ticket for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedFile {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    pub path: PathBuf,
+    /// Left out of this node's catalog: only a ticket or the ID finds it.
+    pub unlisted: bool,
+    pub ticket: String,
+}
+
+/// `e` with a ticket naming `node` at `addrs`.
+pub fn describe(e: &Entry, node: NodeId, addrs: &[SocketAddr]) -> SharedFile {
+    let id: FileId = e.id.parse().expect("library holds valid IDs");
+    SharedFile {
+        id: e.id.clone(),
+        name: e.name.clone(),
+        size: e.size,
+        path: e.path.clone(),
+        unlisted: e.unlisted,
+        ticket: Ticket {
+            id,
+            node,
+            size: e.size,
+            unlisted: e.unlisted,
+            name: e.name.clone(),
+            addrs: addrs.to_vec(),
+        }
+        .to_string(),
+    }
+}
+
+/// This machine's addresses that a ticket may carry: up interfaces, no
+/// multicast, no IPv6 link-local (it needs a scope a ticket cannot carry),
+/// loopback last; `with_loopback` keeps loopback ones.
+fn machine_ips(v4: bool, v6: bool, with_loopback: bool) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| (ip.is_ipv4() && v4) || (ip.is_ipv6() && v6))
+        .filter(|ip| with_loopback || !ip.is_loopback())
+        .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
+        .filter(|ip| match ip {
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+            IpAddr::V4(_) => true,
+        })
+        .collect();
+    ips.sort_by_key(|ip| (ip.is_loopback(), ip.is_ipv6(), *ip));
+    ips.dedup();
+    ips
+}
+
+/// Addresses for tickets of a node that is not running: this machine's
+/// non-loopback addresses with `port`, else loopback.
+pub fn machine_addrs(port: u16) -> Vec<SocketAddr> {
+    let mut ips = machine_ips(true, true, false);
+    if ips.is_empty() {
+        ips.push(IpAddr::from([127, 0, 0, 1]));
+    }
+    ips.into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
+}
+
+/// Addresses for tickets of a node listening on `listening`: where it
+/// really listens, loopback included when it listens there (a wildcard
+/// listener stands for every address of its family), at most
+/// `MAX_TICKET_ADDRS`, loopback last.
+pub fn listening_addrs(listening: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for l in listening {
+        let ips = match l.ip() {
+            ip if !ip.is_unspecified() => vec![ip],
+            IpAddr::V4(_) => machine_ips(true, false, true),
+            IpAddr::V6(_) => machine_ips(false, true, true),
+        };
+        out.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, l.port())));
+    }
+    out.sort_by_key(|a| (a.ip().is_loopback(), a.is_ipv6()));
+    out.dedup();
+    out.truncate(MAX_TICKET_ADDRS);
+    out
+}
+
+/// Shares `paths` (folders recursively), listed or not; the entries.
+pub fn share(
+    lib: &Library,
+    paths: &[PathBuf],
+    unlisted: bool,
+    progress: &ShareProgress,
+) -> Result<Vec<Entry>, StoreError> {
+    Ok(lib
+        .share_as(paths, progress, unlisted)?
+        .into_iter()
+        .map(|s| s.entry)
+        .collect())
+}
+
+/// Something `unshare` removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unshared {
+    pub id: String,
+    pub name: String,
+    /// The shared file, or the output of the download in progress.
+    pub path: PathBuf,
+    /// A download in progress no longer offered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_progress: bool,
+}
+
+/// Removes entries and withdraws downloads in progress (by ID or path).
+pub fn unshare(lib: &Library, targets: &[String]) -> Result<Vec<Unshared>, StoreError> {
+    let removed = lib.unshare(targets)?;
+    let files = removed.files.into_iter().map(|e| Unshared {
+        id: e.id,
+        name: e.name,
+        path: e.path,
+        in_progress: false,
+    });
+    let downloads = removed.downloads.into_iter().map(|(out, d)| Unshared {
+        id: d.id,
+        name: d.name,
+        path: out,
+        in_progress: true,
+    });
+    Ok(files.chain(downloads).collect())
+}
+
+/// What this node shares, with tickets naming `node` at `addrs`.
+pub fn shared(
+    lib: &Library,
+    node: NodeId,
+    addrs: &[SocketAddr],
+) -> Result<Vec<SharedFile>, StoreError> {
+    let snap = lib.snapshot()?;
+    Ok(snap
+        .files
+        .values()
+        .map(|e| describe(e, node, addrs))
+        .collect())
+}
+
+/// One file of peers' catalogs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LsRow {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    /// The first peer that lists it.
+    pub peer: SocketAddr,
+    pub peers: Vec<SocketAddr>,
+    /// How many of the asked peers share it.
+    pub peer_count: usize,
+    /// Those of `peers` that hold only part of it (they are downloading it).
+    pub partial_peers: Vec<SocketAddr>,
+}
+
+/// What the peers list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    pub rows: Vec<LsRow>,
+    /// Peers that did not answer, and why (the others' rows stand).
+    pub warnings: Vec<String>,
+}
+
+/// No peer answered a listing.
+#[derive(Debug, thiserror::Error)]
+#[error("no peer answered: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct NoneAnswered(pub Vec<PeerError>);
+
+impl NoneAnswered {
+    /// As [`PeerError::kind`] of the first peer's failure.
+    pub fn kind(&self) -> &'static str {
+        self.0.first().map_or("failed", PeerError::kind)
+    }
+}
+
+/// The catalogs of `peers` together, one row per file ID, those whose name
+/// holds every word of `search` (case-insensitive). A peer at an address
+/// in `announced` must prove one of the nodes announced there.
+pub async fn catalogs(
+    tls: &Tls,
+    pool: Option<&PeerPool>,
+    mut peers: Vec<SocketAddr>,
+    announced: &HashMap<SocketAddr, Vec<NodeId>>,
+    search: &[String],
+) -> Result<Listing, NoneAnswered> {
+    // A peer given twice is asked once and listed once.
+    let mut seen = HashSet::new();
+    peers.retain(|a| seen.insert(*a));
+    let mut set = tokio::task::JoinSet::new();
+    for &addr in &peers {
+        let (tls, pool) = (tls.clone(), pool.cloned());
+        let nodes = announced.get(&addr).cloned().unwrap_or_default();
+        set.spawn(async move {
+            let config = ClientConfig::default();
+            let conn = match pool {
+                Some(p) => p.connect(addr, &tls, None, config).await?,
+                None => Arc::new(PeerConn::connect(addr, &tls, None, config).await?),
+            };
+            let got = conn.remote().node_id;
+            if !nodes.is_empty() && !nodes.contains(&got) {
+                return Err(PeerError::WrongNode {
+                    addr,
+                    expected: nodes[0],
+                    got,
+                });
+            }
+            conn.catalog().await.map(|c| (addr, c))
+        });
+    }
+    let (mut answered, mut errors) = (Vec::new(), Vec::new());
+    while let Some(r) = set.join_next().await {
+        match r.expect("a catalog task does not panic") {
+            Ok(a) => answered.push(a),
+            Err(e) => errors.push(e),
+        }
+    }
+    if answered.is_empty() {
+        return Err(NoneAnswered(errors));
+    }
+    // Stable output: peers in the order given.
+    answered.sort_by_key(|(addr, _)| peers.iter().position(|o| o == addr));
+    let mut rows: BTreeMap<FileId, LsRow> = BTreeMap::new();
+    for (addr, entries) in &answered {
+        for e in entries {
+            let row = rows.entry(e.id).or_insert_with(|| LsRow {
+                id: e.id.to_string(),
+                name: e.name.clone(),
+                size: e.size,
+                peer: *addr,
+                peers: Vec::new(),
+                peer_count: 0,
+                partial_peers: Vec::new(),
+            });
+            row.peers.push(*addr);
+            if e.is_partial() {
+                row.partial_peers.push(*addr);
+            }
+        }
+    }
+    let words: Vec<String> = search.iter().map(|w| w.to_lowercase()).collect();
+    let mut rows: Vec<LsRow> = rows
+        .into_values()
+        .map(|mut r| {
+            r.peer_count = r.peers.len();
+            r
+        })
+        .filter(|r| {
+            let name = r.name.to_lowercase();
+            words.iter().all(|w| name.contains(w.as_str()))
+        })
+        .collect();
+    rows.sort_by(|x, y| x.name.cmp(&y.name).then(x.id.cmp(&y.id)));
+    Ok(Listing {
+        rows,
+        warnings: errors.iter().map(|e| e.to_string()).collect(),
+    })
+}

@@ -1,0 +1,437 @@
+//! Whole nodes in one process: the download manager (several at once, the
+//! queue, pause, resume, cancel, a restart taking up where it stopped),
+//! downloads that seed while they run and after, and one peer reached at
+//! several addresses.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use peershare::download::manager::{DownloadInfo, ManagerConfig, State};
+use peershare::download::order::Order;
+use peershare::node::events::{DownloadId, Event};
+use peershare::node::{Bound, Node, NodeConfig};
+use peershare::{Library, ServerConfig, ShareProgress, Tls};
+use tokio::net::TcpListener;
+
+/// A node on a fresh data dir under `dir`, listening on `at` (loopback
+/// addresses), sharing `files`.
+async fn node_at(
+    dir: &Path,
+    name: &str,
+    files: &[(&str, &[u8])],
+    config: NodeConfig,
+    at: &[&str],
+) -> Node {
+    let lib = Library::open(dir.join(format!("data-{name}"))).unwrap();
+    let mut paths = Vec::new();
+    for (file, content) in files {
+        let p = dir.join(file);
+        std::fs::write(&p, content).unwrap();
+        paths.push(p);
+    }
+    if !paths.is_empty() {
+        lib.share(&paths, &ShareProgress::default()).unwrap();
+    }
+    let tls = Tls::new(&lib.identity().unwrap());
+    let mut listeners = Vec::new();
+    for a in at {
+        listeners.push(TcpListener::bind(a).await.unwrap());
+    }
+    let bound = Bound {
+        listeners,
+        discovery: None,
+    };
+    Node::start(lib, tls, config, bound).await.unwrap()
+}
+
+async fn node(dir: &Path, name: &str, files: &[(&str, &[u8])], config: NodeConfig) -> Node {
+    node_at(dir, name, files, config, &["127.0.0.1:0"]).await
+}
+
+fn paced(rate: u64) -> NodeConfig {
+    NodeConfig {
+        server: ServerConfig {
+            max_upload_rate: Some(rate),
+            ..ServerConfig::default()
+        },
+        ..NodeConfig::default()
+    }
+}
+
+fn order(content: &[u8], from: &[&Node], out: &Path) -> Order {
+    let mut o = Order::new(id_of(content).to_string());
+    o.peers = from.iter().map(|n| n.listening()[0]).collect();
+    o.output = Some(out.to_path_buf());
+    o
+}
+
+/// Waits (30 s at most) until download `id` of `node` satisfies `cond`.
+async fn until(
+    node: &Node,
+    id: DownloadId,
+    what: &str,
+    cond: impl Fn(&DownloadInfo) -> bool,
+) -> DownloadInfo {
+    let mut events = node.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = node.download_info(id).expect("a known download");
+        if cond(&info) {
+            return info;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {info:?}"
+        );
+        // Any event may change it; the timeout bounds a missed one.
+        let _ = tokio::time::timeout(Duration::from_millis(200), events.recv()).await;
+    }
+}
+
+async fn finished(node: &Node, id: DownloadId) -> DownloadInfo {
+    until(node, id, "the download to finish", |d| d.state.is_over()).await
+}
+
+#[tokio::test]
+async fn downloads_run_a_few_at_a_time_and_the_rest_wait_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<Vec<u8>> = (0..3).map(|i| data(3 * 1024 * 1024, 500 + i)).collect();
+    let named: Vec<(String, &[u8])> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (format!("f{i}"), f.as_slice()))
+        .collect();
+    let shared: Vec<(&str, &[u8])> = named.iter().map(|(n, f)| (n.as_str(), *f)).collect();
+    let seeder = node(dir.path(), "seed", &shared, paced(4_000_000)).await;
+    let config = NodeConfig {
+        manager: ManagerConfig {
+            max_active: 2,
+            ..ManagerConfig::default()
+        },
+        ..NodeConfig::default()
+    };
+    let b = node(dir.path(), "b", &[], config).await;
+    let ids: Vec<DownloadId> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let out = dir.path().join(format!("got{i}"));
+            b.download(order(f, &[&seeder], &out), dir.path())
+                .unwrap()
+                .id
+        })
+        .collect();
+    let states = |b: &Node| -> Vec<State> {
+        ids.iter()
+            .map(|i| b.download_info(*i).unwrap().state)
+            .collect()
+    };
+    assert_eq!(states(&b), [State::Active, State::Active, State::Queued]);
+    for (i, id) in ids.iter().enumerate() {
+        let info = finished(&b, *id).await;
+        assert_eq!(info.state, State::Finished, "{info:?}");
+        assert_eq!(
+            std::fs::read(dir.path().join(format!("got{i}"))).unwrap(),
+            files[i]
+        );
+        // Never more than two at once.
+        let active = states(&b).iter().filter(|s| **s == State::Active).count();
+        assert!(active <= 2);
+    }
+    b.shutdown().await;
+    seeder.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_download_can_be_paused_resumed_and_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(6 * 1024 * 1024, 510);
+    let seeder = node(dir.path(), "seed", &[("f", &content)], paced(2_000_000)).await;
+    let b = node(dir.path(), "b", &[], NodeConfig::default()).await;
+    let out = dir.path().join("got");
+    let id = b
+        .download(order(&content, &[&seeder], &out), dir.path())
+        .unwrap()
+        .id;
+    until(&b, id, "some progress", |d| d.verified > 0).await;
+    b.pause(id).unwrap();
+    let paused = until(&b, id, "the pause", |d| d.state == State::Paused).await;
+    assert!(!out.exists());
+    b.resume(id).unwrap();
+    let done = finished(&b, id).await;
+    assert_eq!(done.state, State::Finished, "{done:?}");
+    let summary = done.summary.unwrap();
+    assert!(
+        summary.bytes_resumed >= paused.verified.min(summary.bytes_resumed),
+        "{summary:?}"
+    );
+    assert!(
+        summary.bytes_resumed > 0,
+        "the resumed run kept what the paused one verified"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), content);
+
+    // Cancelled while running: stops, keeps its part file, never finishes.
+    let out2 = dir.path().join("got2");
+    let id2 = b
+        .download(order(&content, &[&seeder], &out2), dir.path())
+        .unwrap()
+        .id;
+    until(&b, id2, "some progress", |d| d.verified > 0).await;
+    b.cancel(id2).unwrap();
+    let c = until(&b, id2, "the cancel", |d| d.state == State::Cancelled).await;
+    assert!(c.summary.is_none());
+    assert!(!out2.exists());
+    assert!(b.resume(id2).is_err(), "a cancelled download is over");
+    b.shutdown().await;
+    seeder.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_node_takes_up_its_queued_and_half_done_downloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (data(6 * 1024 * 1024, 520), data(2 * 1024 * 1024, 521));
+    let seeder = node(
+        dir.path(),
+        "seed",
+        &[("one", &one), ("two", &two)],
+        paced(2_000_000),
+    )
+    .await;
+    let config = NodeConfig {
+        manager: ManagerConfig {
+            max_active: 1,
+            ..ManagerConfig::default()
+        },
+        ..NodeConfig::default()
+    };
+    let b = node(dir.path(), "b", &[], config.clone()).await;
+    let (out1, out2) = (dir.path().join("got1"), dir.path().join("got2"));
+    let id1 = b
+        .download(order(&one, &[&seeder], &out1), dir.path())
+        .unwrap()
+        .id;
+    let id2 = b
+        .download(order(&two, &[&seeder], &out2), dir.path())
+        .unwrap()
+        .id;
+    let half = until(&b, id1, "a checkpoint", |d| d.verified >= 2 * 1024 * 1024).await;
+    let (_, state) = peershare::partial::part_paths(&out1);
+    wait_for("a state file", 30, || state.exists()).await;
+    assert_eq!(b.download_info(id2).unwrap().state, State::Queued);
+    b.shutdown().await;
+    assert!(!out1.exists());
+
+    // The same data dir again: both are taken up, the first resumed.
+    let lib = Library::open(dir.path().join("data-b")).unwrap();
+    let tls = Tls::new(&lib.identity().unwrap());
+    let bound = Bound {
+        listeners: vec![TcpListener::bind("127.0.0.1:0").await.unwrap()],
+        discovery: None,
+    };
+    let again = Node::start(lib, tls, config, bound).await.unwrap();
+    let d1 = finished(&again, id1).await;
+    let d2 = finished(&again, id2).await;
+    assert_eq!((d1.state, d2.state), (State::Finished, State::Finished));
+    let s1 = d1.summary.unwrap();
+    assert!(
+        s1.bytes_resumed > 0 && s1.bytes_resumed <= half.size,
+        "{s1:?}"
+    );
+    assert_eq!(
+        s1.bytes_resumed + s1.bytes_received,
+        one.len() as u64,
+        "nothing verified fetched again"
+    );
+    assert_eq!(std::fs::read(&out1).unwrap(), one);
+    assert_eq!(std::fs::read(&out2).unwrap(), two);
+    again.shutdown().await;
+    seeder.shutdown().await;
+}
+
+/// Downloads seed: while B's download from A runs (A rate-limited), C gets
+/// chunks from B; once A is gone, D gets the whole file from B alone.
+#[tokio::test]
+async fn a_download_seeds_while_it_runs_and_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(8 * 1024 * 1024, 530);
+    let a = node(dir.path(), "a", &[("f", &content)], paced(2_000_000)).await;
+    let b = node(dir.path(), "b", &[], NodeConfig::default()).await;
+    let c = node(dir.path(), "c", &[], NodeConfig::default()).await;
+    let id_b = b
+        .download(
+            order(&content, &[&a], &dir.path().join("b.bin")),
+            dir.path(),
+        )
+        .unwrap()
+        .id;
+    until(&b, id_b, "B to hold some chunks", |d| {
+        d.verified >= 1024 * 1024
+    })
+    .await;
+    // C asks A and B; B is still downloading.
+    let id_c = c
+        .download(
+            order(&content, &[&a, &b], &dir.path().join("c.bin")),
+            dir.path(),
+        )
+        .unwrap()
+        .id;
+    let done_c = finished(&c, id_c).await;
+    let s = done_c.summary.expect("C finished");
+    let from_b = s
+        .peers
+        .iter()
+        .find(|p| p.addr == b.listening()[0])
+        .expect("B took part");
+    assert!(from_b.partial, "B was still downloading");
+    assert!(
+        from_b.bytes > 0,
+        "C received chunks from B while B downloaded: {s:?}"
+    );
+    assert_eq!(std::fs::read(dir.path().join("c.bin")).unwrap(), content);
+    finished(&b, id_b).await;
+    a.shutdown().await;
+
+    let d = node(dir.path(), "d", &[], NodeConfig::default()).await;
+    let id_d = d
+        .download(
+            order(&content, &[&b], &dir.path().join("d.bin")),
+            dir.path(),
+        )
+        .unwrap()
+        .id;
+    let done = finished(&d, id_d).await;
+    assert_eq!(done.state, State::Finished, "{done:?}");
+    assert_eq!(std::fs::read(dir.path().join("d.bin")).unwrap(), content);
+    let served: u64 = b
+        .server_stats()
+        .iter()
+        .map(|s| s.bytes_served.load(Ordering::Relaxed))
+        .sum();
+    assert!(served >= content.len() as u64, "B served D the whole file");
+    for n in [b, c, d] {
+        n.shutdown().await;
+    }
+}
+
+/// A peer that holds nothing when a download starts (its own download has
+/// not begun) is asked again, not forgotten: C downloads slowly from A and
+/// is told of B, which has nothing yet; B then downloads from a fast seeder
+/// and runs ahead, and C gets chunks from B.
+#[tokio::test]
+async fn a_peer_with_nothing_at_first_is_asked_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(6 * 1024 * 1024, 540);
+    let slow = node(dir.path(), "slow", &[("f", &content)], paced(1_000_000)).await;
+    let fast = node(
+        dir.path(),
+        "fast",
+        &[("f2", &content)],
+        NodeConfig::default(),
+    )
+    .await;
+    let b = node(dir.path(), "b", &[], NodeConfig::default()).await;
+    let c = node(dir.path(), "c", &[], NodeConfig::default()).await;
+    let id_c = c
+        .download(
+            order(&content, &[&slow, &b], &dir.path().join("c.bin")),
+            dir.path(),
+        )
+        .unwrap()
+        .id;
+    until(&c, id_c, "C to start", |d| d.verified > 0).await;
+    b.download(
+        order(&content, &[&fast], &dir.path().join("b.bin")),
+        dir.path(),
+    )
+    .unwrap();
+    let s = finished(&c, id_c).await.summary.expect("finished");
+    let from_b = s.peers.iter().find(|p| p.addr == b.listening()[0]);
+    assert!(
+        from_b.is_some_and(|p| p.bytes > 0),
+        "B joined C's download later: {s:?}"
+    );
+    assert_eq!(std::fs::read(dir.path().join("c.bin")).unwrap(), content);
+    for n in [slow, fast, b, c] {
+        n.shutdown().await;
+    }
+}
+
+/// One node reached at 127.0.0.1 and ::1 is one peer: one connection kept,
+/// no chunk asked twice outside endgame.
+#[tokio::test]
+async fn one_node_at_two_addresses_is_one_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(4 * 1024 * 1024, 550);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let v4 = format!("127.0.0.1:{port}");
+    let v6 = format!("[::1]:{port}");
+    let a = node_at(
+        dir.path(),
+        "a",
+        &[("f", &content)],
+        paced(4_000_000),
+        &[&v4, &v6],
+    )
+    .await;
+    let b = node(dir.path(), "b", &[], NodeConfig::default()).await;
+    let mut o = order(&content, &[], &dir.path().join("got"));
+    o.peers = vec![v4.parse::<SocketAddr>().unwrap(), v6.parse().unwrap()];
+    let id = b.download(o, dir.path()).unwrap().id;
+    let s = finished(&b, id).await.summary.expect("finished");
+    assert_eq!(s.peers.len(), 1, "one peer: {s:?}");
+    assert_eq!(s.duplicate_requests, 0, "{s:?}");
+    assert_eq!(s.bytes_received, content.len() as u64, "no chunk twice");
+    assert_eq!(std::fs::read(dir.path().join("got")).unwrap(), content);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// The sharer sees its uploads: an event when a peer takes a file's first
+/// chunk, and one with what it took when it stops.
+#[tokio::test]
+async fn uploads_are_reported_as_they_start_and_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = data(2 * 1024 * 1024, 560);
+    let a = node(dir.path(), "a", &[("f", &content)], NodeConfig::default()).await;
+    let mut events = a.subscribe();
+    let b = node(dir.path(), "b", &[], NodeConfig::default()).await;
+    let id = b
+        .download(order(&content, &[&a], &dir.path().join("got")), dir.path())
+        .unwrap()
+        .id;
+    finished(&b, id).await;
+    let (mut started, mut ended) = (None, None);
+    while ended.is_none() {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Ok(e @ Event::UploadStarted { .. })) => started = Some(e),
+            Ok(Ok(e @ Event::UploadFinished { .. })) => ended = Some(e),
+            Ok(_) => {}
+            Err(_) => panic!("no upload event"),
+        }
+    }
+    let Some(Event::UploadStarted { peer, name, .. }) = started else {
+        panic!("no start event");
+    };
+    assert_eq!(peer.node_id, b.tls().node_id().to_string());
+    assert_eq!(name, "f");
+    let Some(Event::UploadFinished {
+        bytes, complete, ..
+    }) = ended
+    else {
+        unreachable!()
+    };
+    assert_eq!(bytes, content.len() as u64);
+    assert!(complete);
+    b.shutdown().await;
+    a.shutdown().await;
+}
