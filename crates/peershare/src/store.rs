@@ -5,6 +5,8 @@
 //! <data-dir>/library.lock          writers hold an exclusive flock while they edit
 //! <data-dir>/manifests/<id>.manifest   canonical manifest encodings, content-addressed
 //! <data-dir>/node.key              this node's private key (mode 0600, see crate::identity)
+//! <data-dir>/api.token             the local API's token (mode 0600, see crate::api::auth)
+//! <data-dir>/node.json             where the running node's API is (crate::api::nodefile)
 //! <data-dir>/trust.json            node IDs trusted by `serve --trusted-only`
 //! ```
 //!
@@ -63,6 +65,9 @@ pub mod remedy {
     /// `node.key`.
     pub const KEY: &str = "put back a copy of the key if you have one, or delete it to make \
          a new node ID (nodes that trust this one must then trust the new ID)";
+    /// `api.token`.
+    pub const TOKEN: &str = "delete it: the node makes a new token at its next start \
+         (clients read the new one from the file)";
 }
 
 /// A node on the trust list.
