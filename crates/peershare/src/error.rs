@@ -48,6 +48,11 @@ pub enum StoreError {
          run `chmod 600 {path}` if it is yours, or delete it to make a new node ID"
     )]
     KeyPermissions { path: PathBuf, mode: u32 },
+    #[error(
+        "{path} holds this node's API token but others may read it (mode {mode:o}); \
+         run `chmod 600 {path}` if it is yours, or delete it to make a new token at the next start"
+    )]
+    TokenPermissions { path: PathBuf, mode: u32 },
     #[error("the trust list is full ({0} nodes); remove some with `peershare trust rm`")]
     TooManyTrusted(usize),
     #[error("{0} is in this node's data dir, which holds its private key: it is never shared")]

@@ -8,16 +8,15 @@
 //! created with mode 0600. A key file that others may read is refused
 //! rather than used: whoever copied it could impersonate this node.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 
 use peershare_proto::NodeId;
 use peershare_proto::id::ID_LEN;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::error::StoreError;
+use crate::store::{create_private, read_private, remedy};
 
 /// The key file's name in the data dir.
 pub const KEY_FILE: &str = "node.key";
@@ -66,7 +65,7 @@ impl Identity {
         let path = dir.join(KEY_FILE);
         match Self::load(&path) {
             Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                Self::create(dir, &path)
+                Self::create(&path)
             }
             other => other,
         }
@@ -75,47 +74,25 @@ impl Identity {
     /// The key in `path`: a regular file (not a symbolic link) owned by
     /// this user, that nobody else may read or write.
     fn load(path: &Path) -> Result<Self, StoreError> {
-        let mut f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(StoreError::io(path))?;
-        check_private(path, &f.metadata().map_err(StoreError::io(path))?)?;
-        let mut bytes = Vec::new();
-        io::Read::read_to_end(&mut f, &mut bytes).map_err(StoreError::io(path))?;
+        let bytes = read_private(
+            path,
+            |path, mode| StoreError::KeyPermissions { path, mode },
+            remedy::KEY,
+        )?;
         let pem = String::from_utf8(bytes).map_err(|_| "not text, so not a PEM key".to_string());
         pem.and_then(|pem| Self::from_pem(&pem))
             .map_err(|reason| damaged(path, reason))
     }
 
-    fn create(dir: &Path, path: &Path) -> Result<Self, StoreError> {
+    fn create(path: &Path) -> Result<Self, StoreError> {
         let pair =
             rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| StoreError::Io {
                 path: path.to_path_buf(),
                 source: io::Error::other(e.to_string()),
             })?;
-        let tmp = dir.join(format!(".{KEY_FILE}.{}.tmp", std::process::id()));
-        let write = || -> io::Result<bool> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(pair.serialize_pem().as_bytes())?;
-            f.sync_all()?;
-            // A hard link never replaces: if another process got there
-            // first, its key stays and is the one used (checked like any).
-            match fs::hard_link(&tmp, path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-                Err(e) => return Err(e),
-            }
-            fs::File::open(dir)?.sync_all()?;
-            Ok(true)
-        };
-        let written = write();
-        let _ = fs::remove_file(&tmp);
-        if !written.map_err(StoreError::io(path))? {
+        // If another process got there first, its key is the one used
+        // (checked like any).
+        if !create_private(path, pair.serialize_pem().as_bytes())? {
             return Self::load(path);
         }
         Self::from_pair(&pair).map_err(|reason| damaged(path, reason))
@@ -168,37 +145,15 @@ fn damaged(path: &Path, reason: String) -> StoreError {
     StoreError::Corrupt {
         path: path.to_path_buf(),
         reason,
-        remedy: crate::store::remedy::KEY,
+        remedy: remedy::KEY,
     }
-}
-
-/// Refuses a key file that is not a regular file of this user's, or that
-/// anyone else may read or write.
-fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), StoreError> {
-    use std::os::unix::fs::MetadataExt;
-    let mode = meta.permissions().mode();
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if !meta.is_file() || meta.uid() != me {
-        return Err(damaged(
-            path,
-            format!(
-                "not a regular file of yours (owner uid {}, you are {me})",
-                meta.uid()
-            ),
-        ));
-    }
-    if mode & 0o077 != 0 {
-        return Err(StoreError::KeyPermissions {
-            path: PathBuf::from(path),
-            mode: mode & 0o777,
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

@@ -11,6 +11,10 @@
 //!   partial   the durable record of a download's verified chunks
 //!   conn      frames over any async byte stream
 //!   discovery UDP announcements, queries and replies on the LAN
+//!   node      one running peer owning all of the above; typed events
+//!   ops       share, unshare, shared, catalogs: one behaviour with or without a node
+//!   api       the node's local HTTP JSON API (axum): token, Host/Origin checks,
+//!             thin handlers over Node, Server-Sent Events; node.json
 //! ```
 //!
 //! Chunk path, disk to disk: the server writes a `Chunk` frame (header,
@@ -26,6 +30,7 @@
 //! pass resolved configuration and already-bound listeners, so tests run
 //! whole nodes in one process on port 0.
 
+pub mod api;
 pub mod client;
 pub mod conn;
 pub mod discovery;

@@ -5,6 +5,8 @@
 //! <data-dir>/library.lock          writers hold an exclusive flock while they edit
 //! <data-dir>/manifests/<id>.manifest   canonical manifest encodings, content-addressed
 //! <data-dir>/node.key              this node's private key (mode 0600, see crate::identity)
+//! <data-dir>/api.token             the local API's token (mode 0600, see crate::api::auth)
+//! <data-dir>/node.json             where the running node's API is (crate::api::nodefile)
 //! <data-dir>/trust.json            node IDs trusted by `serve --trusted-only`
 //! ```
 //!
@@ -26,7 +28,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -63,6 +65,9 @@ pub mod remedy {
     /// `node.key`.
     pub const KEY: &str = "put back a copy of the key if you have one, or delete it to make \
          a new node ID (nodes that trust this one must then trust the new ID)";
+    /// `api.token`.
+    pub const TOKEN: &str = "delete it: the node makes a new token at its next start \
+         (clients read the new one from the file)";
 }
 
 /// A node on the trust list.
@@ -980,24 +985,7 @@ pub fn hash_files(
 /// Writes `bytes` to `path` so that `path` is always either the old or the
 /// new content: temp file in the same directory, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    // A bare file name's parent is "" (not None): that is the current dir.
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    /// Makes temporary names unique within the process.
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = dir.join(format!(
-        ".{}.{}.{}.{nanos}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed),
-    ));
+    let (dir, tmp) = temp_beside(path);
     let fail = |e| StoreError::Io {
         path: path.to_path_buf(),
         source: e,
@@ -1019,6 +1007,97 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let _ = fs::remove_file(&tmp);
         fail(e)
     })
+}
+
+/// `path`'s folder, and a temporary name in it unique to this process and
+/// call, for a file that becomes `path` once written.
+fn temp_beside(path: &Path) -> (&Path, PathBuf) {
+    // A bare file name's parent is "" (not None): that is the current dir.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    /// Makes temporary names unique within the process.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(
+        ".{}.{}.{}.{nanos}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+    ));
+    (dir, tmp)
+}
+
+/// Creates `path` holding `bytes`, readable and writable by this user
+/// only (mode 0600), unless a file is there already: it is written and
+/// synced under a temporary name first, then hard-linked to `path`, so
+/// `path` is never seen half-written, and a link never replaces (if
+/// another process got there first, its file stays). Whether this call
+/// created it.
+pub(crate) fn create_private(path: &Path, bytes: &[u8]) -> Result<bool, StoreError> {
+    let (dir, tmp) = temp_beside(path);
+    let write = || -> io::Result<bool> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        File::open(dir)?.sync_all()?;
+        Ok(true)
+    };
+    let written = write();
+    let _ = fs::remove_file(&tmp);
+    written.map_err(StoreError::io(path))
+}
+
+/// The content of `path`, a file only this user may use: a regular file
+/// (never opened through a symbolic link) owned by this user, on which
+/// group and others have no permission at all. One that others may access
+/// is refused with `exposed(path, mode)`; one that is not a regular file
+/// of ours counts as damaged, with `remedy`.
+pub(crate) fn read_private(
+    path: &Path,
+    exposed: impl FnOnce(PathBuf, u32) -> StoreError,
+    remedy: &'static str,
+) -> Result<Vec<u8>, StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(StoreError::io(path))?;
+    let meta = f.metadata().map_err(StoreError::io(path))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_file() || meta.uid() != me {
+        return Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!(
+                "not a regular file of yours (owner uid {}, you are {me})",
+                meta.uid()
+            ),
+            remedy,
+        });
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(exposed(path.to_path_buf(), mode & 0o777));
+    }
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(&mut f, &mut bytes).map_err(StoreError::io(path))?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

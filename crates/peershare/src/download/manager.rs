@@ -18,7 +18,10 @@
 //! `Active` exactly while its task runs; what is on disk (downloads.json)
 //! is every download not finished, failed or cancelled, as of its last
 //! change; a node shutting down stops its active downloads with their
-//! progress recorded and keeps them `Queued` on disk.
+//! progress recorded and keeps them `Queued` on disk. Events about
+//! downloads are published under the jobs lock, as the change they tell
+//! is made, so a subscriber sees them in the order of the changes (never
+//! a progress before its download's start or after its end).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -390,13 +393,13 @@ impl Manager {
             let info = info(&job);
             jobs.jobs.insert(id, job);
             self.persist(&jobs);
+            self.parts.events.emit(Event::DownloadQueued {
+                id: info.id,
+                file_id: info.file_id.clone(),
+                name: info.name.clone(),
+            });
             info
         };
-        self.parts.events.emit(Event::DownloadQueued {
-            id: info.id,
-            file_id: info.file_id.clone(),
-            name: info.name.clone(),
-        });
         self.schedule();
         Ok(self.get(info.id).unwrap_or(info))
     }
@@ -480,21 +483,18 @@ impl Manager {
         f: impl FnOnce(&mut Job) -> Option<Event>,
         allowed: &[State],
     ) -> Result<DownloadInfo, ManagerError> {
-        let (info, event) = {
-            let mut jobs = self.jobs.lock().expect("jobs lock");
-            let job = jobs.jobs.get_mut(&id).ok_or(ManagerError::Unknown(id))?;
-            if !allowed.contains(&job.state) {
-                return Err(ManagerError::Wrong {
-                    id,
-                    state: job.state,
-                    what,
-                });
-            }
-            let event = f(job);
-            let info = info(job);
-            self.persist(&jobs);
-            (info, event)
-        };
+        let mut jobs = self.jobs.lock().expect("jobs lock");
+        let job = jobs.jobs.get_mut(&id).ok_or(ManagerError::Unknown(id))?;
+        if !allowed.contains(&job.state) {
+            return Err(ManagerError::Wrong {
+                id,
+                state: job.state,
+                what,
+            });
+        }
+        let event = f(job);
+        let info = info(job);
+        self.persist(&jobs);
         if let Some(e) = event {
             self.parts.events.emit(e);
         }
@@ -542,9 +542,11 @@ impl Manager {
             if !started.is_empty() {
                 self.persist(&jobs);
             }
+            for (id, ..) in &started {
+                self.parts.events.emit(Event::DownloadStarted { id: *id });
+            }
         }
         for (id, resolved, order, progress, stop) in started {
-            self.parts.events.emit(Event::DownloadStarted { id });
             let m = self.clone();
             self.spawn(async move {
                 let outcome = m.run(&resolved, &order, progress, stop).await;
@@ -613,7 +615,7 @@ impl Manager {
         id: DownloadId,
         (result, stopped): (Result<DownloadSummary, DownloadError>, Option<Stop>),
     ) {
-        let event = {
+        {
             let mut jobs = self.jobs.lock().expect("jobs lock");
             let Some(job) = jobs.jobs.get_mut(&id) else {
                 return;
@@ -653,9 +655,8 @@ impl Manager {
                 self.persist(&jobs);
             }
             forget_old(&mut jobs);
-            event
-        };
-        self.parts.events.emit(event);
+            self.parts.events.emit(event);
+        }
         self.schedule();
     }
 
@@ -665,34 +666,25 @@ impl Manager {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let events: Vec<Event> = {
-                let mut jobs = self.jobs.lock().expect("jobs lock");
-                if jobs.shutting_down {
-                    return;
-                }
-                jobs.jobs
-                    .values_mut()
-                    .filter(|j| j.state == State::Active)
-                    .map(|j| {
-                        let p = &j.progress;
-                        let received = p.received.load(Ordering::Relaxed);
-                        let (before, at) = j.rate_mark;
-                        let secs = at.elapsed().as_secs_f64().max(1e-3);
-                        j.rate = (received.saturating_sub(before) as f64 / secs) as u64;
-                        j.rate_mark = (received, Instant::now());
-                        Event::DownloadProgress {
-                            id: j.id,
-                            size: p.total.load(Ordering::Relaxed),
-                            verified: p.verified.load(Ordering::Relaxed),
-                            received,
-                            rate: j.rate,
-                            peers: p.peers.load(Ordering::Relaxed),
-                        }
-                    })
-                    .collect()
-            };
-            for e in events {
-                self.parts.events.emit(e);
+            let mut jobs = self.jobs.lock().expect("jobs lock");
+            if jobs.shutting_down {
+                return;
+            }
+            for j in jobs.jobs.values_mut().filter(|j| j.state == State::Active) {
+                let p = &j.progress;
+                let received = p.received.load(Ordering::Relaxed);
+                let (before, at) = j.rate_mark;
+                let secs = at.elapsed().as_secs_f64().max(1e-3);
+                j.rate = (received.saturating_sub(before) as f64 / secs) as u64;
+                j.rate_mark = (received, Instant::now());
+                self.parts.events.emit(Event::DownloadProgress {
+                    id: j.id,
+                    size: p.total.load(Ordering::Relaxed),
+                    verified: p.verified.load(Ordering::Relaxed),
+                    received,
+                    rate: j.rate,
+                    peers: p.peers.load(Ordering::Relaxed),
+                });
             }
         }
     }

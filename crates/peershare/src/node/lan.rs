@@ -43,7 +43,8 @@ struct PeersFile {
     peers: Vec<Found>,
 }
 
-fn unix_now() -> u64 {
+/// Now, in seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -82,7 +83,7 @@ pub fn read_peers_file(dir: &Path) -> Vec<Found> {
         return Vec::new();
     };
     // A file left by a node that is gone says nothing about now.
-    if !Path::new(&format!("/proc/{}", file.pid)).exists() {
+    if !super::process_alive(file.pid) {
         return Vec::new();
     }
     let age = unix_now().saturating_sub(file.written_unix);

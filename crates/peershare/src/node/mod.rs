@@ -317,6 +317,19 @@ impl Node {
     pub fn cancel(&self, id: DownloadId) -> Result<DownloadInfo, ManagerError> {
         self.inner.manager.cancel(id)
     }
+
+    /// Becomes true when [`Node::shutdown`] has stopped the downloads (the
+    /// API's event streams end then).
+    pub(crate) fn stopping(&self) -> watch::Receiver<bool> {
+        self.inner.stop.subscribe()
+    }
+}
+
+/// Whether process `pid` is alive on this machine (files a running node
+/// leaves in its data dir name its pid; one whose process is gone says
+/// nothing about now).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// The one address every listener is bound to, if they share one that is

@@ -2,6 +2,10 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+mod nodes;
+pub use nodes::*;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
