@@ -531,8 +531,11 @@ def run_peershare(v: Variant, out: Path, logs: Path, size: int, sha: str, full_v
     try:
         get_out, get_err = logs / f"get{v.log_tag}-{index}.out", logs / f"get{v.log_tag}-{index}.err"
         with open(get_out, "wb") as o, open(get_err, "wb") as e:
+            # --no-discovery: nothing of a benchmark leaves loopback (a `get`
+            # with no node running announces itself on the LAN otherwise).
             g = spawn([v.binary, "--data-dir", v.get_dir, "-q", "get", v.file_id,
-                       "--peer", f"127.0.0.1:{port}", "-o", out, "--json"], o, e, env)
+                       "--peer", f"127.0.0.1:{port}", "--no-discovery", "-o", out, "--json"],
+                      o, e, env)
             t0 = time.perf_counter()
             g.go()
             g_code, g_cpu, g_rss = reap(g, RUN_TIMEOUT)

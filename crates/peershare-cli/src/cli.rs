@@ -123,6 +123,26 @@ pub enum Command {
         downloading the same file help too: a `peershare serve` on the same data dir offers \
         what this download has verified (unless --no-share), and the finished file is shared.")]
     Get(GetArgs),
+
+    /// Give files to someone: share them (unlisted), print a ticket per path, and serve until Ctrl-C
+    #[command(after_help = "Examples:\n  \
+        peershare send talk.mkv                    # prints a ticket; the other side runs `peershare get TICKET`\n  \
+        peershare send a.pdf b.pdf --exit-after 1  # stop after one complete download\n  \
+        peershare send photos/ --listed            # also listed in this node's catalog\n\n\
+        With a node running on this data dir (`peershare serve`), the files are shared by that node and \
+        `send` only prints the tickets and what is downloaded; otherwise `send` runs a node itself, \
+        with `serve`'s options, until Ctrl-C. Tickets carry the addresses where the node really listens \
+        (loopback included when it listens there) and its node ID. A line per peer and file says what \
+        each downloaded.")]
+    Send(SendArgs),
+
+    /// Show the running node: its ID and addresses, peers, downloads and uploads in progress, totals
+    #[command(
+        after_help = "Examples:\n  peershare status\n  peershare status --json | jq .downloads\n\n\
+        Reads the state of the node running on this data dir (`peershare serve`) through its local API. \
+        With none running, says so and exits 3."
+    )]
+    Status(JsonArg),
 }
 
 #[derive(Debug, Args)]
@@ -314,6 +334,44 @@ pub struct ServeArgs {
     /// Serve only the nodes on the trust list (`peershare trust add NODE-ID`); others are refused
     #[arg(long, env = "PEERSHARE_TRUSTED_ONLY", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub trusted_only: bool,
+
+    /// Where the node's local API listens (loopback only; `127.0.0.1:0` takes any free port); the CLI and the web UI talk to it
+    #[arg(
+        long,
+        env = "PEERSHARE_API_LISTEN",
+        default_value = "127.0.0.1:9001",
+        value_name = "ADDR"
+    )]
+    pub api_listen: SocketAddr,
+
+    /// Serve no local API (other commands then work on the data dir by themselves)
+    #[arg(long, env = "PEERSHARE_NO_API", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_api: bool,
+
+    /// Downloads the node runs at once; more wait in order
+    #[arg(long, env = "PEERSHARE_MAX_ACTIVE_DOWNLOADS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_active_downloads: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Files or folders to give
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// Also list them in this node's catalog (by default only a ticket finds them)
+    #[arg(long)]
+    pub listed: bool,
+
+    /// Stop after this many complete downloads (by anyone, of any of the files)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub exit_after: Option<u32>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 #[derive(Debug, Args)]
@@ -369,6 +427,14 @@ pub struct GetArgs {
     /// Keep the download to yourself: a `serve` on this data dir does not offer its chunks while it runs, and the finished file is not added to the library
     #[arg(long, env = "PEERSHARE_NO_SHARE", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_share: bool,
+
+    /// Keep serving the file after it is complete, until Ctrl-C (when no node runs: a running node always does)
+    #[arg(long)]
+    pub seed: bool,
+
+    /// Hand the download to the running node and return at once (`peershare status` shows it)
+    #[arg(long)]
+    pub detach: bool,
 
     #[command(flatten)]
     pub json: JsonArg,

@@ -1,20 +1,18 @@
 //! LAN discovery for the commands: resolving options into a
-//! `DiscoveryConfig`, asking the LAN, the local `serve`'s view of peers in
-//! `<data-dir>/peers.json`, and saying clearly when nothing is found.
+//! `DiscoveryConfig`, asking the LAN (with the view of a node running on
+//! the data dir, `<data-dir>/peers.json`), and saying clearly when nothing
+//! is found.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use peershare::discovery::{DiscoveryConfig, discover, lan_targets};
+use peershare::discovery::{DiscoveryConfig, discover};
+pub use peershare::node::lan::Found;
 use peershare_proto::NodeId;
-use peershare_proto::discovery::PeerInfo;
-use serde::{Deserialize, Serialize};
 
 use crate::cli::{DiscoveryArgs, Family, LookArgs};
 use crate::{Failure, exit};
 
-const PEERS_FILE: &str = "peers.json";
 /// Longest accepted `--discovery-wait`, seconds.
 pub const MAX_DISCOVERY_WAIT_SECS: f64 = 60.0;
 
@@ -42,80 +40,6 @@ pub fn seconds(what: &str, s: f64, max: f64) -> Result<Duration, Failure> {
     Ok(Duration::from_secs_f64(s))
 }
 
-/// A peer as the commands show it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Found {
-    pub node_id: String,
-    pub addr: SocketAddr,
-    /// "reply" (answered our query now), or how the local `serve` heard it
-    /// ("announce", "reply", "query").
-    pub found_via: String,
-    /// Seconds since it was last heard.
-    pub last_seen_secs: u64,
-}
-
-/// What a running `serve` writes whenever the set of peers it knows changes.
-#[derive(Debug, Serialize, Deserialize)]
-struct PeersFile {
-    pid: u32,
-    node_id: String,
-    written_unix: u64,
-    peers: Vec<Found>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Called by `serve` on every change of its peer set. Best effort: a
-/// failure to write is logged, never fatal.
-pub fn write_peers_file(dir: &Path, me: NodeId, peers: &[PeerInfo], now: Duration) {
-    let file = PeersFile {
-        pid: std::process::id(),
-        node_id: me.to_string(),
-        written_unix: unix_now(),
-        peers: peers
-            .iter()
-            .map(|p| Found {
-                node_id: p.node_id.to_string(),
-                addr: p.addr,
-                found_via: p.via.as_str().to_owned(),
-                last_seen_secs: now.saturating_sub(p.last_seen).as_secs(),
-            })
-            .collect(),
-    };
-    let json = serde_json::to_vec_pretty(&file).expect("serializable");
-    if let Err(e) = peershare::store::write_atomic(&dir.join(PEERS_FILE), &json) {
-        tracing::warn!("recording peers: {e}");
-    }
-}
-
-/// The peers the `serve` running on this data dir knows, if one runs.
-fn local_view(dir: &Path) -> Vec<Found> {
-    let Ok(bytes) = std::fs::read(dir.join(PEERS_FILE)) else {
-        return Vec::new();
-    };
-    let Ok(file) = serde_json::from_slice::<PeersFile>(&bytes) else {
-        return Vec::new();
-    };
-    // A file left by a serve that is gone says nothing about now.
-    if !Path::new(&format!("/proc/{}", file.pid)).exists() {
-        return Vec::new();
-    }
-    let age = unix_now().saturating_sub(file.written_unix);
-    file.peers
-        .into_iter()
-        // serve writes node IDs; anything else is not one of its records.
-        .filter(|f| f.node_id.parse::<NodeId>().is_ok())
-        .map(|mut f| {
-            f.last_seen_secs += age;
-            f
-        })
-        .collect()
-}
-
 /// Asks the LAN and the local serve; one entry per node ID, live answers first.
 pub async fn look(dir: &Path, me: NodeId, a: &LookArgs) -> Result<Vec<Found>, Failure> {
     let wait = seconds(
@@ -136,7 +60,7 @@ pub async fn look(dir: &Path, me: NodeId, a: &LookArgs) -> Result<Vec<Found>, Fa
             last_seen_secs: 0,
         })
         .collect();
-    for f in local_view(dir) {
+    for f in peershare::node::lan::read_peers_file(dir) {
         if f.node_id != me.to_string() && !out.iter().any(|o| o.node_id == f.node_id) {
             out.push(f);
         }
@@ -148,25 +72,9 @@ pub async fn look(dir: &Path, me: NodeId, a: &LookArgs) -> Result<Vec<Found>, Fa
 /// to do instead.
 pub fn nothing_found(a: &LookArgs) -> Failure {
     let cfg = config(&a.discovery, Duration::from_secs(5));
-    let targets = lan_targets(&cfg);
-    let tried = if targets.is_empty() {
-        "there is no up network interface to broadcast on".to_owned()
-    } else {
-        let list: Vec<String> = targets.iter().map(|t| t.ip().to_string()).collect();
-        format!(
-            "asked {} on UDP port {} and waited {} s",
-            list.join(", "),
-            cfg.port,
-            a.discovery_wait
-        )
-    };
+    let wait = Duration::from_secs_f64(a.discovery_wait.clamp(0.0, MAX_DISCOVERY_WAIT_SECS));
     Failure::new(
         exit::UNREACHABLE,
-        format!(
-            "no peers found on the LAN ({tried}); they may not be running `peershare serve`, a firewall may \
-             block UDP port {}, or the network (e.g. Wi-Fi client isolation, a VPN) may not pass broadcasts: \
-             connect directly with --peer HOST:PORT",
-            cfg.port
-        ),
+        peershare::node::lan::nothing_found(&cfg, wait),
     )
 }

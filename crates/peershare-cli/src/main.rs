@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod lan;
 mod progress;
+mod remote;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -227,6 +227,9 @@ pub enum DownloadError {
         "no peer to download from: give one with --peer HOST:PORT or use a ticket that lists peers"
     )]
     NoPeers,
+    /// Asked the LAN and nobody answered (why, what was tried).
+    #[error("{0}")]
+    NoPeersOnLan(String),
     #[error("no peer could be reached: {}", join_peer_errors(.0))]
     AllUnreachable(Vec<PeerError>),
     #[error("none of the peers shares file {id}; check the ID, or ask for a fresh ticket")]
@@ -284,6 +287,7 @@ impl DownloadError {
     pub fn kind(&self) -> &'static str {
         match self {
             DownloadError::NoPeers => "usage",
+            DownloadError::NoPeersOnLan(_) => "unreachable",
             DownloadError::AllUnreachable(errs) => {
                 errs.first().map_or("unreachable", PeerError::kind)
             }

@@ -205,6 +205,8 @@ pub fn signal(pid: u32, sig: &str) {
 pub struct Serve {
     pub kid: Kid,
     pub addr: SocketAddr,
+    /// Its local API's URL (`api on URL`), unless `--no-api`.
+    pub api: Option<String>,
     /// Further stdout lines, until the process exits.
     pub lines: Receiver<String>,
     pub log: PathBuf,
@@ -397,11 +399,14 @@ impl Sandbox {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.path(&format!("serve-{n}.log"));
+        // The API on a port of its own too: tests run at once.
         let mut args = vec![
             "--data-dir",
             path_str(data),
             "serve",
             "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
             "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
@@ -435,9 +440,22 @@ impl Sandbox {
             .unwrap_or_else(|e| panic!("bad address in {first:?}: {e}"));
         assert_eq!(addr.ip().to_string(), "127.0.0.1", "{first:?}");
         assert_ne!(addr.port(), 0, "{first:?}");
+        // Then the API's line, unless it has none.
+        let api = if extra.contains(&"--no-api") {
+            None
+        } else {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("serve printed no `api on` line ({e:?})"));
+            let url = line
+                .strip_prefix("api on ")
+                .unwrap_or_else(|| panic!("unexpected second line from serve: {line:?}"));
+            Some(url.to_owned())
+        };
         Serve {
             kid,
             addr,
+            api,
             lines: rx,
             log,
         }

@@ -119,6 +119,8 @@ pub trait Lan: Send + Sync + 'static {
     fn look(&self) -> std::pin::Pin<Box<dyn Future<Output = Reported> + Send + '_>>;
     /// The nodes heard, updated as they come and go.
     fn watch(&self) -> watch::Receiver<Reported>;
+    /// Why a look found nobody: what was asked, where, and what to try.
+    fn nobody(&self) -> String;
 }
 
 use std::future::Future;
@@ -576,6 +578,11 @@ impl Manager {
                     announced.push((addr, node));
                 }
             }
+        }
+        if peers.is_empty()
+            && let Some(lan) = lan
+        {
+            return (Err(DownloadError::NoPeersOnLan(lan.nobody())), None);
         }
         let mut config = parts.config.download.clone();
         if order.max_rate.is_some() {

@@ -204,4 +204,31 @@ impl Lan for NodeLan {
     fn watch(&self) -> watch::Receiver<Reported> {
         self.reported.subscribe()
     }
+
+    fn nobody(&self) -> String {
+        nothing_found(&self.config, self.wait)
+    }
+}
+
+/// Why asking the LAN with `config` for `wait` found nobody: what was tried,
+/// why it may fail, what to do instead.
+pub fn nothing_found(config: &DiscoveryConfig, wait: Duration) -> String {
+    let targets = crate::discovery::lan_targets(config);
+    let tried = if targets.is_empty() {
+        "there is no up network interface to broadcast on".to_owned()
+    } else {
+        let list: Vec<String> = targets.iter().map(|t| t.ip().to_string()).collect();
+        format!(
+            "asked {} on UDP port {} and waited {} s",
+            list.join(", "),
+            config.port,
+            wait.as_secs_f64()
+        )
+    };
+    format!(
+        "no peers found on the LAN ({tried}); they may not be running `peershare serve`, a firewall may \
+         block UDP port {}, or the network (e.g. Wi-Fi client isolation, a VPN) may not pass broadcasts: \
+         connect directly with --peer HOST:PORT",
+        config.port
+    )
 }
