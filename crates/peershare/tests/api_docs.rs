@@ -195,15 +195,20 @@ fn same_shape(doc: &Value, real: &Value, at: &str) -> Result<(), String> {
     }
 }
 
-/// `example` is a `T`: it deserializes, and serializes back to itself.
-fn is_a<T: DeserializeOwned + Serialize>(example: &Value, what: &str) {
+/// `example` read as a `T` and written back.
+fn written_back<T: DeserializeOwned + Serialize>(example: &Value, what: &str) -> Value {
     let typed: T = serde_json::from_value(example.clone()).unwrap_or_else(|e| {
         panic!(
             "{what}: the example is not a {}: {e}",
             std::any::type_name::<T>()
         )
     });
-    let back = serde_json::to_value(&typed).unwrap();
+    serde_json::to_value(&typed).unwrap()
+}
+
+/// `example` is a `T`: it deserializes, and serializes back to itself.
+fn is_a<T: DeserializeOwned + Serialize>(example: &Value, what: &str) {
+    let back = written_back::<T>(example, what);
     assert_eq!(
         &back, example,
         "{what}: the example as the engine writes it"
@@ -221,13 +226,7 @@ fn is_within<T: DeserializeOwned + Serialize>(example: &Value, what: &str) {
             _ => part == whole,
         }
     }
-    let typed: T = serde_json::from_value(example.clone()).unwrap_or_else(|e| {
-        panic!(
-            "{what}: the example is not a {}: {e}",
-            std::any::type_name::<T>()
-        )
-    });
-    let back = serde_json::to_value(&typed).unwrap();
+    let back = written_back::<T>(example, what);
     assert!(
         within(example, &back),
         "{what}: {example} is not within {back}"
