@@ -923,12 +923,12 @@ async fn over_real_http_with_events_and_a_complete_shutdown() {
     assert_eq!(seen.last().unwrap().data["id"], id);
     assert_eq!(std::fs::read(dir.path().join("got")).unwrap(), talk);
 
-    // Shutdown ends the stream (it would keep the server waiting), closes
-    // the connection, and the server returns.
+    // Shutdown ends the stream (it would keep the server waiting until its
+    // grace is over), closes the connection, and the server returns.
     stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
+    tokio::time::timeout(api::SHUTDOWN_GRACE / 2, server)
         .await
-        .expect("the server stops with an event stream open")
+        .expect("the server stops at once with an event stream open")
         .unwrap()
         .unwrap();
     assert!(events.next().await.is_none(), "the stream ended");
@@ -936,6 +936,65 @@ async fn over_real_http_with_events_and_a_complete_shutdown() {
     assert_eq!(a.api(), None);
     a.shutdown().await;
     s.shutdown().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while alive_tasks() != tasks && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(alive_tasks(), tasks, "tasks left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_send_nothing_or_half_a_request_do_not_hold_up_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = alive_tasks();
+    let (a, token, _) = api_node(dir.path(), "a", &[], NodeConfig::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(a.clone(), listener, token.clone(), async {
+        let _ = stopped.await;
+    }));
+    let connect = || tokio::net::TcpStream::connect(addr);
+    let silent = connect().await.unwrap();
+    let mut half = connect().await.unwrap();
+    half.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
+    // A request whose body never comes whole: in progress at shutdown.
+    let mut stuck = connect().await.unwrap();
+    let head = format!(
+        "POST /api/v1/library/share HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{\"paths\"",
+        token.as_str()
+    );
+    stuck.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let closed = async |mut s: tokio::net::TcpStream| {
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        tokio::time::Instant::now()
+    };
+    let start = tokio::time::Instant::now();
+    stop.send(()).unwrap();
+    let all = async { tokio::join!(closed(silent), closed(half), closed(stuck), server) };
+    let (silent_at, half_at, stuck_at, served) = tokio::time::timeout(api::SHUTDOWN_GRACE * 2, all)
+        .await
+        .expect("the server stops, every connection closed");
+    served.unwrap().unwrap();
+    assert!(
+        silent_at - start < Duration::from_secs(1),
+        "an idle connection is closed at once"
+    );
+    // Half a head, or a body that never comes whole: a request in
+    // progress, given its grace, no more.
+    for (what, at) in [("half a head", half_at), ("half a body", stuck_at)] {
+        let waited = at - start;
+        assert!(
+            waited >= api::SHUTDOWN_GRACE && waited < api::SHUTDOWN_GRACE + Duration::from_secs(2),
+            "{what}: closed after {waited:?}"
+        );
+    }
+    a.shutdown().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while alive_tasks() != tasks && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;

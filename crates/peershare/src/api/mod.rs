@@ -15,8 +15,9 @@
 //!
 //! [`router`] is the whole API as a tower service: tests drive it without a
 //! socket (`tower::ServiceExt::oneshot`). [`serve`] runs it on a listener
-//! until shutdown, and ends the event streams then so that shutdown is
-//! complete. Errors are always `{"error": {"kind": ..., "message": ...}}`
+//! (HTTP/1.1, hyper) until shutdown, and ends the event streams then, and
+//! any connection still open after a grace period, so that shutdown is
+//! complete whatever the clients do. Errors are always `{"error": {"kind": ..., "message": ...}}`
 //! ([`ErrorBody`]), the kind deciding the status ([`status_of`]).
 
 pub mod auth;
@@ -34,10 +35,13 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 pub use auth::{ApiToken, TOKEN_COOKIE, TOKEN_FILE, is_loopback_host};
 pub use nodefile::{NODE_FILE, NodeFile};
@@ -114,9 +118,18 @@ fn app(node: Node, token: ApiToken, stop: Option<watch::Receiver<bool>>) -> Rout
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then stops
-/// gracefully: no new connection, requests in progress answered, event
-/// streams ended; returns when every connection is closed. While it runs
+/// How long a client has to send a request's head (its first one, or the
+/// next on a kept-alive connection) before its connection is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long requests in progress have to finish once [`serve`] is told to
+/// shut down; then their connections are closed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves the API on `listener` (HTTP/1.1) until `shutdown` completes,
+/// then stops gracefully: no new connection, event streams ended, idle
+/// connections closed, requests in progress given [`SHUTDOWN_GRACE`] to
+/// finish; returns when every connection's task has ended. While it runs
 /// the node's status names its address ([`Node::set_api`]).
 pub async fn serve(
     node: Node,
@@ -126,16 +139,56 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    let app = app(node.clone(), token, Some(stopped));
+    let app = app(node.clone(), token, Some(stopped.clone()));
     node.set_api(Some(addr));
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop.send(true);
-        })
-        .await;
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(serve_connection(stream, app.clone(), stopped.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors, typically: let some close.
+                    tracing::warn!("API: cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    let all_ended = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, all_ended)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "API: closing {} connections still busy after {SHUTDOWN_GRACE:?}",
+            connections.len()
+        );
+        connections.shutdown().await;
+    }
     node.set_api(None);
-    result
+    Ok(())
+}
+
+/// One client's connection, until it closes or `stopped` (then as soon as
+/// the request in progress, if any, is answered).
+async fn serve_connection(stream: TcpStream, app: Router, mut stopped: watch::Receiver<bool>) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = stopped.wait_for(|s| *s) => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = connection.await;
 }
 
 /// Every error answer: `{"error": {"kind": ..., "message": ...}}`.
