@@ -14,9 +14,18 @@
 //!    once its backoff has passed, preferably from another peer than the
 //!    one that failed it.
 //! 3. Then the rarest chunk the peer holds that nobody was asked for yet
-//!    (fewest live peers holding it), lowest index first among equals; with
-//!    only whole-file peers every chunk is equally rare and this is index
-//!    order, found in amortised constant time.
+//!    (fewest live peers holding it), first in the download's *fresh order*
+//!    among equals; with only whole-file peers every chunk is equally rare
+//!    and this is the fresh order itself, found in amortised constant time.
+//!    The fresh order is index order, or a permutation of the chunks drawn
+//!    from a seed the caller passes ([`Scheduler::shuffled`]). The engine
+//!    shuffles every download with a seed of its own, so that nodes
+//!    fetching the same file at once from one seeder ask it for different
+//!    chunks and have something to trade among themselves; in index order
+//!    they would all hold the same chunks and could only wait for the
+//!    seeder. (A random start with index order after it is not enough: a
+//!    node that catches up with another's range then walks in step with
+//!    it, asking the seeder for the same chunks.)
 //! 4. Endgame: when no chunk held by a live peer is left unrequested, a peer
 //!    with room in its window duplicates a chunk in flight elsewhere (the
 //!    one with fewest copies, oldest first), at most `endgame_copies` copies
@@ -80,7 +89,7 @@ impl Default for SchedulerConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
-    /// Never asked for yet (only at or past `fresh_cursor`).
+    /// Never asked for yet (only at or past `fresh_cursor` in fresh order).
     Fresh,
     /// Failed or taken back; in the `waiting` list.
     Waiting,
@@ -167,7 +176,8 @@ pub enum Status {
 /// Per-chunk and per-peer bookkeeping. Invariants (`check_invariants`):
 ///
 /// 1. every chunk is in exactly one state; `done` counts `Done` chunks and
-///    `fresh` counts `Fresh` ones, all of them at or past `fresh_cursor`;
+///    `fresh` counts `Fresh` ones, all of them at or past `fresh_cursor`
+///    in fresh order (positions from `origin`, wrapping round);
 /// 2. a `Waiting` chunk is in `waiting` exactly once, and nothing else is;
 /// 3. an `InFlight` chunk has a `flights` entry and nothing else does; its
 ///    peers are distinct, hold the chunk, and number at least one (more
@@ -187,6 +197,10 @@ pub struct Scheduler {
     seeders: u32,
     /// Live peers with a bitmap (not holding every chunk).
     partial_peers: u32,
+    /// The fresh order: `order[pos]` is the chunk at position `pos`; empty
+    /// for index order.
+    order: Vec<u32>,
+    /// A position in fresh order: the chunk is `at(fresh_cursor)`.
     fresh_cursor: u32,
     fresh: u32,
     flights: BTreeMap<u32, Flight>,
@@ -227,6 +241,7 @@ impl Scheduler {
             chunks,
             seeders: 0,
             partial_peers: 0,
+            order: Vec::new(),
             fresh_cursor: 0,
             flights: BTreeMap::new(),
             waiting: Vec::new(),
@@ -238,8 +253,43 @@ impl Scheduler {
         s
     }
 
+    /// The same download with its fresh order a permutation of the chunks
+    /// drawn from `seed` (see the policy above) instead of index order; the
+    /// same seed gives the same order. Meant for right after
+    /// [`Scheduler::new`]; chunks already asked for keep their state. Costs
+    /// four bytes per chunk.
+    pub fn shuffled(mut self, seed: u64) -> Self {
+        let mut order: Vec<u32> = (0..self.chunk_count()).collect();
+        let mut rng = SplitMix64(seed);
+        // Fisher–Yates: each permutation equally likely (up to the bias of
+        // `below`, negligible for chunk counts).
+        for i in (1..order.len()).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+        self.order = order;
+        self.fresh_cursor = 0;
+        self.skip_not_fresh();
+        self
+    }
+
     fn chunk_count(&self) -> u32 {
         self.chunks.len() as u32
+    }
+
+    /// The chunk at position `pos` (`< chunk count`) of the fresh order.
+    fn at(&self, pos: u32) -> u32 {
+        if self.order.is_empty() {
+            pos
+        } else {
+            self.order[pos as usize]
+        }
+    }
+
+    /// Fresh chunks from the cursor on, in fresh order (with others mixed
+    /// in: callers check the state).
+    fn fresh_onwards(&self) -> impl Iterator<Item = u32> + '_ {
+        (self.fresh_cursor..self.chunk_count()).map(|pos| self.at(pos))
     }
 
     fn chunk_len(&self, i: u32) -> u64 {
@@ -248,8 +298,8 @@ impl Scheduler {
     }
 
     fn skip_not_fresh(&mut self) {
-        while (self.fresh_cursor as usize) < self.chunks.len()
-            && self.chunks[self.fresh_cursor as usize] != Chunk::Fresh
+        while self.fresh_cursor < self.chunk_count()
+            && self.chunks[self.at(self.fresh_cursor) as usize] != Chunk::Fresh
         {
             self.fresh_cursor += 1;
         }
@@ -400,14 +450,12 @@ impl Scheduler {
 
     fn pick_fresh(&self, peer: PeerKey) -> Option<u32> {
         let p = &self.peers[peer];
-        let from = self.fresh_cursor as usize;
         if self.partial_peers == 0 {
             // Every live holder holds everything: all equally rare.
-            return (from < self.chunks.len()).then_some(from as u32);
+            return (self.fresh_cursor < self.chunk_count()).then(|| self.at(self.fresh_cursor));
         }
         let mut best: Option<(u32, u32)> = None;
-        for i in from..self.chunks.len() {
-            let i = i as u32;
+        for i in self.fresh_onwards() {
             if self.chunks[i as usize] != Chunk::Fresh || !p.holds(i) {
                 continue;
             }
@@ -426,7 +474,8 @@ impl Scheduler {
     /// what is missing is in flight, waiting for a retry, or held by nobody.
     pub fn in_endgame(&self) -> bool {
         self.fresh == 0
-            || (self.fresh_cursor..self.chunk_count())
+            || self
+                .fresh_onwards()
                 .all(|i| self.chunks[i as usize] != Chunk::Fresh || self.availability(i) == 0)
     }
 
@@ -662,7 +711,8 @@ impl Scheduler {
             Status::Stuck
         } else if self.flights.is_empty()
             && self.waiting.iter().all(|e| self.availability(e.index) == 0)
-            && (self.fresh_cursor..self.chunk_count())
+            && self
+                .fresh_onwards()
                 .all(|i| self.chunks[i as usize] != Chunk::Fresh || self.availability(i) == 0)
         {
             Status::Starved
@@ -686,6 +736,14 @@ impl Scheduler {
         let count = |s: Chunk| self.chunks.iter().filter(|c| **c == s).count() as u32;
         assert_eq!(count(Chunk::Done), self.done, "done count");
         assert_eq!(count(Chunk::Fresh), self.fresh, "fresh count");
+        let mut position = vec![u32::MAX; self.chunks.len()];
+        for pos in 0..self.chunk_count() {
+            position[self.at(pos) as usize] = pos;
+        }
+        assert!(
+            self.order.is_empty() || !position.contains(&u32::MAX),
+            "the fresh order is a permutation of the chunks"
+        );
         for (i, c) in self.chunks.iter().enumerate() {
             let queued = self
                 .waiting
@@ -699,7 +757,7 @@ impl Scheduler {
             );
             if *c == Chunk::Fresh {
                 assert!(
-                    i >= self.fresh_cursor as usize,
+                    position[i] >= self.fresh_cursor,
                     "fresh chunk {i} before cursor"
                 );
             }
@@ -749,6 +807,25 @@ impl Scheduler {
             .filter(|p| p.live() && p.holding.is_some())
             .count();
         assert_eq!(partial as u32, self.partial_peers, "partial peer count");
+    }
+}
+
+/// A small deterministic generator for [`Scheduler::shuffled`]: the
+/// scheduler reads no randomness of its own, its caller passes a seed.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// In `0..n` (`n > 0`).
+    fn below(&mut self, n: u64) -> u64 {
+        ((self.next() as u128 * n as u128) >> 64) as u64
     }
 }
 
@@ -805,6 +882,114 @@ mod tests {
         assert_eq!(s.poll_request(p, T0), Some(1));
         assert_eq!(s.poll_request(p, T0), Some(3));
         assert_eq!(s.poll_request(p, T0), None);
+        s.check_invariants();
+    }
+
+    /// Every fresh chunk a lone seeder is asked for, in order, each
+    /// delivered at once so the window never fills.
+    fn fresh_order(mut s: Scheduler) -> Vec<u32> {
+        let p = seeder(&mut s);
+        let mut asked = Vec::new();
+        while let Some(i) = s.poll_request(p, T0) {
+            assert!(s.handle_verified(p, i, T0).is_some());
+            asked.push(i);
+        }
+        s.check_invariants();
+        asked
+    }
+
+    #[test]
+    fn shuffled_fresh_order_is_a_permutation_fixed_by_its_seed() {
+        let order = fresh_order(sched(cfg(8), 100).shuffled(7));
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>(), "each chunk once");
+        assert_ne!(order, sorted, "not index order");
+        assert_eq!(
+            order,
+            fresh_order(sched(cfg(8), 100).shuffled(7)),
+            "same seed"
+        );
+        assert_ne!(
+            order,
+            fresh_order(sched(cfg(8), 100).shuffled(8)),
+            "other seed"
+        );
+        assert_eq!(
+            fresh_order(sched(cfg(8), 100)),
+            sorted,
+            "unshuffled: index order"
+        );
+        // Tiny and empty files shuffle too.
+        assert_eq!(fresh_order(sched(cfg(8), 1).shuffled(3)), [0]);
+        let s = sched(cfg(8), 0).shuffled(3);
+        s.check_invariants();
+        assert_eq!(s.status(), Status::Complete);
+    }
+
+    #[test]
+    fn shuffled_order_skips_done_chunks() {
+        let resumed = |i: u32| i.is_multiple_of(3);
+        let s = Scheduler::new(cfg(8), 30 * CHUNK as u64, CHUNK, resumed).shuffled(11);
+        let mut order = fresh_order(s);
+        order.sort_unstable();
+        assert_eq!(order, (0..30).filter(|i| !resumed(*i)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn downloads_with_their_own_seeds_ask_one_seeder_for_different_chunks() {
+        // Two nodes fetching the same file at once: their first requests
+        // to the seeder are different chunks, which each can then fetch
+        // from the other instead of from the seeder.
+        let (mut a, mut b) = (
+            sched(cfg(8), 1000).shuffled(1),
+            sched(cfg(8), 1000).shuffled(2),
+        );
+        let (sa, sb) = (seeder(&mut a), seeder(&mut b));
+        let first_a: Vec<_> = std::iter::from_fn(|| a.poll_request(sa, T0)).collect();
+        let first_b: Vec<_> = std::iter::from_fn(|| b.poll_request(sb, T0)).collect();
+        assert_eq!((first_a.len(), first_b.len()), (8, 8));
+        assert!(
+            first_a.iter().all(|i| !first_b.contains(i)),
+            "{first_a:?} {first_b:?}"
+        );
+        // Once a learns what b holds, it asks b for that and the seeder for
+        // chunks held by the seeder alone.
+        let mut held = Bitmap::new(1000);
+        for &i in &first_b {
+            held.set(i);
+        }
+        let pb = a.add_peer(Holding::Some(held), T0);
+        for &i in &first_a {
+            assert!(a.handle_verified(sa, i, ms(10)).is_some());
+        }
+        let from_b: Vec<_> = std::iter::from_fn(|| a.poll_request(pb, ms(10))).collect();
+        assert_eq!(from_b.len(), 8, "b's window");
+        assert!(from_b.iter().all(|i| first_b.contains(i)));
+        let from_seeder: Vec<_> = std::iter::from_fn(|| a.poll_request(sa, ms(10))).collect();
+        assert!(!from_seeder.is_empty());
+        assert!(
+            from_seeder
+                .iter()
+                .all(|i| !first_b.contains(i) && !first_a.contains(i))
+        );
+        a.check_invariants();
+    }
+
+    #[test]
+    fn rarest_first_breaks_ties_in_fresh_order() {
+        let reference = fresh_order(sched(cfg(8), 12).shuffled(5));
+        let mut s = sched(cfg(64), 12).shuffled(5);
+        let a = seeder(&mut s);
+        let common = [0, 1, 2, 3, 4, 5];
+        partial(&mut s, 12, &common);
+        // First the chunks the seeder alone holds, then the rest, each
+        // group in the fresh order.
+        let (mut expected, rest): (Vec<u32>, Vec<u32>) =
+            reference.into_iter().partition(|i| !common.contains(i));
+        expected.extend(rest);
+        let asked: Vec<_> = std::iter::from_fn(|| s.poll_request(a, T0)).collect();
+        assert_eq!(asked, expected);
         s.check_invariants();
     }
 

@@ -480,7 +480,8 @@ impl Session {
             size,
             chunk_size,
             |i| done.get(i),
-        );
+        )
+        .shuffled(random_seed());
         let resumed_bytes: u64 = done
             .iter()
             .map(|i| manifest.chunk_len(i).unwrap_or(0) as u64)
@@ -1255,4 +1256,16 @@ async fn fetch(
         index,
         outcome,
     }
+}
+
+/// The seed of this download's fresh order (`Scheduler::shuffled`): at
+/// random, so that nodes fetching one file at once ask its seeders for
+/// different chunks and can trade them. An unlucky draw only costs sharing.
+fn random_seed() -> u64 {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 8];
+    // The system's generator does not fail on Linux; if it ever did, the
+    // zero seed still gives a correct download.
+    let _ = SystemRandom::new().fill(&mut bytes);
+    u64::from_le_bytes(bytes)
 }
