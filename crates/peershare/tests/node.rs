@@ -13,7 +13,8 @@ use common::*;
 use peershare::download::manager::{ManagerConfig, State};
 use peershare::node::events::{DownloadId, Event};
 use peershare::node::{Bound, Node, NodeConfig};
-use peershare::{Library, Tls};
+use peershare::server::MAX_UPLOADS_PER_CONNECTION;
+use peershare::{ClientConfig, Library, PeerConn, Tls};
 use tokio::net::TcpListener;
 
 #[tokio::test]
@@ -352,5 +353,70 @@ async fn uploads_are_reported_as_they_start_and_end() {
     assert_eq!(bytes, content.len() as u64);
     assert!(complete);
     b.shutdown().await;
+    a.shutdown().await;
+}
+
+/// One connection taking one chunk of each of more files than
+/// `MAX_UPLOADS_PER_CONNECTION`: every file is served, the first
+/// `MAX_UPLOADS_PER_CONNECTION` are tracked (listed, with their events),
+/// the rest are not.
+#[tokio::test]
+async fn a_connection_has_at_most_max_uploads_per_connection_tracked() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..MAX_UPLOADS_PER_CONNECTION + 1)
+        .map(|i| (format!("f{i}"), data(1000 + i, 570 + i as u64)))
+        .collect();
+    let shared: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, f)| (n.as_str(), f.as_slice()))
+        .collect();
+    let a = node(dir.path(), "a", &shared, NodeConfig::default()).await;
+    let mut events = a.subscribe();
+    let tls = Tls::ephemeral();
+    let conn = PeerConn::connect(
+        a.listening()[0],
+        &tls,
+        Some(a.tls().node_id()),
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    for (_, content) in &files {
+        let got = conn.chunk(id_of(content), 0).await.unwrap();
+        assert_eq!(&got[..], &content[..], "every file is served");
+    }
+    // The server answers a connection in order, and counts a chunk's upload
+    // once it is sent: with this answer, every chunk before it is counted.
+    conn.manifest(id_of(&files[0].1)).await.unwrap();
+    let total: usize = files.iter().map(|(_, f)| f.len()).sum();
+    assert_eq!(a.uploaded(), total as u64, "all sent, tracked or not");
+    let mut tracked: Vec<String> = a.uploads().into_iter().map(|u| u.name).collect();
+    tracked.sort_by_key(|n| n[1..].parse::<usize>().unwrap());
+    let first: Vec<String> = files[..MAX_UPLOADS_PER_CONNECTION]
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(tracked, first, "the first ones taken");
+    let mut started = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let Event::UploadStarted { name, .. } = e {
+            started.push(name);
+        }
+    }
+    assert_eq!(started, first);
+    drop(conn);
+    let mut ended = 0;
+    while ended < MAX_UPLOADS_PER_CONNECTION {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Ok(Event::UploadFinished { name, .. })) => {
+                assert_ne!(name, files[MAX_UPLOADS_PER_CONNECTION].0);
+                ended += 1;
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("{ended} uploads ended, then {other:?}"),
+        }
+    }
+    // Its uploads leave the list before their ends are told.
+    assert!(a.uploads().is_empty());
     a.shutdown().await;
 }
