@@ -6,14 +6,23 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use peershare::download::manager::{ManagerConfig, State};
+use peershare::StoreError;
+use peershare::download::manager::{
+    MAX_DONE_KEPT, MAX_QUEUE_FILE_BYTES, MAX_QUEUED, MAX_RECORD_BYTES, ManagerConfig, ManagerError,
+    QUEUE_FILE, State,
+};
+use peershare::download::order::Order;
 use peershare::node::events::{DownloadId, Event};
-use peershare::node::{Bound, Node, NodeConfig};
-use peershare::{Library, Tls};
+use peershare::node::{Bound, Node, NodeConfig, NodeError};
+use peershare::server::MAX_UPLOADS_PER_CONNECTION;
+use peershare::{ClientConfig, Library, PeerConn, Tls};
+use peershare_proto::FileId;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 #[tokio::test]
@@ -353,4 +362,419 @@ async fn uploads_are_reported_as_they_start_and_end() {
     assert!(complete);
     b.shutdown().await;
     a.shutdown().await;
+}
+
+/// One connection taking one chunk of each of more files than
+/// `MAX_UPLOADS_PER_CONNECTION`: every file is served, the first
+/// `MAX_UPLOADS_PER_CONNECTION` are tracked (listed, with their events),
+/// the rest are not.
+#[tokio::test]
+async fn a_connection_has_at_most_max_uploads_per_connection_tracked() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..MAX_UPLOADS_PER_CONNECTION + 1)
+        .map(|i| (format!("f{i}"), data(1000 + i, 570 + i as u64)))
+        .collect();
+    let shared: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, f)| (n.as_str(), f.as_slice()))
+        .collect();
+    let a = node(dir.path(), "a", &shared, NodeConfig::default()).await;
+    let mut events = a.subscribe();
+    let tls = Tls::ephemeral();
+    let conn = PeerConn::connect(
+        a.listening()[0],
+        &tls,
+        Some(a.tls().node_id()),
+        ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    for (_, content) in &files {
+        let got = conn.chunk(id_of(content), 0).await.unwrap();
+        assert_eq!(&got[..], &content[..], "every file is served");
+    }
+    // The server answers a connection in order, and counts a chunk's upload
+    // once it is sent: with this answer, every chunk before it is counted.
+    conn.manifest(id_of(&files[0].1)).await.unwrap();
+    let total: usize = files.iter().map(|(_, f)| f.len()).sum();
+    assert_eq!(a.uploaded(), total as u64, "all sent, tracked or not");
+    let mut tracked: Vec<String> = a.uploads().into_iter().map(|u| u.name).collect();
+    tracked.sort_by_key(|n| n[1..].parse::<usize>().unwrap());
+    let first: Vec<String> = files[..MAX_UPLOADS_PER_CONNECTION]
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(tracked, first, "the first ones taken");
+    let mut started = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let Event::UploadStarted { name, .. } = e {
+            started.push(name);
+        }
+    }
+    assert_eq!(started, first);
+    drop(conn);
+    let mut ended = 0;
+    while ended < MAX_UPLOADS_PER_CONNECTION {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Ok(Event::UploadFinished { name, .. })) => {
+                assert_ne!(name, files[MAX_UPLOADS_PER_CONNECTION].0);
+                ended += 1;
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("{ended} uploads ended, then {other:?}"),
+        }
+    }
+    // Its uploads leave the list before their ends are told.
+    assert!(a.uploads().is_empty());
+    a.shutdown().await;
+}
+
+// The manager's limits, at their sizes.
+
+/// Nothing runs: downloads stay queued.
+fn none_run() -> NodeConfig {
+    NodeConfig {
+        manager: ManagerConfig {
+            max_active: 0,
+            ..ManagerConfig::default()
+        },
+        ..NodeConfig::default()
+    }
+}
+
+/// An order for a file nobody shares (`i` tells them apart), from
+/// `peers`, saved in `dir`.
+fn order_for(i: usize, peers: &[SocketAddr], dir: &Path) -> Order {
+    let mut id = [0; 32];
+    id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    let mut o = Order::new(FileId(id).to_string());
+    o.peers = peers.to_vec();
+    o.output = Some(dir.join(format!("out{i}")));
+    o
+}
+
+/// `downloads.json` as a node writes it: download `i + 1` is `orders[i]`,
+/// in its state (`queued`, `paused`), given from `cwd`.
+fn queue_file(orders: &[(Order, &str)], cwd: &Path) -> Vec<u8> {
+    let downloads: Vec<Value> = orders
+        .iter()
+        .enumerate()
+        .map(|(i, (order, state))| {
+            json!({
+                "id": i + 1,
+                "state": state,
+                "order": order,
+                "cwd": cwd,
+                "added_unix": 1_700_000_000 + i,
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({
+        "format": 1,
+        "next_id": orders.len() + 1,
+        "downloads": downloads,
+    }))
+    .unwrap()
+}
+
+/// Where nobody listens (TEST-NET-1); never dialed by a node whose
+/// downloads do not run.
+fn nobody() -> SocketAddr {
+    "192.0.2.1:9".parse().unwrap()
+}
+
+fn refused_as_corrupt(started: Result<Node, NodeError>) -> String {
+    match started {
+        Err(NodeError::Manager(ManagerError::Store(e @ StoreError::Corrupt { .. }))) => {
+            e.to_string()
+        }
+        Err(e) => panic!("refused, but not as damaged: {e}"),
+        Ok(_) => panic!("started"),
+    }
+}
+
+#[tokio::test]
+async fn a_node_takes_up_max_queued_downloads_and_refuses_one_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let orders: Vec<(Order, &str)> = (0..MAX_QUEUED)
+        .map(|i| (order_for(i, &[nobody()], dir.path()), "queued"))
+        .collect();
+    std::fs::write(data.join(QUEUE_FILE), queue_file(&orders, dir.path())).unwrap();
+    let b = start_on(&data, none_run()).await.unwrap();
+    let listed = b.downloads();
+    assert_eq!(listed.len(), MAX_QUEUED);
+    assert!(listed.iter().all(|d| d.state == State::Queued));
+    assert_eq!(listed[MAX_QUEUED - 1].order, orders[MAX_QUEUED - 1].0);
+
+    let err = b
+        .download(order_for(MAX_QUEUED, &[nobody()], dir.path()), dir.path())
+        .unwrap_err();
+    assert!(
+        matches!(err, ManagerError::Full(n) if n == MAX_QUEUED),
+        "{err}"
+    );
+    assert_eq!(err.kind(), "busy");
+    assert_eq!(b.downloads().len(), MAX_QUEUED);
+    // A place freed is taken again, and that is all.
+    b.cancel(1).unwrap();
+    let added = b
+        .download(order_for(MAX_QUEUED, &[nobody()], dir.path()), dir.path())
+        .unwrap();
+    assert_eq!(added.id, MAX_QUEUED as DownloadId + 1);
+    let err = b
+        .download(
+            order_for(MAX_QUEUED + 1, &[nobody()], dir.path()),
+            dir.path(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, ManagerError::Full(n) if n == MAX_QUEUED),
+        "{err}"
+    );
+    b.shutdown().await;
+
+    // The file the node wrote for as many as it takes, it takes up.
+    let written = std::fs::read(data.join(QUEUE_FILE)).unwrap();
+    assert!(written.len() <= MAX_QUEUE_FILE_BYTES);
+    // Compact (what MAX_QUEUE_FILE_BYTES counts on): no byte to spare.
+    let value: Value = serde_json::from_slice(&written).unwrap();
+    assert_eq!(written.len(), serde_json::to_vec(&value).unwrap().len());
+    assert_eq!(value["downloads"].as_array().unwrap().len(), MAX_QUEUED);
+    let again = start_on(&data, none_run()).await.unwrap();
+    let listed = again.downloads();
+    assert_eq!(listed.len(), MAX_QUEUED);
+    assert_eq!(listed[MAX_QUEUED - 1].id, added.id);
+    again.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_queue_file_listing_more_than_max_queued_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let orders: Vec<(Order, &str)> = (0..=MAX_QUEUED)
+        .map(|i| (order_for(i, &[nobody()], dir.path()), "queued"))
+        .collect();
+    let file = queue_file(&orders, dir.path());
+    assert!(file.len() <= MAX_QUEUE_FILE_BYTES, "refused for its count");
+    std::fs::write(data.join(QUEUE_FILE), &file).unwrap();
+    let why = refused_as_corrupt(start_on(&data, none_run()).await);
+    assert!(
+        why.contains(&format!("{} downloads", MAX_QUEUED + 1)) && why.contains("move it away"),
+        "{why}"
+    );
+    assert_eq!(std::fs::read(data.join(QUEUE_FILE)).unwrap(), file, "kept");
+}
+
+#[tokio::test]
+async fn a_queue_file_over_max_queue_file_bytes_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let path = data.join(QUEUE_FILE);
+    // One download, and blanks (which JSON allows) up to one byte past the
+    // limit.
+    let mut file = queue_file(
+        &[(order_for(0, &[nobody()], dir.path()), "queued")],
+        dir.path(),
+    );
+    file.resize(MAX_QUEUE_FILE_BYTES + 1, b' ');
+    std::fs::write(&path, &file).unwrap();
+    let why = refused_as_corrupt(start_on(&data, none_run()).await);
+    assert!(
+        why.contains(&format!("{} bytes", MAX_QUEUE_FILE_BYTES + 1))
+            && why.contains("move it away"),
+        "{why}"
+    );
+    assert!(std::fs::read(&path).unwrap() == file, "kept as it was");
+    // At the limit, it is read.
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(MAX_QUEUE_FILE_BYTES as u64)
+        .unwrap();
+    let b = start_on(&data, none_run()).await.unwrap();
+    assert_eq!(b.downloads().len(), 1);
+    b.shutdown().await;
+}
+
+/// Regression: a failed download was queued again by `resume` whatever the
+/// number waiting, so a node could hold (and write) more than it takes up.
+#[tokio::test]
+async fn a_failed_download_is_not_resumed_past_max_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // Connections to it are never answered: a download from it runs on.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_at = silent.local_addr().unwrap();
+    // 1 fails at once (no peer at all), 2 then runs on, the rest wait paused.
+    let mut fails = order_for(0, &[], dir.path());
+    fails.discover = Some(false);
+    let mut orders = vec![
+        (fails, "queued"),
+        (order_for(1, &[silent_at], dir.path()), "queued"),
+    ];
+    orders.extend((2..MAX_QUEUED).map(|i| (order_for(i, &[nobody()], dir.path()), "paused")));
+    std::fs::write(data.join(QUEUE_FILE), queue_file(&orders, dir.path())).unwrap();
+    let config = NodeConfig {
+        manager: ManagerConfig {
+            max_active: 1,
+            ..ManagerConfig::default()
+        },
+        ..NodeConfig::default()
+    };
+    let b = start_on(&data, config.clone()).await.unwrap();
+    let failed = until(&b, 1, "the first to fail", |d| d.state == State::Failed).await;
+    assert_eq!(failed.error.unwrap().kind, "usage");
+    // One more waiting makes as many as the node takes.
+    let last = b
+        .download(order_for(MAX_QUEUED, &[silent_at], dir.path()), dir.path())
+        .unwrap();
+    let err = b.resume(1).unwrap_err();
+    assert!(
+        matches!(err, ManagerError::Full(n) if n == MAX_QUEUED),
+        "{err}"
+    );
+    assert_eq!(b.download_info(1).unwrap().state, State::Failed);
+    b.cancel(last.id).unwrap();
+    b.resume(1).unwrap();
+    b.shutdown().await;
+    let again = start_on(&data, config).await.unwrap();
+    assert_eq!(again.downloads().len(), MAX_QUEUED);
+    again.shutdown().await;
+    drop(silent);
+}
+
+/// Regression: a download cancelled while it did not run was never
+/// forgotten.
+#[tokio::test]
+async fn only_the_newest_max_done_kept_downloads_over_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let over = MAX_DONE_KEPT + 50;
+    let orders: Vec<(Order, &str)> = (0..=over)
+        .map(|i| (order_for(i, &[nobody()], dir.path()), "queued"))
+        .collect();
+    std::fs::write(data.join(QUEUE_FILE), queue_file(&orders, dir.path())).unwrap();
+    let b = start_on(&data, none_run()).await.unwrap();
+    // All but the last are cancelled, oldest first.
+    for id in 1..=over as DownloadId {
+        b.cancel(id).unwrap();
+    }
+    let listed = b.downloads();
+    let ids: Vec<DownloadId> = listed.iter().map(|d| d.id).collect();
+    let newest: Vec<DownloadId> = (over - MAX_DONE_KEPT + 1..=over + 1)
+        .map(|i| i as DownloadId)
+        .collect();
+    assert_eq!(ids, newest, "the newest over, and the one not over");
+    assert!(
+        listed[..MAX_DONE_KEPT]
+            .iter()
+            .all(|d| d.state == State::Cancelled)
+    );
+    assert_eq!(listed[MAX_DONE_KEPT].state, State::Queued);
+    b.shutdown().await;
+}
+
+/// Downloads that ran and ended (here cancelled while they run) are
+/// forgotten past `MAX_DONE_KEPT` too, oldest first.
+#[tokio::test]
+async fn downloads_that_ran_count_towards_max_done_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // Connections to it are never answered: a download from it runs on.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_at = silent.local_addr().unwrap();
+    let over = MAX_DONE_KEPT + 50;
+    let orders: Vec<(Order, &str)> = (0..over)
+        .map(|i| (order_for(i, &[silent_at], dir.path()), "queued"))
+        .collect();
+    std::fs::write(data.join(QUEUE_FILE), queue_file(&orders, dir.path())).unwrap();
+    let config = NodeConfig {
+        manager: ManagerConfig {
+            max_active: over,
+            ..ManagerConfig::default()
+        },
+        ..NodeConfig::default()
+    };
+    let b = start_on(&data, config).await.unwrap();
+    assert!(b.downloads().iter().all(|d| d.state == State::Active));
+    let mut events = b.subscribe();
+    for id in 1..=over as DownloadId {
+        b.cancel(id).unwrap();
+    }
+    // Each ends in its own time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let listed = loop {
+        let listed = b.downloads();
+        if listed.len() == MAX_DONE_KEPT && listed.iter().all(|d| d.state.is_over()) {
+            break listed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} listed, {} over",
+            listed.len(),
+            listed.iter().filter(|d| d.state.is_over()).count()
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), events.recv()).await;
+    };
+    let ids: Vec<DownloadId> = listed.iter().map(|d| d.id).collect();
+    let newest: Vec<DownloadId> = (over - MAX_DONE_KEPT + 1..=over)
+        .map(|i| i as DownloadId)
+        .collect();
+    assert_eq!(ids, newest);
+    assert!(listed.iter().all(|d| d.state == State::Cancelled));
+    b.shutdown().await;
+    drop(silent);
+}
+
+#[tokio::test]
+async fn an_order_too_large_to_record_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = node(dir.path(), "b", &[], none_run()).await;
+    let mut o = order_for(0, &[nobody()], dir.path());
+    let named = |o: &mut Order, len: usize| o.output = Some(dir.path().join("x".repeat(len)));
+    named(&mut o, MAX_RECORD_BYTES);
+    let Err(ManagerError::TooLarge { bytes, max }) = b.download(o.clone(), dir.path()) else {
+        panic!("taken");
+    };
+    assert_eq!(max, MAX_RECORD_BYTES);
+    // Exactly the limit is taken, a byte more is not.
+    let fits = MAX_RECORD_BYTES - (bytes - MAX_RECORD_BYTES);
+    named(&mut o, fits);
+    b.download(o.clone(), dir.path()).unwrap();
+    named(&mut o, fits + 1);
+    let err = b.download(o, dir.path()).unwrap_err();
+    assert!(
+        matches!(err, ManagerError::TooLarge { bytes, .. } if bytes == MAX_RECORD_BYTES + 1),
+        "{err}"
+    );
+    assert_eq!(err.kind(), "usage");
+    assert_eq!(b.downloads().len(), 1);
+    b.shutdown().await;
+}
+
+/// Regression: a path that is not UTF-8 cannot be written in JSON, and the
+/// node panicked recording the list of downloads (holding its lock).
+#[tokio::test]
+async fn a_download_saved_under_a_path_not_in_utf8_is_refused_and_the_node_goes_on() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let b = node(dir.path(), "b", &[], none_run()).await;
+    let mut o = order_for(0, &[nobody()], dir.path());
+    o.output = Some(dir.path().join(std::ffi::OsStr::from_bytes(b"got\xff")));
+    let err = b.download(o, dir.path()).unwrap_err();
+    assert!(matches!(err, ManagerError::Unrecordable(_)), "{err}");
+    assert_eq!(err.kind(), "usage");
+    let fine = b
+        .download(order_for(1, &[nobody()], dir.path()), dir.path())
+        .unwrap();
+    assert_eq!(b.downloads(), [fine]);
+    b.shutdown().await;
 }

@@ -22,6 +22,12 @@
 //! downloads are published under the jobs lock, as the change they tell
 //! is made, so a subscriber sees them in the order of the changes (never
 //! a progress before its download's start or after its end).
+//!
+//! Bounded: at most `MAX_QUEUED` downloads not over, the `MAX_DONE_KEPT`
+//! newest of those over; `downloads.json` holds records of at most
+//! `MAX_RECORD_BYTES` (an order that would take more is refused), so the
+//! node never writes more than `MAX_QUEUE_FILE_BYTES`, and refuses to
+//! read more.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -50,6 +56,18 @@ const QUEUE_FORMAT: u32 = 1;
 pub const MAX_DONE_KEPT: usize = 256;
 /// Downloads waiting or paused in a node, at most; more are refused.
 pub const MAX_QUEUED: usize = 10_000;
+/// Bytes of JSON a download takes in `downloads.json` (its order, the
+/// folder it was given from...), at most: room for a ticket of
+/// `MAX_TICKET_LEN`, paths and peers. `add` refuses a larger order.
+pub const MAX_RECORD_BYTES: usize = 8 * 1024;
+/// Bytes of `downloads.json` besides its records, at most.
+const QUEUE_HEADER_BYTES: usize = 128;
+/// Bytes of `downloads.json`, at most: what the node writes for
+/// `MAX_QUEUED` downloads of `MAX_RECORD_BYTES` (and a comma each). A
+/// larger file is refused unread.
+pub const MAX_QUEUE_FILE_BYTES: usize = QUEUE_HEADER_BYTES + MAX_QUEUED * (MAX_RECORD_BYTES + 1);
+/// What to do about a damaged `downloads.json`.
+const QUEUE_REMEDY: &str = "move it away: the downloads it lists are then forgotten (their part files stay, and the same `get` resumes them)";
 /// How often a running download's progress is published.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -176,6 +194,13 @@ pub enum ManagerError {
     },
     #[error("{0} downloads are waiting already; let some finish or cancel them first")]
     Full(usize),
+    /// The download cannot be recorded in `downloads.json` as given.
+    #[error(
+        "this download takes {bytes} bytes to record, more than the {max} one may; give fewer peers or a shorter path"
+    )]
+    TooLarge { bytes: usize, max: usize },
+    #[error("this download cannot be recorded: {0}; give its output and folder as UTF-8 paths")]
+    Unrecordable(String),
     #[error("the node is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -183,11 +208,13 @@ pub enum ManagerError {
 }
 
 impl ManagerError {
-    /// `usage`, `local` (an order's output), `not_found` (no such
+    /// `usage` (the order, or a download too large to record), `local` (an
+    /// order's output or the data dir), `not_found` (no such
     /// download), `conflict` (not in a state for it), `busy`.
     pub fn kind(&self) -> &'static str {
         match self {
             ManagerError::Order(e) => e.kind(),
+            ManagerError::TooLarge { .. } | ManagerError::Unrecordable(_) => "usage",
             ManagerError::Unknown(_) => "not_found",
             ManagerError::Wrong { .. } => "conflict",
             ManagerError::Full(_) | ManagerError::ShuttingDown => "busy",
@@ -286,23 +313,32 @@ impl Manager {
         self.parts.library.dir().join(QUEUE_FILE)
     }
 
-    /// Takes up the downloads on disk. A record whose order no longer
-    /// resolves (its folder is gone) fails, with why.
+    /// Takes up the downloads on disk. A file larger than
+    /// `MAX_QUEUE_FILE_BYTES` or listing more than `MAX_QUEUED` downloads is
+    /// refused (left as it is). A record whose order no longer resolves
+    /// (its folder is gone), or that is larger than a download may be, is
+    /// not taken up, with why.
     fn load(&self) -> Result<(), ManagerError> {
         let path = self.queue_path();
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StoreError::Io { path, source: e }.into()),
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: path.clone(),
+            reason,
+            remedy: QUEUE_REMEDY,
+        };
+        let Some(bytes) = read_queue_file(&path)? else {
+            return Ok(());
         };
         let file: QueueFile = serde_json::from_slice(&bytes)
             .ok()
             .filter(|f: &QueueFile| f.format == QUEUE_FORMAT)
-            .ok_or_else(|| StoreError::Corrupt {
-                path: path.clone(),
-                reason: "not a list of downloads of this release".into(),
-                remedy: "move it away: the downloads it lists are then forgotten (their part files stay, and the same `get` resumes them)",
-            })?;
+            .ok_or_else(|| corrupt("not a list of downloads of this release".into()))?;
+        if file.downloads.len() > MAX_QUEUED {
+            return Err(corrupt(format!(
+                "it lists {} downloads, more than the {MAX_QUEUED} a node takes",
+                file.downloads.len()
+            ))
+            .into());
+        }
         let mut jobs = self.jobs.lock().expect("jobs lock");
         jobs.next_id = file.next_id;
         for r in file.downloads {
@@ -310,6 +346,10 @@ impl Manager {
                 State::Paused => State::Paused,
                 _ => State::Queued,
             };
+            if let Err(e) = check_record(&r) {
+                tracing::warn!("download {} cannot be taken up: {e}", r.id);
+                continue;
+            }
             match resolve(&r.order, &r.cwd) {
                 Ok(resolved) => {
                     let job = new_job(r.id, state, r.order, r.cwd, resolved, r.added_unix);
@@ -350,7 +390,9 @@ impl Manager {
             next_id: jobs.next_id,
             downloads,
         };
-        let json = serde_json::to_vec_pretty(&file).expect("serializable");
+        // Compact, so that the file is at most its records (each checked to
+        // be at most `MAX_RECORD_BYTES`) and a comma each, besides its header.
+        let json = serde_json::to_vec(&file).expect("checked: each record serializes");
         if let Err(e) = write_atomic(&self.queue_path(), &json) {
             tracing::error!("cannot record the list of downloads: {e}");
         }
@@ -378,11 +420,19 @@ impl Manager {
             if jobs.shutting_down {
                 return Err(ManagerError::ShuttingDown);
             }
-            let waiting = jobs.jobs.values().filter(|j| !j.state.is_over()).count();
+            let waiting = waiting(&jobs);
             if waiting >= MAX_QUEUED {
                 return Err(ManagerError::Full(waiting));
             }
             let id = jobs.next_id.max(1);
+            let added_unix = unix_now();
+            check_record(&Record {
+                id,
+                state: State::Queued,
+                order: order.clone(),
+                cwd: cwd.to_path_buf(),
+                added_unix,
+            })?;
             jobs.next_id = id + 1;
             let job = new_job(
                 id,
@@ -390,7 +440,7 @@ impl Manager {
                 order,
                 cwd.to_path_buf(),
                 resolved,
-                unix_now(),
+                added_unix,
             );
             let info = info(&job);
             jobs.jobs.insert(id, job);
@@ -422,18 +472,20 @@ impl Manager {
         self.change(
             id,
             "paused",
-            |job| match job.state {
-                State::Queued => {
-                    job.state = State::Paused;
-                    Some(Event::DownloadPaused { id })
-                }
-                State::Active => {
-                    if let Some(stop) = job.stop.take() {
-                        let _ = stop.send(Stop::Pause);
+            |job, _| {
+                Ok(match job.state {
+                    State::Queued => {
+                        job.state = State::Paused;
+                        Some(Event::DownloadPaused { id })
                     }
-                    None
-                }
-                _ => unreachable!("checked"),
+                    State::Active => {
+                        if let Some(stop) = job.stop.take() {
+                            let _ = stop.send(Stop::Pause);
+                        }
+                        None
+                    }
+                    _ => unreachable!("checked"),
+                })
             },
             &[State::Queued, State::Active],
         )
@@ -444,10 +496,14 @@ impl Manager {
         let info = self.change(
             id,
             "resumed",
-            |job| {
+            |job, waiting| {
+                // A failed one is over: queued again, it counts once more.
+                if job.state.is_over() && waiting >= MAX_QUEUED {
+                    return Err(ManagerError::Full(waiting));
+                }
                 job.state = State::Queued;
                 job.error = None;
-                None
+                Ok(None)
             },
             &[State::Paused, State::Failed],
         )?;
@@ -461,31 +517,35 @@ impl Manager {
         self.change(
             id,
             "cancelled",
-            |job| match job.state {
-                State::Active => {
-                    if let Some(stop) = job.stop.take() {
-                        let _ = stop.send(Stop::Cancel);
+            |job, _| {
+                Ok(match job.state {
+                    State::Active => {
+                        if let Some(stop) = job.stop.take() {
+                            let _ = stop.send(Stop::Cancel);
+                        }
+                        None
                     }
-                    None
-                }
-                _ => {
-                    job.state = State::Cancelled;
-                    Some(Event::DownloadCancelled { id })
-                }
+                    _ => {
+                        job.state = State::Cancelled;
+                        Some(Event::DownloadCancelled { id })
+                    }
+                })
             },
             &[State::Queued, State::Active, State::Paused, State::Failed],
         )
     }
 
-    /// Applies `f` to download `id` if it is in one of `allowed` states.
+    /// Applies `f` to download `id` if it is in one of `allowed` states
+    /// (`f` is told how many downloads are waiting).
     fn change(
         &self,
         id: DownloadId,
         what: &'static str,
-        f: impl FnOnce(&mut Job) -> Option<Event>,
+        f: impl FnOnce(&mut Job, usize) -> Result<Option<Event>, ManagerError>,
         allowed: &[State],
     ) -> Result<DownloadInfo, ManagerError> {
         let mut jobs = self.jobs.lock().expect("jobs lock");
+        let waiting = waiting(&jobs);
         let job = jobs.jobs.get_mut(&id).ok_or(ManagerError::Unknown(id))?;
         if !allowed.contains(&job.state) {
             return Err(ManagerError::Wrong {
@@ -494,8 +554,10 @@ impl Manager {
                 what,
             });
         }
-        let event = f(job);
+        let event = f(job, waiting)?;
         let info = info(job);
+        // A download cancelled while it did not run is over now.
+        forget_old(&mut jobs);
         self.persist(&jobs);
         if let Some(e) = event {
             self.parts.events.emit(e);
@@ -745,6 +807,61 @@ fn new_job(
     }
 }
 
+/// Downloads not over: queued, active or paused.
+fn waiting(jobs: &Jobs) -> usize {
+    jobs.jobs.values().filter(|j| !j.state.is_over()).count()
+}
+
+/// Whether `record` can be kept in `downloads.json`: it serializes (its
+/// paths are UTF-8), in at most `MAX_RECORD_BYTES`.
+fn check_record(record: &Record) -> Result<(), ManagerError> {
+    let bytes = serde_json::to_vec(record)
+        .map_err(|e| ManagerError::Unrecordable(e.to_string()))?
+        .len();
+    if bytes > MAX_RECORD_BYTES {
+        return Err(ManagerError::TooLarge {
+            bytes,
+            max: MAX_RECORD_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// The bytes of `downloads.json` at `path`, or `None` if there is none; a
+/// file over `MAX_QUEUE_FILE_BYTES` is refused without reading it.
+fn read_queue_file(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    use std::io::Read;
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let too_large = |len: u64| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!(
+            "{len} bytes, more than the {MAX_QUEUE_FILE_BYTES} a list of downloads may take"
+        ),
+        remedy: QUEUE_REMEDY,
+    };
+    let len = file.metadata().map_err(io)?.len();
+    if len > MAX_QUEUE_FILE_BYTES as u64 {
+        return Err(too_large(len));
+    }
+    // It may grow while read: never more than one byte past the limit.
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(MAX_QUEUE_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() > MAX_QUEUE_FILE_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(Some(bytes))
+}
+
 /// Keeps at most `MAX_DONE_KEPT` downloads that are over.
 fn forget_old(jobs: &mut Jobs) {
     let over: Vec<DownloadId> = jobs
@@ -795,5 +912,40 @@ fn info(job: &Job) -> DownloadInfo {
         summary: job.summary.clone(),
         error: job.error.clone(),
         added_unix: job.added_unix,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: DownloadId, what: &str) -> Record {
+        Record {
+            id,
+            state: State::Paused,
+            order: Order::new(what),
+            cwd: "/home/someone".into(),
+            added_unix: u64::MAX,
+        }
+    }
+
+    /// `MAX_QUEUE_FILE_BYTES` holds what `persist` writes: the header, at
+    /// its longest, and each record with a comma.
+    #[test]
+    fn the_queue_file_is_its_header_and_its_records() {
+        let file = |downloads| QueueFile {
+            format: QUEUE_FORMAT,
+            next_id: DownloadId::MAX,
+            downloads,
+        };
+        let header = serde_json::to_vec(&file(Vec::new())).unwrap().len();
+        assert!(header <= QUEUE_HEADER_BYTES, "{header}");
+        let (one, two) = (record(1, "a"), record(DownloadId::MAX, &"b".repeat(100)));
+        let lens: usize = [&one, &two]
+            .iter()
+            .map(|r| serde_json::to_vec(r).unwrap().len() + 1)
+            .sum();
+        let both = serde_json::to_vec(&file(vec![one, two])).unwrap().len();
+        assert_eq!(both, header + lens - 1);
     }
 }

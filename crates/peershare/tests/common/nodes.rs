@@ -7,7 +7,7 @@ use std::time::Duration;
 use peershare::download::manager::DownloadInfo;
 use peershare::download::order::Order;
 use peershare::node::events::DownloadId;
-use peershare::node::{Bound, Node, NodeConfig};
+use peershare::node::{Bound, Node, NodeConfig, NodeError};
 use peershare::{Library, ServerConfig, ShareProgress, Tls};
 use tokio::net::TcpListener;
 
@@ -42,6 +42,18 @@ pub async fn node_at(
         discovery: None,
     };
     Node::start(lib, tls, config, bound).await.unwrap()
+}
+
+/// A node on the data dir `data` as it is (it may hold a `downloads.json`),
+/// listening on loopback; or why it does not start.
+pub async fn start_on(data: &Path, config: NodeConfig) -> Result<Node, NodeError> {
+    let lib = Library::open(data).unwrap();
+    let tls = Tls::new(&lib.identity().unwrap());
+    let bound = Bound {
+        listeners: vec![TcpListener::bind("127.0.0.1:0").await.unwrap()],
+        discovery: None,
+    };
+    Node::start(lib, tls, config, bound).await
 }
 
 pub async fn node(dir: &Path, name: &str, files: &[(&str, &[u8])], config: NodeConfig) -> Node {
