@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::*;
 use peershare::StoreError;
 use peershare::download::manager::{
-    MAX_DONE_KEPT, MAX_QUEUE_FILE_BYTES, MAX_QUEUED, MAX_RECORD_BYTES, ManagerConfig, ManagerError,
-    QUEUE_FILE, State,
+    MAX_DONE_KEPT, MAX_DOWNLOAD_ID, MAX_QUEUE_FILE_BYTES, MAX_QUEUED, MAX_RECORD_BYTES,
+    ManagerConfig, ManagerError, QUEUE_FILE, State,
 };
 use peershare::download::order::Order;
 use peershare::node::events::{DownloadId, Event};
@@ -566,6 +566,46 @@ async fn a_queue_file_listing_more_than_max_queued_is_refused_and_kept() {
         "{why}"
     );
     assert_eq!(std::fs::read(data.join(QUEUE_FILE)).unwrap(), file, "kept");
+}
+
+/// Download IDs are at most `MAX_DOWNLOAD_ID` (exact as a JSON number in
+/// a browser): a queue file past it, in its next ID or in a record, is
+/// refused and kept; one at it is taken up, and the next `add` is refused
+/// rather than wrapping round onto an existing ID.
+#[tokio::test]
+async fn download_ids_past_max_download_id_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let path = data.join(QUEUE_FILE);
+    let one = [(order_for(0, &[nobody()], dir.path()), "queued")];
+    let with_ids = |id: u64, next_id: u64| {
+        let mut v: Value = serde_json::from_slice(&queue_file(&one, dir.path())).unwrap();
+        v["downloads"][0]["id"] = json!(id);
+        v["next_id"] = json!(next_id);
+        serde_json::to_vec(&v).unwrap()
+    };
+    for (id, next) in [
+        (1, MAX_DOWNLOAD_ID + 1),
+        (MAX_DOWNLOAD_ID + 1, 2),
+        (u64::MAX, u64::MAX),
+    ] {
+        let file = with_ids(id, next);
+        std::fs::write(&path, &file).unwrap();
+        let why = refused_as_corrupt(start_on(&data, none_run()).await);
+        assert!(why.contains("download ID"), "{why}");
+        assert_eq!(std::fs::read(&path).unwrap(), file, "kept");
+    }
+    std::fs::write(&path, with_ids(MAX_DOWNLOAD_ID, MAX_DOWNLOAD_ID)).unwrap();
+    let node = start_on(&data, none_run()).await.unwrap();
+    assert_eq!(node.downloads().len(), 1);
+    let refused = node.download(order_for(1, &[nobody()], dir.path()), dir.path());
+    assert!(
+        matches!(refused, Err(ManagerError::OutOfIds(MAX_DOWNLOAD_ID))),
+        "{refused:?}"
+    );
+    assert_eq!(node.downloads().len(), 1, "nothing replaced");
+    node.shutdown().await;
 }
 
 #[tokio::test]

@@ -56,6 +56,11 @@ const QUEUE_FORMAT: u32 = 1;
 pub const MAX_DONE_KEPT: usize = 256;
 /// Downloads waiting or paused in a node, at most; more are refused.
 pub const MAX_QUEUED: usize = 10_000;
+/// Largest download ID: 2^53 - 1, the largest integer a JSON number holds
+/// exactly in a browser (the web UI). A node that reached it refuses more
+/// downloads instead of wrapping round onto IDs in use; a queue file with
+/// a larger one is refused.
+pub const MAX_DOWNLOAD_ID: DownloadId = (1 << 53) - 1;
 /// Bytes of JSON a download takes in `downloads.json` (its order, the
 /// folder it was given from...), at most: room for a ticket of
 /// `MAX_TICKET_LEN`, paths and peers. `add` refuses a larger order.
@@ -194,6 +199,12 @@ pub enum ManagerError {
     },
     #[error("{0} downloads are waiting already; let some finish or cancel them first")]
     Full(usize),
+    #[error(
+        "this node has given out every download ID up to {0}: stop it and move {QUEUE_FILE} \
+         away to number downloads from 1 again (their part files stay, and the same `get` \
+         resumes them)"
+    )]
+    OutOfIds(DownloadId),
     /// The download cannot be recorded in `downloads.json` as given.
     #[error(
         "this download takes {bytes} bytes to record, more than the {max} one may; give fewer peers or a shorter path"
@@ -218,7 +229,7 @@ impl ManagerError {
             ManagerError::Unknown(_) => "not_found",
             ManagerError::Wrong { .. } => "conflict",
             ManagerError::Full(_) | ManagerError::ShuttingDown => "busy",
-            ManagerError::Store(_) => "local",
+            ManagerError::Store(_) | ManagerError::OutOfIds(_) => "local",
         }
     }
 }
@@ -339,6 +350,15 @@ impl Manager {
             ))
             .into());
         }
+        let past = std::iter::once(file.next_id)
+            .chain(file.downloads.iter().map(|r| r.id))
+            .find(|id| *id > MAX_DOWNLOAD_ID);
+        if let Some(id) = past {
+            return Err(corrupt(format!(
+                "it holds download ID {id}, larger than the largest, {MAX_DOWNLOAD_ID}"
+            ))
+            .into());
+        }
         let mut jobs = self.jobs.lock().expect("jobs lock");
         jobs.next_id = file.next_id;
         for r in file.downloads {
@@ -425,6 +445,9 @@ impl Manager {
                 return Err(ManagerError::Full(waiting));
             }
             let id = jobs.next_id.max(1);
+            if id > MAX_DOWNLOAD_ID {
+                return Err(ManagerError::OutOfIds(MAX_DOWNLOAD_ID));
+            }
             let added_unix = unix_now();
             check_record(&Record {
                 id,
