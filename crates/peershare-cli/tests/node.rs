@@ -415,3 +415,48 @@ fn get_seed_keeps_serving_the_file_until_ctrl_c() {
     let status = get.kid.wait_deadline(Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
 }
+
+/// A node whose stdout is closed (a pipe nobody reads any more, as after
+/// `serve | head -1`) keeps running: its status lines are dropped, not the
+/// node. (It exited at once, status 0: seen as "connection refused" by the
+/// root suite, whose seeder reads only the first line.)
+#[test]
+fn serve_keeps_running_when_nobody_reads_its_output() {
+    let sb = Sandbox::new();
+    let data = sb.data("node");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut cmd = sb.cmd(&quiet(
+        &data,
+        &[
+            "serve",
+            "--no-discovery",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ],
+    ));
+    cmd.stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::null());
+    let mut kid = Kid::spawn(cmd);
+    // node.json comes before the lines, so the node is asked until it
+    // answers, twice: long after its first line was refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = sb.run_on(&data, &["status", "--json"]);
+        if out.code() == Some(0) {
+            break;
+        }
+        assert!(
+            kid.try_status().is_none(),
+            "serve exited: {:?}",
+            kid.try_status()
+        );
+        assert!(Instant::now() < deadline, "never answered: {}", out.stderr);
+        thread::sleep(Duration::from_millis(20));
+    }
+    node_status(&sb, &data);
+    assert!(kid.try_status().is_none(), "still running");
+}

@@ -134,6 +134,18 @@ fn out(text: &str) {
     }
 }
 
+/// A line of a long-running command (`serve`, `send`): like [`out`], but
+/// a stdout nobody reads any more (`serve | head -1`) only drops the line,
+/// not the node; other write errors are told once on stderr.
+fn status_line(text: &str) {
+    let mut o = io::stdout().lock();
+    if let Err(e) = o.write_all(text.as_bytes()).and_then(|_| o.flush())
+        && e.kind() != io::ErrorKind::BrokenPipe
+    {
+        eprintln!("peershare: warning: writing output: {e}");
+    }
+}
+
 fn out_json<T: Serialize>(value: &T) {
     out(&(serde_json::to_string_pretty(value).expect("serializable") + "\n"));
 }

@@ -12,7 +12,8 @@ use peershare::{ServerConfig, ShareProgress};
 
 use super::host::{HostConfig, host};
 use super::{
-    absolute, open_library, open_tls, out, out_json, printable, running_node, store_failure,
+    absolute, open_library, open_tls, out, out_json, printable, running_node, status_line,
+    store_failure,
 };
 use crate::cli::{SendArgs, ServeArgs};
 use crate::{Failure, exit, lan, progress};
@@ -81,10 +82,10 @@ pub async fn serve(dir: &Path, a: ServeArgs, quiet: bool) -> Result<(), Failure>
     let hosted = host(dir, lib, tls, host_config(&a)?).await?;
     let node = hosted.node.clone();
     if let Some(first) = node.listening().first() {
-        out(&format!("listening on {first}\n"));
+        status_line(&format!("listening on {first}\n"));
     }
     if let Some(api) = hosted.api {
-        out(&format!("api on http://{api}/\n"));
+        status_line(&format!("api on http://{api}/\n"));
     }
     tracing::info!(node = %node_id, "serving the library in {}", dir.display());
     if let Some(lan) = node.lan() {
@@ -190,7 +191,8 @@ fn note(event: &Event, quiet: bool, files: Option<&HashSet<String>>) -> Option<b
 
 fn print_tickets(files: &[SharedFile], json: bool, quiet: bool) {
     if json {
-        out_json(&files);
+        let text = serde_json::to_string_pretty(&files).expect("serializable");
+        status_line(&(text + "\n"));
         return;
     }
     let mut text = String::new();
@@ -198,7 +200,7 @@ fn print_tickets(files: &[SharedFile], json: bool, quiet: bool) {
         text.push_str(&f.ticket);
         text.push('\n');
     }
-    out(&text);
+    status_line(&text);
     if !quiet {
         for f in files {
             eprintln!(
