@@ -1,7 +1,10 @@
 //! Content and node identifiers: 32-byte values shown as lowercase hex.
 //!
 //! A [`FileId`] names content (the SHA-256 of a canonical manifest), never a
-//! name or a peer. A [`NodeId`] names one running peer.
+//! name or a peer. A [`FolderId`] names a folder's tree (a hash of the
+//! manifest of its encoding, under a domain prefix: see
+//! [`crate::folder::folder_id_of`]); it is a distinct type so that one is
+//! never taken for the other. A [`NodeId`] names one running peer.
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,6 +17,15 @@ pub const ID_LEN: usize = 32;
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; ID_LEN] {
     Sha256::digest(data).into()
+}
+
+/// SHA-256 of the concatenation of `parts`, without building it.
+pub fn sha256_parts(parts: &[&[u8]]) -> [u8; ID_LEN] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
 }
 
 /// Why a string is not an identifier.
@@ -97,6 +109,11 @@ id_type!(
     FileId
 );
 id_type!(
+    /// Names a folder: SHA-256 of `FOLDER_ID_DOMAIN` followed by the
+    /// manifest of the folder's encoding ([`crate::folder::folder_id_of`]).
+    FolderId
+);
+id_type!(
     /// Identifies one running peer.
     NodeId
 );
@@ -127,6 +144,30 @@ mod tests {
         assert_eq!("zz".repeat(32).parse::<NodeId>(), Err(IdParseError::NotHex));
         // Multi-byte characters must not panic on slicing.
         assert!("é".repeat(32).parse::<FileId>().is_err());
+    }
+
+    #[test]
+    fn folder_ids_read_and_print_like_file_ids() {
+        let hex = "0123456789abcdef".repeat(4);
+        let folder: FolderId = hex.parse().unwrap();
+        let file: FileId = hex.parse().unwrap();
+        assert_eq!(folder.to_string(), hex);
+        assert_eq!(folder.as_bytes(), file.as_bytes());
+        assert_eq!(folder.short(), "01234567");
+        assert_eq!(format!("{folder:?}"), format!("FolderId({hex})"));
+        assert_eq!(
+            "abc".parse::<FolderId>(),
+            Err(IdParseError::Length {
+                expected: 64,
+                got: 3
+            })
+        );
+    }
+
+    #[test]
+    fn sha256_parts_is_the_hash_of_the_concatenation() {
+        assert_eq!(sha256_parts(&[b"a", b"", b"bc"]), sha256(b"abc"));
+        assert_eq!(sha256_parts(&[]), sha256(b""));
     }
 
     #[test]

@@ -4,8 +4,11 @@
 //!
 //! ```text
 //!  bitmap    sets of chunk indices (resume state, which chunks a peer has)
-//!  id        FileId / NodeId, SHA-256 helper
+//!  id        FileId / FolderId / NodeId, SHA-256 helpers
 //!  manifest  file size + chunk size + chunk hashes; FileId = SHA-256(encoding)
+//!  folder    a folder's tree (paths, sizes, file IDs), its canonical encoding
+//!            and hostile-path checks; FolderId = SHA-256(domain || manifest
+//!            of the encoding)
 //!  wire      protocol v1 messages and the length-prefixed frame codec
 //!  ticket    the copy-pasteable "ps1..." string and safe local names
 //!  schedule  which chunk to ask which peer for next (per-chunk state machine)
@@ -19,6 +22,7 @@
 
 pub mod bitmap;
 pub mod discovery;
+pub mod folder;
 pub mod id;
 pub mod manifest;
 pub mod rate;
@@ -26,7 +30,8 @@ pub mod schedule;
 pub mod ticket;
 pub mod wire;
 
-pub use id::{FileId, NodeId};
+pub use folder::FolderManifest;
+pub use id::{FileId, FolderId, NodeId};
 pub use manifest::Manifest;
 pub use ticket::Ticket;
 pub use wire::Message;

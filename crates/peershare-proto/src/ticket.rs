@@ -1,20 +1,28 @@
-//! Tickets: one copy-pasteable string with a file ID, its name and size,
-//! the node ID of the peer that made it and that peer's addresses. A
-//! downloader refuses a peer at those addresses that cannot prove it is
-//! that node.
+//! Tickets: one copy-pasteable string with a file ID (or a folder ID), its
+//! name and size, the node ID of the peer that made it and that peer's
+//! addresses. A downloader refuses a peer at those addresses that cannot
+//! prove it is that node.
+//!
+//! A [`Ticket`] names a file; a [`FolderTicket`] (the same type over a
+//! [`FolderId`]) names a folder, and has the `FOLDER` flag. Each refuses the
+//! other's text with a clear error ([`TicketError::NotAFile`],
+//! [`TicketError::NotAFolder`]); [`AnyTicket`] reads either.
 //!
 //! Text form: `ps1` followed by the lowercase, unpadded base32 (RFC 4648
 //! alphabet) of the binary form below. Binary form (big-endian):
 //!
 //! ```text
 //! u8        ticket version (= TICKET_VERSION)
-//! [u8; 32]  file ID
+//! [u8; 32]  file ID, or folder ID with FOLDER
 //! [u8; 32]  node ID of the sharing peer (its Ed25519 public key)
-//! u64       file size
+//! u64       file size (at most MAX_FILE_SIZE), or with FOLDER the folder's
+//!           total size (at most folder::MAX_FOLDER_SIZE)
 //! u8        flags: bit 0 = UNLISTED (the sharer keeps it out of catalogs;
-//!           so does a downloader that got it from this ticket); others 0
+//!           so does a downloader that got it from this ticket);
+//!           bit 1 = FOLDER (the ID is a folder ID); others 0
 //! u16 + ..  name (UTF-8, at most MAX_NAME_LEN bytes; a shared name,
-//!           see wire::check_shared_name, or not to be used)
+//!           see wire::check_shared_name, or with FOLDER a folder name,
+//!           see folder::check_folder_name; or not to be used)
 //! u8        address count (at most MAX_TICKET_ADDRS)
 //! per address: u8 family (4 or 6), 4 or 16 address bytes, u16 port
 //! ```
@@ -24,7 +32,8 @@ use std::str::FromStr;
 
 use data_encoding::BASE32_NOPAD;
 
-use crate::id::{FileId, ID_LEN, NodeId};
+use crate::folder::{MAX_FOLDER_SIZE, PathError, check_folder_name};
+use crate::id::{FileId, FolderId, ID_LEN, NodeId};
 use crate::manifest::MAX_FILE_SIZE;
 use crate::wire::{MAX_NAME_LEN, NameError, check_shared_name};
 
@@ -35,7 +44,11 @@ pub const TICKET_VERSION: u8 = 2;
 /// Bits of a ticket's flags byte.
 pub mod ticket_flags {
     /// Keep the file out of catalogs (the sharer's, and a downloader's).
-    pub const UNLISTED: u8 = 1;
+    pub const UNLISTED: u8 = 1 << 0;
+    /// The ID is a folder ID and the size the folder's total size.
+    pub const FOLDER: u8 = 1 << 1;
+    /// Every flag this build knows; a ticket with another is refused.
+    pub const ALL: u8 = UNLISTED | FOLDER;
 }
 /// Most peer addresses one ticket carries.
 pub const MAX_TICKET_ADDRS: usize = 16;
@@ -63,18 +76,66 @@ pub enum TicketError {
     TooManyAddrs,
     #[error("ticket address family {0} is unknown")]
     Family(u8),
-    #[error("ticket file size {0} is larger than any shareable file")]
+    #[error("ticket size {0} is larger than any shareable file or folder")]
     Size(u64),
     #[error("ticket flags {0:#04x} are unknown (made by a newer peershare?)")]
     Flags(u8),
+    #[error("the ticket is for a folder, not a file")]
+    NotAFile,
+    #[error("the ticket is for a file, not a folder")]
+    NotAFolder,
 }
 
-/// What a user sends a friend.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::id::FileId {}
+    impl Sealed for crate::id::FolderId {}
+}
+
+/// What a ticket can name: a file ([`FileId`]) or a folder ([`FolderId`]).
+pub trait TicketTarget: sealed::Sealed + Copy + Eq + std::fmt::Debug {
+    /// Its [`ticket_flags`] bit (none for a file).
+    const FLAG: u8;
+    /// The largest size a ticket for it carries.
+    const MAX_SIZE: u64;
+    /// The error of a ticket for the other kind.
+    const OTHER_KIND: TicketError;
+    fn from_id_bytes(bytes: [u8; ID_LEN]) -> Self;
+    fn id_bytes(&self) -> &[u8; ID_LEN];
+}
+
+impl TicketTarget for FileId {
+    const FLAG: u8 = 0;
+    const MAX_SIZE: u64 = MAX_FILE_SIZE;
+    const OTHER_KIND: TicketError = TicketError::NotAFile;
+    fn from_id_bytes(bytes: [u8; ID_LEN]) -> Self {
+        FileId(bytes)
+    }
+    fn id_bytes(&self) -> &[u8; ID_LEN] {
+        self.as_bytes()
+    }
+}
+
+impl TicketTarget for FolderId {
+    const FLAG: u8 = ticket_flags::FOLDER;
+    const MAX_SIZE: u64 = MAX_FOLDER_SIZE;
+    const OTHER_KIND: TicketError = TicketError::NotAFolder;
+    fn from_id_bytes(bytes: [u8; ID_LEN]) -> Self {
+        FolderId(bytes)
+    }
+    fn id_bytes(&self) -> &[u8; ID_LEN] {
+        self.as_bytes()
+    }
+}
+
+/// What a user sends a friend: a ticket for a file, or with `I` =
+/// [`FolderId`] (a [`FolderTicket`]) for a folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ticket {
-    pub id: FileId,
+pub struct Ticket<I = FileId> {
+    pub id: I,
     /// The node that made the ticket; the addresses are its.
     pub node: NodeId,
+    /// The file's size, or the folder's total size, bytes.
     pub size: u64,
     /// The file is unlisted: whoever downloads it keeps it out of its
     /// catalog too.
@@ -83,7 +144,44 @@ pub struct Ticket {
     pub addrs: Vec<SocketAddr>,
 }
 
-impl Ticket {
+/// A ticket for a folder: its ID is a folder ID, its size the folder's
+/// total size and its name the folder's name.
+pub type FolderTicket = Ticket<FolderId>;
+
+impl FolderTicket {
+    /// The ticket's name, if it is a valid folder name
+    /// ([`check_folder_name`]); like a file ticket's, a name that is not
+    /// one must not be shown, kept or passed on.
+    pub fn folder_name(&self) -> Result<&str, PathError> {
+        check_folder_name(&self.name).map(|()| self.name.as_str())
+    }
+}
+
+/// The binary fields of a ticket of either kind.
+struct Fields {
+    flags: u8,
+    id: [u8; ID_LEN],
+    node: NodeId,
+    size: u64,
+    name: String,
+    addrs: Vec<SocketAddr>,
+}
+
+impl<I: TicketTarget> Ticket<I> {
+    fn from_fields(f: Fields) -> Result<Self, TicketError> {
+        if f.flags & ticket_flags::FOLDER != I::FLAG {
+            return Err(I::OTHER_KIND);
+        }
+        Ok(Ticket {
+            id: I::from_id_bytes(f.id),
+            node: f.node,
+            size: f.size,
+            unlisted: f.flags & ticket_flags::UNLISTED != 0,
+            name: f.name,
+            addrs: f.addrs,
+        })
+    }
+
     /// The ticket's name, if it is a valid shared name
     /// ([`check_shared_name`]). A ticket parses whatever its name (its file
     /// ID and addresses are good), but a name that is not one must not be
@@ -97,14 +195,17 @@ impl Ticket {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.name.len());
         out.push(TICKET_VERSION);
-        out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(self.id.id_bytes());
         out.extend_from_slice(self.node.as_bytes());
         out.extend_from_slice(&self.size.to_be_bytes());
-        out.push(if self.unlisted {
-            ticket_flags::UNLISTED
-        } else {
-            0
-        });
+        out.push(
+            I::FLAG
+                | if self.unlisted {
+                    ticket_flags::UNLISTED
+                } else {
+                    0
+                },
+        );
         let mut end = self.name.len().min(MAX_NAME_LEN);
         while !self.name.is_char_boundary(end) {
             end -= 1;
@@ -128,84 +229,181 @@ impl Ticket {
         }
         out
     }
+}
 
+impl Ticket {
+    /// Reads the binary form of a file ticket; a well-formed folder ticket
+    /// is refused with [`TicketError::NotAFile`]. (A folder ticket's:
+    /// `FolderTicket::try_from(bytes)`; either: [`AnyTicket::from_bytes`].)
     pub fn from_bytes(b: &[u8]) -> Result<Self, TicketError> {
-        let mut r = b;
-        let mut take = |n: usize| -> Result<&[u8], TicketError> {
-            if r.len() < n {
-                return Err(TicketError::Length);
-            }
-            let (head, tail) = r.split_at(n);
-            r = tail;
-            Ok(head)
-        };
-        let version = take(1)?[0];
-        if version != TICKET_VERSION {
-            return Err(TicketError::Version(version));
-        }
-        let id = FileId(take(ID_LEN)?.try_into().expect("ID_LEN"));
-        let node = NodeId(take(ID_LEN)?.try_into().expect("ID_LEN"));
-        let size = u64::from_be_bytes(take(8)?.try_into().expect("8"));
-        if size > MAX_FILE_SIZE {
-            return Err(TicketError::Size(size));
-        }
-        let flags = take(1)?[0];
-        if flags & !ticket_flags::UNLISTED != 0 {
-            return Err(TicketError::Flags(flags));
-        }
-        let name_len = u16::from_be_bytes(take(2)?.try_into().expect("2")) as usize;
-        if name_len > MAX_NAME_LEN {
-            return Err(TicketError::Name);
-        }
-        let name = String::from_utf8(take(name_len)?.to_vec()).map_err(|_| TicketError::Name)?;
-        let count = take(1)?[0] as usize;
-        if count > MAX_TICKET_ADDRS {
-            return Err(TicketError::TooManyAddrs);
-        }
-        let mut addrs = Vec::with_capacity(count);
-        for _ in 0..count {
-            let ip = match take(1)?[0] {
-                4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(take(4)?).expect("4"))),
-                6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(take(16)?).expect("16"))),
-                f => return Err(TicketError::Family(f)),
-            };
-            let port = u16::from_be_bytes(take(2)?.try_into().expect("2"));
-            addrs.push(SocketAddr::new(ip, port));
-        }
-        if !r.is_empty() {
-            return Err(TicketError::Length);
-        }
-        Ok(Ticket {
-            id,
-            node,
-            size,
-            unlisted: flags & ticket_flags::UNLISTED != 0,
-            name,
-            addrs,
-        })
+        Self::try_from(b)
     }
 }
 
-impl std::fmt::Display for Ticket {
+/// Reads the binary form of a ticket of this kind; a well-formed ticket of
+/// the other kind is refused with [`TicketError::NotAFile`] or
+/// [`TicketError::NotAFolder`].
+impl<I: TicketTarget> TryFrom<&[u8]> for Ticket<I> {
+    type Error = TicketError;
+    fn try_from(b: &[u8]) -> Result<Self, TicketError> {
+        Self::from_fields(read_fields(b)?)
+    }
+}
+
+fn read_fields(b: &[u8]) -> Result<Fields, TicketError> {
+    let mut r = b;
+    let mut take = |n: usize| -> Result<&[u8], TicketError> {
+        if r.len() < n {
+            return Err(TicketError::Length);
+        }
+        let (head, tail) = r.split_at(n);
+        r = tail;
+        Ok(head)
+    };
+    let version = take(1)?[0];
+    if version != TICKET_VERSION {
+        return Err(TicketError::Version(version));
+    }
+    let id = take(ID_LEN)?.try_into().expect("ID_LEN");
+    let node = NodeId(take(ID_LEN)?.try_into().expect("ID_LEN"));
+    let size = u64::from_be_bytes(take(8)?.try_into().expect("8"));
+    let flags = take(1)?[0];
+    if flags & !ticket_flags::ALL != 0 {
+        return Err(TicketError::Flags(flags));
+    }
+    let max = if flags & ticket_flags::FOLDER != 0 {
+        MAX_FOLDER_SIZE
+    } else {
+        MAX_FILE_SIZE
+    };
+    if size > max {
+        return Err(TicketError::Size(size));
+    }
+    let name_len = u16::from_be_bytes(take(2)?.try_into().expect("2")) as usize;
+    if name_len > MAX_NAME_LEN {
+        return Err(TicketError::Name);
+    }
+    let name = String::from_utf8(take(name_len)?.to_vec()).map_err(|_| TicketError::Name)?;
+    let count = take(1)?[0] as usize;
+    if count > MAX_TICKET_ADDRS {
+        return Err(TicketError::TooManyAddrs);
+    }
+    let mut addrs = Vec::with_capacity(count);
+    for _ in 0..count {
+        let ip = match take(1)?[0] {
+            4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(take(4)?).expect("4"))),
+            6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(take(16)?).expect("16"))),
+            f => return Err(TicketError::Family(f)),
+        };
+        let port = u16::from_be_bytes(take(2)?.try_into().expect("2"));
+        addrs.push(SocketAddr::new(ip, port));
+    }
+    if !r.is_empty() {
+        return Err(TicketError::Length);
+    }
+    Ok(Fields {
+        flags,
+        id,
+        node,
+        size,
+        name,
+        addrs,
+    })
+}
+
+/// The binary form inside a ticket's text.
+fn text_to_bytes(s: &str) -> Result<Vec<u8>, TicketError> {
+    let s = s.trim();
+    if s.len() > MAX_TICKET_LEN {
+        return Err(TicketError::TooLong);
+    }
+    let body = s.strip_prefix(TICKET_PREFIX).ok_or(TicketError::Prefix)?;
+    let upper = body.to_ascii_uppercase();
+    BASE32_NOPAD
+        .decode(upper.as_bytes())
+        .map_err(|_| TicketError::Encoding)
+}
+
+impl<I: TicketTarget> std::fmt::Display for Ticket<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let b32 = BASE32_NOPAD.encode(&self.to_bytes()).to_ascii_lowercase();
         write!(f, "{TICKET_PREFIX}{b32}")
     }
 }
 
-impl FromStr for Ticket {
+impl<I: TicketTarget> FromStr for Ticket<I> {
     type Err = TicketError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        if s.len() > MAX_TICKET_LEN {
-            return Err(TicketError::TooLong);
+        Ticket::try_from(&text_to_bytes(s)?[..])
+    }
+}
+
+/// A ticket of either kind, as read from a user's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyTicket {
+    File(Ticket),
+    Folder(FolderTicket),
+}
+
+impl AnyTicket {
+    pub fn from_bytes(b: &[u8]) -> Result<Self, TicketError> {
+        let f = read_fields(b)?;
+        Ok(if f.flags & ticket_flags::FOLDER != 0 {
+            AnyTicket::Folder(Ticket::from_fields(f)?)
+        } else {
+            AnyTicket::File(Ticket::from_fields(f)?)
+        })
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            AnyTicket::File(t) => t.to_bytes(),
+            AnyTicket::Folder(t) => t.to_bytes(),
         }
-        let body = s.strip_prefix(TICKET_PREFIX).ok_or(TicketError::Prefix)?;
-        let upper = body.to_ascii_uppercase();
-        let bytes = BASE32_NOPAD
-            .decode(upper.as_bytes())
-            .map_err(|_| TicketError::Encoding)?;
-        Ticket::from_bytes(&bytes)
+    }
+
+    /// The node that made the ticket.
+    pub fn node(&self) -> NodeId {
+        match self {
+            AnyTicket::File(t) => t.node,
+            AnyTicket::Folder(t) => t.node,
+        }
+    }
+
+    /// The sharing node's addresses.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        match self {
+            AnyTicket::File(t) => &t.addrs,
+            AnyTicket::Folder(t) => &t.addrs,
+        }
+    }
+}
+
+impl From<Ticket> for AnyTicket {
+    fn from(t: Ticket) -> Self {
+        AnyTicket::File(t)
+    }
+}
+
+impl From<FolderTicket> for AnyTicket {
+    fn from(t: FolderTicket) -> Self {
+        AnyTicket::Folder(t)
+    }
+}
+
+impl std::fmt::Display for AnyTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnyTicket::File(t) => t.fmt(f),
+            AnyTicket::Folder(t) => t.fmt(f),
+        }
+    }
+}
+
+impl FromStr for AnyTicket {
+    type Err = TicketError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AnyTicket::from_bytes(&text_to_bytes(s)?)
     }
 }
 
@@ -266,7 +464,7 @@ pub fn safe_file_name(shared: &str) -> Result<&str, UnsafeName> {
 
 /// `CON`, `PRN`, `AUX`, `NUL`, `COM1`–`COM9`, `LPT1`–`LPT9`, in any case,
 /// alone or before an extension.
-fn is_reserved_device(name: &str) -> bool {
+pub(crate) fn is_reserved_device(name: &str) -> bool {
     let stem = name.split('.').next().unwrap_or(name).trim_end();
     let upper = stem.to_ascii_uppercase();
     matches!(upper.as_str(), "CON" | "PRN" | "AUX" | "NUL")
@@ -323,8 +521,80 @@ mod tests {
         // version, file ID, node ID, size: the flags byte follows.
         let at = 1 + 32 + 32 + 8;
         assert_eq!(b[at], 0);
+        for unknown in [0x04, 0x05, 0x80, 0xff] {
+            b[at] = unknown;
+            assert_eq!(Ticket::from_bytes(&b), Err(TicketError::Flags(unknown)));
+            assert_eq!(AnyTicket::from_bytes(&b), Err(TicketError::Flags(unknown)));
+        }
+        // UNLISTED | FOLDER: a folder ticket, which is no file ticket.
         b[at] = 0x03;
-        assert_eq!(Ticket::from_bytes(&b), Err(TicketError::Flags(0x03)));
+        assert_eq!(Ticket::from_bytes(&b), Err(TicketError::NotAFile));
+    }
+
+    fn folder_sample() -> FolderTicket {
+        Ticket {
+            id: FolderId([7; 32]),
+            node: NodeId([5; 32]),
+            size: MAX_FOLDER_SIZE,
+            unlisted: false,
+            name: "holiday photos".into(),
+            addrs: vec!["192.168.1.20:9000".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn a_folder_ticket_round_trips_and_is_no_file_ticket() {
+        let t = folder_sample();
+        let s = t.to_string();
+        assert_eq!(s.parse::<FolderTicket>(), Ok(t.clone()));
+        assert_eq!(s.parse::<AnyTicket>(), Ok(AnyTicket::Folder(t.clone())));
+        assert_eq!(s.parse::<Ticket>(), Err(TicketError::NotAFile));
+        assert_eq!(
+            sample().to_string().parse::<FolderTicket>(),
+            Err(TicketError::NotAFolder)
+        );
+        assert_eq!(
+            sample().to_string().parse::<AnyTicket>(),
+            Ok(AnyTicket::File(sample()))
+        );
+        let b = t.to_bytes();
+        assert_eq!(b[1 + 32 + 32 + 8], ticket_flags::FOLDER);
+        let unlisted = Ticket {
+            unlisted: true,
+            ..t.clone()
+        };
+        assert_eq!(
+            unlisted.to_bytes()[1 + 32 + 32 + 8],
+            ticket_flags::FOLDER | ticket_flags::UNLISTED
+        );
+        let any = AnyTicket::from(unlisted.clone());
+        assert_eq!(any.to_string().parse::<AnyTicket>(), Ok(any.clone()));
+        assert_eq!(any.node(), NodeId([5; 32]));
+        assert_eq!(any.addrs(), unlisted.addrs.as_slice());
+        assert_eq!(t.folder_name(), Ok("holiday photos"));
+        let nested = Ticket {
+            name: "a/b".into(),
+            ..t
+        };
+        assert_eq!(nested.folder_name(), Err(PathError::NotOneComponent));
+    }
+
+    #[test]
+    fn a_folder_ticket_may_carry_a_folder_size_a_file_ticket_may_not() {
+        // MAX_FOLDER_SIZE is taken, one more refused; a file ticket of more
+        // than MAX_FILE_SIZE is refused even when a folder may be larger.
+        let mut t = folder_sample();
+        t.size = MAX_FOLDER_SIZE + 1;
+        assert_eq!(
+            FolderTicket::try_from(&t.to_bytes()[..]),
+            Err(TicketError::Size(MAX_FOLDER_SIZE + 1))
+        );
+        let mut f = sample();
+        f.size = MAX_FILE_SIZE + 1;
+        assert_eq!(
+            AnyTicket::from_bytes(&f.to_bytes()),
+            Err(TicketError::Size(MAX_FILE_SIZE + 1))
+        );
     }
 
     #[test]

@@ -726,7 +726,7 @@ proptest! {
         let _ = decode_body(Bytes::from(bytes.clone()));
         let _ = Manifest::decode(&bytes);
         let _ = Ticket::from_bytes(&bytes);
-        let _ = Ticket::from_str(&String::from_utf8_lossy(&bytes));
+        let _ = Ticket::<FileId>::from_str(&String::from_utf8_lossy(&bytes));
     }
 
     /// A random body behind a correct length prefix and a likely kind, so
@@ -816,7 +816,7 @@ proptest! {
         t in ticket(),
         damages in vec(damage(), 1..3),
     ) {
-        if let Ok(t) = Ticket::from_str(&format!("ps1{body}")) {
+        if let Ok(t) = Ticket::<FileId>::from_str(&format!("ps1{body}")) {
             // Whatever parses is canonical: it prints as the text it came from.
             prop_assert_eq!(t.to_string(), format!("ps1{}", body.to_ascii_lowercase()));
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use peershare::ShareProgress;
 use peershare::ops::{self, SharedFile, Unshared};
-use peershare_proto::{NodeId, Ticket};
+use peershare_proto::{FileId, NodeId, Ticket};
 
 use super::{
     absolute, open_library, out, out_json, printable, printable_path, running_node, store_failure,
@@ -32,7 +32,9 @@ fn ticket_addrs(t: &TicketArgs) -> Vec<SocketAddr> {
 /// node: a port-forward on the router, say).
 fn retarget(files: &mut [SharedFile], node: NodeId, addrs: &[SocketAddr]) {
     for f in files {
-        let Ok(id) = f.id.parse() else { continue };
+        let Ok(id) = f.id.parse::<FileId>() else {
+            continue;
+        };
         f.ticket = Ticket {
             id,
             node,
