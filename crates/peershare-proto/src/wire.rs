@@ -120,8 +120,12 @@ pub mod capability {
     /// a file it holds while it is still downloading it, announce new ones,
     /// and drop a request the client no longer needs.
     pub const SWARM: u64 = 1 << 0;
+    /// Shares folders: answers `GetManifest` and `GetChunk` for a folder ID
+    /// with the folder encoding's manifest and chunks (PROTOCOL.md, section
+    /// 15).
+    pub const FOLDERS: u64 = 1 << 1;
     /// Every capability this build has.
-    pub const ALL: u64 = SWARM;
+    pub const ALL: u64 = SWARM | FOLDERS;
 }
 
 /// Bits of [`CatalogEntry::flags`]; unknown bits are ignored.
@@ -186,6 +190,11 @@ impl Hello {
     /// The peer understands the swarm messages (`GetHave`, `Have`, `Cancel`).
     pub fn swarm(&self) -> bool {
         self.capabilities & capability::SWARM != 0
+    }
+
+    /// The peer shares folders (answers for folder IDs).
+    pub fn folders(&self) -> bool {
+        self.capabilities & capability::FOLDERS != 0
     }
 }
 

@@ -384,7 +384,12 @@ fn golden_hello() {
         unreachable!()
     };
     assert!(h.swarm());
-    assert_eq!(capability::ALL, capability::SWARM, "what both sides send");
+    assert!(!h.folders());
+    assert_eq!(
+        capability::ALL,
+        capability::SWARM | capability::FOLDERS,
+        "what both sides send"
+    );
 }
 
 /// Capability bits this build does not know are carried, not refused: a
@@ -848,7 +853,8 @@ fn kinds_match_the_spec_table() {
 #[test]
 fn bits_match_the_spec_tables() {
     assert_eq!(capability::SWARM, 1 << 0);
-    assert_eq!(capability::ALL, capability::SWARM);
+    assert_eq!(capability::FOLDERS, 1 << 1);
+    assert_eq!(capability::ALL, capability::SWARM | capability::FOLDERS);
     assert_eq!(entry_flags::PARTIAL, 1 << 0);
 }
 

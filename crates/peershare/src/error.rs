@@ -65,6 +65,10 @@ pub enum StoreError {
     CatalogFull { listed: usize, max: usize },
     #[error("{name:?} cannot be a shared name: it {why}, and peers refuse such names; rename it")]
     BadName { name: String, why: NameError },
+    #[error("this node shares {max} folders, the most it may; unshare some first")]
+    TooManyFolders { max: usize },
+    #[error("{path}: cannot be shared as a folder: {why}")]
+    BadFolder { path: PathBuf, why: String },
 }
 
 impl StoreError {

@@ -36,6 +36,7 @@ pub mod conn;
 pub mod discovery;
 pub mod download;
 pub mod error;
+pub mod folders;
 pub mod identity;
 pub mod live;
 pub mod node;
