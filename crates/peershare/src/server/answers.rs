@@ -103,6 +103,11 @@ pub(super) fn unchanged(e: &Entry) -> bool {
 /// (shared, or a download in progress), or `NotFound`.
 pub(super) fn manifest(ctx: &Ctx, req_id: u32, id: FileId) -> Message {
     let Some(offer) = offer(ctx, &id) else {
+        if !ctx.only_live
+            && let Some(answer) = super::folder::folder_manifest(ctx, req_id, &id)
+        {
+            return answer;
+        }
         return not_here(req_id, &id);
     };
     // This process's download (finished or not): its manifest is in memory.
@@ -157,7 +162,11 @@ pub(super) fn partial_download_in(ctx: &Ctx, snap: &Snapshot, id: &FileId) -> Op
 /// download that has every chunk), the verified ones of a download in
 /// progress, or `None`.
 pub(super) fn holding(ctx: &Ctx, id: &FileId) -> Option<Holding> {
-    match offer(ctx, id)? {
+    let Some(offer) = offer(ctx, id) else {
+        let folder = !ctx.only_live && super::folder::has_folder(ctx, id);
+        return folder.then_some(Holding::All);
+    };
+    match offer {
         Offer::Shared(_) => Some(Holding::All),
         Offer::Live(view, _) => Some(partial_holding(&view)),
         Offer::Recorded(d) => Some(partial_holding(&ctx.partials.view(&ctx.library, &d)?)),
@@ -386,6 +395,10 @@ pub(super) fn plan_chunk(
         Some(c) => c,
         None => {
             let entry = match offer(ctx, &id) {
+                None if !ctx.only_live => {
+                    return super::folder::plan_folder_chunk(ctx, req_id, id, index)
+                        .unwrap_or_else(|| Err(not_here(req_id, &id)));
+                }
                 None => return Err(not_here(req_id, &id)),
                 Some(Offer::Shared(entry)) => entry,
                 Some(Offer::Live(view, name)) => {

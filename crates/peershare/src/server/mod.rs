@@ -92,6 +92,7 @@ use crate::tls::{BoxRead, BoxWrite, Tls};
 mod answers;
 mod catalog;
 mod connection;
+mod folder;
 mod slices;
 mod uploads;
 
@@ -244,6 +245,8 @@ struct Ctx {
     only_live: bool,
     /// What peers take from this node.
     uploads: Uploads,
+    /// The folders this node shares (PROTOCOL.md, section 15).
+    folders: crate::folders::FolderStore,
 }
 
 impl Server {
@@ -257,6 +260,7 @@ impl Server {
         });
         Self {
             ctx: Arc::new(Ctx {
+                folders: crate::folders::FolderStore::new(library.dir()),
                 library,
                 tls,
                 listen_port,
