@@ -47,6 +47,7 @@ pub mod pool;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod walk;
 
 pub use client::{ClientConfig, PeerConn};
 pub use download::{DownloadConfig, DownloadRequest, DownloadSummary, Output, Progress, download};

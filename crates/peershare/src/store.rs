@@ -574,17 +574,34 @@ impl Library {
         progress: &ShareProgress,
         unlisted: bool,
     ) -> Result<Vec<Shared>, StoreError> {
+        let walked = crate::walk::find(paths, valid_name)?;
+        walked.warn_symlinks();
+        self.share_found(walked, progress, unlisted)
+    }
+
+    /// [`Library::share_as`] of what [`crate::walk::find`] found.
+    pub fn share_found(
+        &self,
+        walked: crate::walk::Found,
+        progress: &ShareProgress,
+        unlisted: bool,
+    ) -> Result<Vec<Shared>, StoreError> {
         // Never the data dir itself: it holds this node's private key (and
         // whom it trusts). A file named there is refused; a folder holding
         // the data dir is shared without it.
         let data_dir = fs::canonicalize(&self.dir).map_err(StoreError::io(&self.dir))?;
-        let mut found = Vec::new();
-        for p in paths {
-            let abs = collect(p, &mut found)?;
-            if abs.starts_with(&data_dir) {
-                return Err(StoreError::InDataDir(abs));
+        // A file given directly is named without a folder (no `/`).
+        for (abs, name) in &walked.files {
+            if abs.starts_with(&data_dir) && !name.contains('/') {
+                return Err(StoreError::InDataDir(abs.clone()));
             }
         }
+        for f in &walked.folders {
+            if f.root.starts_with(&data_dir) {
+                return Err(StoreError::InDataDir(f.root.clone()));
+            }
+        }
+        let mut found = walked.files;
         let before = found.len();
         found.retain(|(path, _)| !path.starts_with(&data_dir));
         if found.len() < before {
@@ -834,55 +851,6 @@ fn absolute(p: &Path) -> PathBuf {
 pub struct ShareProgress {
     pub total: AtomicU64,
     pub done: AtomicU64,
-}
-
-/// Finds the regular files under `path` with their shared names: a file
-/// given directly is named by its file name; files in a folder by the
-/// folder's name plus their relative path.
-/// Adds the files at or under `path` to `out`; returns `path` resolved.
-fn collect(path: &Path, out: &mut Vec<(PathBuf, String)>) -> Result<PathBuf, StoreError> {
-    let abs = fs::canonicalize(path).map_err(StoreError::io(path))?;
-    let meta = fs::metadata(&abs).map_err(StoreError::io(&abs))?;
-    let base = abs
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "root".into());
-    // Named directly: refused. (In a folder, a file is skipped: walk.)
-    valid_name(&base)?;
-    if meta.is_file() {
-        out.push((abs.clone(), base));
-    } else if meta.is_dir() {
-        walk(&abs, &base, out)?;
-    } else {
-        return Err(StoreError::NotAFile(abs));
-    }
-    Ok(abs)
-}
-
-fn walk(dir: &Path, prefix: &str, out: &mut Vec<(PathBuf, String)>) -> Result<(), StoreError> {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .map_err(StoreError::io(dir))?
-        .collect::<Result<_, _>>()
-        .map_err(StoreError::io(dir))?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let ft = e.file_type().map_err(StoreError::io(e.path()))?;
-        let name = format!("{prefix}/{}", e.file_name().to_string_lossy());
-        if ft.is_symlink() {
-            tracing::warn!(path = %e.path().display(), "skipping symbolic link");
-        } else if ft.is_dir() {
-            walk(&e.path(), &name, out)?;
-        } else if ft.is_file() {
-            if let Err(why) = check_shared_name(&name) {
-                // Peers could not be told its name (one too long broke
-                // the whole catalog): leave it out, loudly.
-                tracing::warn!(path = ?e.path(), "skipping: its shared name {name:?} {why}");
-                continue;
-            }
-            out.push((e.path(), name));
-        }
-    }
-    Ok(())
 }
 
 /// Refuses a name no node may list ([`check_shared_name`]): the library

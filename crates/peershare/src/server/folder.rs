@@ -9,7 +9,7 @@
 //! by its own ID. Chunks of the encoding are checked against the manifest's
 //! hashes as they are read, so a tampered `.folder` file is never sent.
 
-use super::answers::{chunks_of, chunk_span, shared_entry_in};
+use super::answers::{chunk_span, chunks_of, shared_entry_in};
 use super::*;
 use peershare_proto::FolderId;
 
