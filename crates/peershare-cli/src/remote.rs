@@ -21,7 +21,7 @@ use peershare::download::order::Order;
 use peershare::node::events::{DownloadId, Event};
 use peershare::node::lan::Found;
 use peershare::node::status::NodeStatus;
-use peershare::ops::{Listing, SharedFile, Unshared};
+use peershare::ops::{Listing, SharedItem, Unshared};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -142,7 +142,7 @@ impl Client {
         self.call(Method::GET, "/api/v1/status", None).await
     }
 
-    pub async fn library(&self) -> Result<Vec<SharedFile>, Failure> {
+    pub async fn library(&self) -> Result<Vec<SharedItem>, Failure> {
         self.call(Method::GET, "/api/v1/library", None).await
     }
 
@@ -150,7 +150,7 @@ impl Client {
         &self,
         paths: &[PathBuf],
         unlisted: bool,
-    ) -> Result<Vec<SharedFile>, Failure> {
+    ) -> Result<Vec<SharedItem>, Failure> {
         let body = json!({ "paths": paths, "unlisted": unlisted });
         self.call(Method::POST, "/api/v1/library/share", Some(body))
             .await

@@ -108,9 +108,24 @@ fn share_prints_id_and_name_per_file_recursively() {
         &["share", path_str(&sb.path("papers")), path_str(&solo_path)],
     );
     out.ok();
-    let mut lines: Vec<(String, String)> = out
-        .stdout
-        .lines()
+    // One line per file, and one for the folder, after them.
+    let (folders, files): (Vec<&str>, Vec<&str>) =
+        out.stdout.lines().partition(|l| l.contains("/  (folder: "));
+    assert_eq!(folders.len(), 1, "stdout:\n{}", out.stdout);
+    let (folder_id, rest) = folders[0].split_once("  ").unwrap();
+    assert!(is_file_id(folder_id), "not an ID: {folder_id:?}");
+    assert!(
+        rest.starts_with("papers/  (folder: 3 files, "),
+        "{}",
+        folders[0]
+    );
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some(folders[0]),
+        "folders come last"
+    );
+    let mut lines: Vec<(String, String)> = files
+        .into_iter()
         .map(|l| {
             let (id, name) = l
                 .split_once("  ")

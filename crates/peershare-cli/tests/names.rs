@@ -191,8 +191,14 @@ fn share_refuses_a_file_named_with_control_characters_and_skips_one_in_a_folder(
     let res = sb.run_on(&data, &["share", path_str(&sb.path("dir"))]);
     res.ok();
     all_clean(&res);
-    assert_eq!(res.stdout.lines().count(), 1, "{}", res.stdout);
-    assert!(res.stdout.ends_with("  dir/ok.txt\n"), "{}", res.stdout);
+    let lines: Vec<&str> = res.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "the file and its folder: {}", res.stdout);
+    assert!(lines[0].ends_with("  dir/ok.txt"), "{}", res.stdout);
+    assert!(
+        lines[1].ends_with("  dir/  (folder: 1 file, 2 B)"),
+        "{}",
+        res.stdout
+    );
     assert!(res.stderr.contains("skipping"), "{}", res.stderr);
     assert_eq!(sorted_names(&sb.shared(&data)), ["dir/ok.txt"]);
 }

@@ -10,12 +10,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use peershare_proto::ticket::MAX_TICKET_ADDRS;
-use peershare_proto::{FileId, NodeId, Ticket};
+use peershare_proto::folder::{FolderEntry, FolderManifest};
+use peershare_proto::ticket::{FolderTicket, MAX_TICKET_ADDRS};
+use peershare_proto::{FileId, FolderId, NodeId, Ticket};
 use serde::{Deserialize, Serialize};
 
 use crate::client::{ClientConfig, PeerConn};
 use crate::error::{PeerError, StoreError};
+use crate::folders::{FolderRecord, FolderStore};
 use crate::pool::PeerPool;
 use crate::store::{Entry, Library, ShareProgress};
 use crate::tls::Tls;
@@ -32,6 +34,159 @@ pub struct SharedFile {
     pub ticket: String,
 }
 
+/// A shared folder, with a ticket for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedFolder {
+    /// Hex folder ID.
+    pub id: String,
+    pub name: String,
+    /// Total size of its files, bytes.
+    pub size: u64,
+    /// Its files (a content at two paths counts twice).
+    pub files: usize,
+    /// The folder on disk.
+    pub path: PathBuf,
+    pub unlisted: bool,
+    pub ticket: String,
+}
+
+/// One thing `share` and `shared` report: a file or a folder. In JSON, an
+/// object with `"kind": "file"` or `"kind": "folder"` and the fields of
+/// [`SharedFile`] or [`SharedFolder`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SharedItem {
+    File(SharedFile),
+    Folder(SharedFolder),
+}
+
+impl SharedItem {
+    pub fn id(&self) -> &str {
+        match self {
+            Self::File(f) => &f.id,
+            Self::Folder(f) => &f.id,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Self::File(f) => &f.name,
+            Self::Folder(f) => &f.name,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        match self {
+            Self::File(f) => f.size,
+            Self::Folder(f) => f.size,
+        }
+    }
+
+    pub fn unlisted(&self) -> bool {
+        match self {
+            Self::File(f) => f.unlisted,
+            Self::Folder(f) => f.unlisted,
+        }
+    }
+
+    pub fn ticket(&self) -> &str {
+        match self {
+            Self::File(f) => &f.ticket,
+            Self::Folder(f) => &f.ticket,
+        }
+    }
+
+    /// Its ticket made again, naming `node` at `addrs`.
+    pub fn retarget(&mut self, node: NodeId, addrs: &[SocketAddr]) {
+        match self {
+            Self::File(f) => {
+                if let Ok(id) = f.id.parse::<FileId>() {
+                    f.ticket = file_ticket(id, f.size, f.unlisted, &f.name, node, addrs);
+                }
+            }
+            Self::Folder(f) => {
+                if let Ok(id) = f.id.parse::<FolderId>() {
+                    f.ticket = folder_ticket(id, f.size, f.unlisted, &f.name, node, addrs);
+                }
+            }
+        }
+    }
+}
+
+fn file_ticket(
+    id: FileId,
+    size: u64,
+    unlisted: bool,
+    name: &str,
+    node: NodeId,
+    addrs: &[SocketAddr],
+) -> String {
+    Ticket {
+        id,
+        node,
+        size,
+        unlisted,
+        name: name.to_owned(),
+        addrs: addrs.to_vec(),
+    }
+    .to_string()
+}
+
+fn folder_ticket(
+    id: FolderId,
+    size: u64,
+    unlisted: bool,
+    name: &str,
+    node: NodeId,
+    addrs: &[SocketAddr],
+) -> String {
+    FolderTicket {
+        id,
+        node,
+        size,
+        unlisted,
+        name: name.to_owned(),
+        addrs: addrs.to_vec(),
+    }
+    .to_string()
+}
+
+/// Folder `r` with a ticket naming `node` at `addrs`.
+pub fn describe_folder(r: &FolderRecord, node: NodeId, addrs: &[SocketAddr]) -> SharedFolder {
+    let id: FolderId = r.id.parse().expect("the folder store holds valid IDs");
+    SharedFolder {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        size: r.size,
+        files: r.files,
+        path: r.root.clone(),
+        unlisted: r.unlisted,
+        ticket: folder_ticket(id, r.size, r.unlisted, &r.name, node, addrs),
+    }
+}
+
+/// What `share` shared: the files, then the folders.
+#[derive(Debug, Clone, Default)]
+pub struct ShareOutcome {
+    pub files: Vec<Entry>,
+    pub folders: Vec<FolderRecord>,
+}
+
+impl ShareOutcome {
+    /// Files then folders, with tickets naming `node` at `addrs`.
+    pub fn describe(&self, node: NodeId, addrs: &[SocketAddr]) -> Vec<SharedItem> {
+        let files = self
+            .files
+            .iter()
+            .map(|e| SharedItem::File(describe(e, node, addrs)));
+        let folders = self
+            .folders
+            .iter()
+            .map(|r| SharedItem::Folder(describe_folder(r, node, addrs)));
+        files.chain(folders).collect()
+    }
+}
+
 /// `e` with a ticket naming `node` at `addrs`.
 pub fn describe(e: &Entry, node: NodeId, addrs: &[SocketAddr]) -> SharedFile {
     let id: FileId = e.id.parse().expect("library holds valid IDs");
@@ -41,15 +196,7 @@ pub fn describe(e: &Entry, node: NodeId, addrs: &[SocketAddr]) -> SharedFile {
         size: e.size,
         path: e.path.clone(),
         unlisted: e.unlisted,
-        ticket: Ticket {
-            id,
-            node,
-            size: e.size,
-            unlisted: e.unlisted,
-            name: e.name.clone(),
-            addrs: addrs.to_vec(),
-        }
-        .to_string(),
+        ticket: file_ticket(id, e.size, e.unlisted, &e.name, node, addrs),
     }
 }
 
@@ -106,19 +253,72 @@ pub fn listening_addrs(listening: &[SocketAddr]) -> Vec<SocketAddr> {
     out
 }
 
-/// Shares `paths` (folders recursively), listed or not; the entries.
+/// Shares `paths` (folders recursively), listed or not: the files, and
+/// each folder given as a folder (its tree recorded in the folder store, a
+/// new version replacing the one shared before from that path). An entry
+/// that cannot be in a folder (two names that differ only in case, say) is
+/// still shared as a file, and left out of the folder with a warning.
 pub fn share(
     lib: &Library,
     paths: &[PathBuf],
     unlisted: bool,
     progress: &ShareProgress,
-) -> Result<Vec<Entry>, StoreError> {
-    Ok(lib
-        .share_as(paths, progress, unlisted)?
-        .into_iter()
-        .map(|s| s.entry)
-        .collect())
+) -> Result<ShareOutcome, StoreError> {
+    let walked = crate::walk::find(paths, crate::store::valid_name)?;
+    walked.warn_symlinks();
+    for dir in &walked.folders {
+        if let Err(why) = peershare_proto::folder::check_folder_name(&dir.name) {
+            return Err(StoreError::BadFolder {
+                path: dir.root.clone(),
+                why: format!("its name {:?} {why}", dir.name),
+            });
+        }
+    }
+    let dirs = walked.folders.clone();
+    let shared = lib.share_found(walked, progress, unlisted)?;
+    let files: Vec<Entry> = shared.into_iter().map(|s| s.entry).collect();
+    let store = FolderStore::new(lib.dir());
+    let mut folders = Vec::new();
+    for dir in &dirs {
+        let folder = folder_of(dir, &files)?;
+        folders.push(store.put(&folder, &dir.name, &dir.root, unlisted)?);
+    }
+    Ok(ShareOutcome { files, folders })
 }
+
+/// The folder of `dir` from the entries `share` made of its files.
+fn folder_of(
+    dir: &crate::walk::FoundFolder,
+    files: &[Entry],
+) -> Result<FolderManifest, StoreError> {
+    let mut candidates: Vec<FolderEntry> = Vec::new();
+    for e in files {
+        let Ok(rel) = e.path.strip_prefix(&dir.root) else {
+            continue;
+        };
+        let (Some(rel), Some(id)) = (rel.to_str(), e.file_id()) else {
+            tracing::warn!(path = ?e.path, "not in folder {:?}: its path is not UTF-8", dir.name);
+            continue;
+        };
+        candidates.push(FolderEntry::file(rel, e.size, id));
+    }
+    candidates.extend(dir.empty_dirs.iter().map(|d| FolderEntry::dir(d.as_str())));
+    let built = FolderManifest::build(candidates);
+    for s in built.skipped.iter().take(MAX_SKIP_WARNINGS) {
+        tracing::warn!("folder {:?}: {s}; shared as a file only", dir.name);
+    }
+    if built.skipped.len() > MAX_SKIP_WARNINGS {
+        tracing::warn!(
+            "folder {:?}: {} more entries left out of the folder",
+            dir.name,
+            built.skipped.len() - MAX_SKIP_WARNINGS
+        );
+    }
+    Ok(built.manifest)
+}
+
+/// Most entries left out of one folder that `share` names one by one.
+const MAX_SKIP_WARNINGS: usize = 20;
 
 /// Something `unshare` removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,38 +330,85 @@ pub struct Unshared {
     /// A download in progress no longer offered.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub in_progress: bool,
+    /// A file (or a download of one), or a folder no longer offered (its
+    /// ID is then a folder ID and `path` the folder on disk).
+    pub kind: ItemKind,
+}
+
+/// What an ID names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemKind {
+    File,
+    Folder,
 }
 
 /// Removes entries and withdraws downloads in progress (by ID or path).
+/// A folder ID unshares the folder and every file under it; unsharing a
+/// file of a folder (or a path holding one) withdraws the folder too.
 pub fn unshare(lib: &Library, targets: &[String]) -> Result<Vec<Unshared>, StoreError> {
-    let removed = lib.unshare(targets)?;
+    let store = FolderStore::new(lib.dir());
+    let mut targets = targets.to_vec();
+    for t in &mut targets {
+        if let Ok(id) = t.parse::<FolderId>()
+            && let Some(r) = store.get(&id)?
+        {
+            *t = r.root.to_string_lossy().into_owned();
+        }
+    }
+    let removed = lib.unshare(&targets)?;
+    let mut folders = Vec::new();
+    let mut touched: Vec<&std::path::Path> =
+        removed.files.iter().map(|e| e.path.as_path()).collect();
+    let paths: Vec<PathBuf> = targets.iter().map(PathBuf::from).collect();
+    touched.extend(
+        paths
+            .iter()
+            .filter(|p| p.is_absolute())
+            .map(PathBuf::as_path),
+    );
+    for path in touched {
+        folders.extend(store.remove_touching(path)?);
+    }
     let files = removed.files.into_iter().map(|e| Unshared {
         id: e.id,
         name: e.name,
         path: e.path,
         in_progress: false,
+        kind: ItemKind::File,
     });
     let downloads = removed.downloads.into_iter().map(|(out, d)| Unshared {
         id: d.id,
         name: d.name,
         path: out,
         in_progress: true,
+        kind: ItemKind::File,
     });
-    Ok(files.chain(downloads).collect())
+    let folders = folders.into_iter().map(|r| Unshared {
+        id: r.id,
+        name: r.name,
+        path: r.root,
+        in_progress: false,
+        kind: ItemKind::Folder,
+    });
+    Ok(files.chain(downloads).chain(folders).collect())
 }
 
-/// What this node shares, with tickets naming `node` at `addrs`.
+/// What this node shares, with tickets naming `node` at `addrs`: the
+/// files by path, then the folders by name.
 pub fn shared(
     lib: &Library,
     node: NodeId,
     addrs: &[SocketAddr],
-) -> Result<Vec<SharedFile>, StoreError> {
+) -> Result<Vec<SharedItem>, StoreError> {
     let snap = lib.snapshot()?;
-    Ok(snap
-        .files
-        .values()
-        .map(|e| describe(e, node, addrs))
-        .collect())
+    let mut folders = FolderStore::new(lib.dir()).list()?;
+    folders.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    let outcome = ShareOutcome {
+        files: snap.files.values().cloned().collect(),
+        folders,
+    };
+    Ok(outcome.describe(node, addrs))
 }
 
 /// One file of peers' catalogs.

@@ -855,7 +855,7 @@ pub struct ShareProgress {
 
 /// Refuses a name no node may list ([`check_shared_name`]): the library
 /// holds only names its catalog can carry and peers accept.
-fn valid_name(name: &str) -> Result<(), StoreError> {
+pub fn valid_name(name: &str) -> Result<(), StoreError> {
     check_shared_name(name).map_err(|why| StoreError::BadName {
         name: name.to_owned(),
         why,

@@ -133,7 +133,7 @@ async fn the_library_endpoints() {
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
     assert_eq!(
         r.body,
-        json!([{ "id": new_id, "name": "new.bin", "path": path_str(&new) }])
+        json!([{ "id": new_id, "name": "new.bin", "path": path_str(&new), "kind": "file" }])
     );
     let r = unshare(vec![path_str(&hidden)]).await;
     assert_eq!(r.body[0]["name"], "hidden.bin", "by path too");

@@ -22,7 +22,7 @@ use peershare::node::NodeConfig;
 use peershare::node::events::Event;
 use peershare::node::lan::Found;
 use peershare::node::status::NodeStatus;
-use peershare::ops::{Listing, SharedFile, Unshared};
+use peershare::ops::{Listing, SharedItem, Unshared};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -178,12 +178,16 @@ fn same_shape(doc: &Value, real: &Value, at: &str) -> Result<(), String> {
             d.iter()
                 .try_for_each(|(k, v)| same_shape(v, &r[k], &format!("{at}.{k}")))
         }
+        // Each element against the first documented one of its `kind`
+        // (arrays of files and folders), or the first.
         (Value::Array(d), Value::Array(r)) => match d.first() {
-            Some(first) => d
-                .iter()
-                .chain(r)
-                .enumerate()
-                .try_for_each(|(i, v)| same_shape(first, v, &format!("{at}[{i}]"))),
+            Some(first) => d.iter().chain(r).enumerate().try_for_each(|(i, v)| {
+                let like = d
+                    .iter()
+                    .find(|e| e.get("kind").is_some() && e.get("kind") == v.get("kind"))
+                    .unwrap_or(first);
+                same_shape(like, v, &format!("{at}[{i}]"))
+            }),
             None => Ok(()),
         },
         _ if json_type(doc) == json_type(real) => Ok(()),
@@ -330,7 +334,7 @@ fn every_example_is_what_the_engine_writes() {
         match what {
             "GET /api/v1/status" => is_a::<NodeStatus>(&example, what),
             "GET /api/v1/library" | "POST /api/v1/library/share" => {
-                is_a::<Vec<SharedFile>>(&example, what)
+                is_a::<Vec<SharedItem>>(&example, what)
             }
             "POST /api/v1/library/unshare" => is_a::<Vec<Unshared>>(&example, what),
             "GET /api/v1/peers" => is_a::<Vec<Found>>(&example, what),
@@ -465,18 +469,29 @@ async fn every_documented_request_runs_against_a_real_node() {
 
     let key = "POST /api/v1/library/share";
     let d = doc(key);
-    let slides = dir.path().join("slides.pdf");
-    std::fs::write(&slides, data(700_000, 4)).unwrap();
+    let talks = dir.path().join("talks");
+    std::fs::create_dir_all(talks.join("drafts")).unwrap();
+    std::fs::write(talks.join("slides.pdf"), data(700_000, 4)).unwrap();
     let mut body = d.body.clone().unwrap();
-    body["paths"] = json!([slides]);
+    body["paths"] = json!([talks]);
     let shared = run(&app, &token, d, &d.target, Some(body)).await;
+    let kinds: Vec<&Value> = shared
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["kind"])
+        .collect();
+    assert_eq!(kinds, ["file", "folder"], "{:#}", shared.body);
     ran.insert(key.to_string());
 
+    // Unsharing the folder's file withdraws the folder too.
     let key = "POST /api/v1/library/unshare";
     let d = doc(key);
     let mut body = d.body.clone().unwrap();
     body["targets"] = json!([shared.body[0]["id"]]);
-    run(&app, &token, d, &d.target, Some(body)).await;
+    let r = run(&app, &token, d, &d.target, Some(body)).await;
+    assert_eq!(r.body[1]["id"], shared.body[1]["id"], "{:#}", r.body);
     ran.insert(key.to_string());
 
     let key = "GET /api/v1/catalog";
@@ -503,7 +518,7 @@ async fn every_documented_request_runs_against_a_real_node() {
     let d = doc(key);
     let downloads = dir.path().join("Downloads");
     std::fs::create_dir(&downloads).unwrap();
-    let ticket = fast.shared().unwrap()[0].ticket.clone();
+    let ticket = fast.shared().unwrap()[0].ticket().to_owned();
     let mut body = d.body.clone().unwrap();
     body["order"]["what"] = json!(ticket);
     body["cwd"] = json!(downloads);

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use peershare::ShareProgress;
-use peershare::ops::{self, SharedFile, Unshared};
-use peershare_proto::{FileId, NodeId, Ticket};
+use peershare::ops::{self, SharedItem, Unshared};
+use peershare_proto::NodeId;
 
 use super::{
     absolute, open_library, out, out_json, printable, printable_path, running_node, store_failure,
@@ -30,20 +30,48 @@ fn ticket_addrs(t: &TicketArgs) -> Vec<SocketAddr> {
 
 /// Tickets naming `node` at `addrs` instead (`--addr` given with a running
 /// node: a port-forward on the router, say).
-fn retarget(files: &mut [SharedFile], node: NodeId, addrs: &[SocketAddr]) {
-    for f in files {
-        let Ok(id) = f.id.parse::<FileId>() else {
-            continue;
-        };
-        f.ticket = Ticket {
-            id,
-            node,
-            size: f.size,
-            unlisted: f.unlisted,
-            name: f.name.clone(),
-            addrs: addrs.to_vec(),
+fn retarget(items: &mut [SharedItem], node: NodeId, addrs: &[SocketAddr]) {
+    for item in items {
+        item.retarget(node, addrs);
+    }
+}
+
+/// One line of `share` (`sizes` false: ID and name) or `shared` (ID, size,
+/// name). A folder's name ends in `/` and is followed by its file count
+/// (and, for `share`, its size): one line per item, whatever its kind, so
+/// a script can read the ID as the first word.
+fn item_line(item: &SharedItem, sizes: bool) -> String {
+    let size = |n: u64| {
+        if sizes {
+            format!("{:>10}  ", progress::bytes(n))
+        } else {
+            String::new()
         }
-        .to_string();
+    };
+    match item {
+        SharedItem::File(f) => format!(
+            "{}  {}{}{}\n",
+            f.id,
+            size(f.size),
+            printable(&f.name),
+            unlisted_mark(f.unlisted)
+        ),
+        SharedItem::Folder(d) => {
+            let total = if sizes {
+                String::new()
+            } else {
+                format!(", {}", progress::bytes(d.size))
+            };
+            format!(
+                "{}  {}{}/  (folder: {} file{}{total}){}\n",
+                d.id,
+                size(d.size),
+                printable(&d.name),
+                d.files,
+                if d.files == 1 { "" } else { "s" },
+                unlisted_mark(d.unlisted)
+            )
+        }
     }
 }
 
@@ -71,22 +99,16 @@ pub async fn share(dir: &Path, a: ShareArgs, quiet: bool) -> Result<(), Failure>
     if a.json.json {
         out_json(&files);
     } else {
-        let mut text = String::new();
-        for f in &files {
-            text.push_str(&format!(
-                "{}  {}{}\n",
-                f.id,
-                printable(&f.name),
-                unlisted_mark(f.unlisted)
-            ));
-        }
-        out(&text);
+        out(&files
+            .iter()
+            .map(|i| item_line(i, false))
+            .collect::<String>());
     }
     Ok(())
 }
 
 /// `share` with no node running: hashes here, with a progress bar.
-async fn share_here(dir: &Path, a: &ShareArgs, quiet: bool) -> Result<Vec<SharedFile>, Failure> {
+async fn share_here(dir: &Path, a: &ShareArgs, quiet: bool) -> Result<Vec<SharedItem>, Failure> {
     let lib = open_library(dir)?;
     let counters = Arc::new(ShareProgress::default());
     let bar = progress::hashing(counters.clone(), quiet);
@@ -96,13 +118,9 @@ async fn share_here(dir: &Path, a: &ShareArgs, quiet: bool) -> Result<Vec<Shared
         .await
         .expect("share does not panic");
     bar.finish().await;
-    let entries = result.map_err(store_failure)?;
+    let outcome = result.map_err(store_failure)?;
     let node = lib.node_id().map_err(store_failure)?;
-    let addrs = ticket_addrs(&a.ticket);
-    Ok(entries
-        .iter()
-        .map(|e| ops::describe(e, node, &addrs))
-        .collect())
+    Ok(outcome.describe(node, &ticket_addrs(&a.ticket)))
 }
 
 pub async fn unshare(dir: &Path, a: UnshareArgs) -> Result<(), Failure> {
@@ -130,7 +148,13 @@ pub async fn unshare(dir: &Path, a: UnshareArgs) -> Result<(), Failure> {
     }
     let mut text = String::new();
     for u in &removed {
-        if u.in_progress {
+        if u.kind == ops::ItemKind::Folder {
+            text.push_str(&format!(
+                "no longer offering folder {}  {}/\n",
+                u.id,
+                printable(&u.name)
+            ));
+        } else if u.in_progress {
             text.push_str(&format!(
                 "no longer offering {}  {} (download in progress to {})\n",
                 u.id,
@@ -164,17 +188,7 @@ pub async fn shared(dir: &Path, a: SharedArgs) -> Result<(), Failure> {
     if a.json.json {
         out_json(&files);
     } else {
-        let mut text = String::new();
-        for f in &files {
-            text.push_str(&format!(
-                "{}  {:>10}  {}{}\n",
-                f.id,
-                progress::bytes(f.size),
-                printable(&f.name),
-                unlisted_mark(f.unlisted)
-            ));
-        }
-        out(&text);
+        out(&files.iter().map(|i| item_line(i, true)).collect::<String>());
     }
     Ok(())
 }

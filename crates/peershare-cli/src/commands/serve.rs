@@ -7,7 +7,7 @@ use std::path::Path;
 use peershare::node::NodeConfig;
 use peershare::node::events::Event;
 use peershare::node::status::NodeStatus;
-use peershare::ops::SharedFile;
+use peershare::ops::SharedItem;
 use peershare::{ServerConfig, ShareProgress};
 
 use super::host::{HostConfig, host};
@@ -189,7 +189,7 @@ fn note(event: &Event, quiet: bool, files: Option<&HashSet<String>>) -> Option<b
     }
 }
 
-fn print_tickets(files: &[SharedFile], json: bool, quiet: bool) {
+fn print_tickets(files: &[SharedItem], json: bool, quiet: bool) {
     if json {
         let text = serde_json::to_string_pretty(&files).expect("serializable");
         status_line(&(text + "\n"));
@@ -197,19 +197,33 @@ fn print_tickets(files: &[SharedFile], json: bool, quiet: bool) {
     }
     let mut text = String::new();
     for f in files {
-        text.push_str(&f.ticket);
+        text.push_str(f.ticket());
         text.push('\n');
     }
     status_line(&text);
     if !quiet {
         for f in files {
+            let what = match f {
+                SharedItem::File(_) => String::new(),
+                SharedItem::Folder(d) => format!("folder of {} files, ", d.files),
+            };
             eprintln!(
-                "peershare: {} ({}): on the other machine run `peershare get TICKET` with the ticket above",
-                printable(&f.name),
-                progress::bytes(f.size)
+                "peershare: {} ({what}{}): on the other machine run `peershare get TICKET` with the ticket above",
+                printable(f.name()),
+                progress::bytes(f.size())
             );
         }
     }
+}
+
+/// What `send` gives a ticket for: the files named directly and the
+/// folders (not each file of a folder: the folder's ticket fetches them).
+fn top_level(items: &[SharedItem]) -> Vec<SharedItem> {
+    items
+        .iter()
+        .filter(|i| matches!(i, SharedItem::Folder(_)) || !i.name().contains('/'))
+        .cloned()
+        .collect()
 }
 
 pub async fn send(dir: &Path, a: SendArgs, quiet: bool) -> Result<(), Failure> {
@@ -222,8 +236,8 @@ pub async fn send(dir: &Path, a: SendArgs, quiet: bool) -> Result<(), Failure> {
     if let Some(client) = running_node(dir).await {
         let files = client.share(&paths, unlisted).await?;
         let events = client.events().await?;
-        print_tickets(&files, a.json.json, quiet);
-        let ids = files.iter().map(|f| f.id.clone()).collect();
+        print_tickets(&top_level(&files), a.json.json, quiet);
+        let ids = files.iter().map(|f| f.id().to_owned()).collect();
         let shutdown = super::shutdown_signal()?;
         tokio::select! {
             _ = relay(events, quiet, ids, a.exit_after) => {}
@@ -250,8 +264,8 @@ pub async fn send(dir: &Path, a: SendArgs, quiet: bool) -> Result<(), Failure> {
             return Err(store_failure(e));
         }
     };
-    print_tickets(&files, a.json.json, quiet);
-    let ids = files.iter().map(|f| f.id.clone()).collect();
+    print_tickets(&top_level(&files), a.json.json, quiet);
+    let ids = files.iter().map(|f| f.id().to_owned()).collect();
     tokio::select! {
         _ = say_what_happens(events, quiet, Some((ids, a.exit_after))) => {}
         _ = shutdown => {}

@@ -336,7 +336,18 @@ impl Sandbox {
     }
 
     /// `share --json` (with `--addr` when given); returns the entries.
+    /// The files (`"kind": "file"`) of `share --json PATHS`.
     pub fn share(&self, data: &Path, paths: &[&Path], addr: Option<SocketAddr>) -> Vec<Value> {
+        of_kind(self.share_all(data, paths, addr), "file")
+    }
+
+    /// The folders (`"kind": "folder"`) of `share --json PATHS`.
+    pub fn share_folders(&self, data: &Path, paths: &[&Path]) -> Vec<Value> {
+        of_kind(self.share_all(data, paths, None), "folder")
+    }
+
+    /// Everything `share --json PATHS` printed: files, then folders.
+    pub fn share_all(&self, data: &Path, paths: &[&Path], addr: Option<SocketAddr>) -> Vec<Value> {
         let addr = addr.map(|a| a.to_string());
         let mut args = vec!["share", "--json"];
         if let Some(a) = &addr {
@@ -354,8 +365,13 @@ impl Sandbox {
         str_field(&self.share(data, &[path], None)[0], "id").to_owned()
     }
 
-    /// `shared --json` entries.
+    /// The files of `shared --json`.
     pub fn shared(&self, data: &Path) -> Vec<Value> {
+        of_kind(self.shared_all(data), "file")
+    }
+
+    /// Everything `shared --json` printed: files, then folders.
+    pub fn shared_all(&self, data: &Path) -> Vec<Value> {
         let out = self.run_on(data, &["shared", "--json"]);
         out.ok();
         out.json().as_array().expect("array").clone()
@@ -745,4 +761,16 @@ pub fn made_up_entries(
         name: format!("{prefix}{i:06}"),
     })
     .collect()
+}
+
+/// The elements of `items` of kind `kind`; every element must have a kind.
+pub fn of_kind(items: Vec<Value>, kind: &str) -> Vec<Value> {
+    for i in &items {
+        let k = i["kind"].as_str();
+        assert!(
+            matches!(k, Some("file" | "folder")),
+            "an element without a kind: {i}"
+        );
+    }
+    items.into_iter().filter(|i| i["kind"] == kind).collect()
 }

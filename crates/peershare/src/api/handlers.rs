@@ -21,7 +21,7 @@ use crate::node::Node;
 use crate::node::events::{DownloadId, Event};
 use crate::node::lan::Found;
 use crate::node::status::NodeStatus;
-use crate::ops::{Listing, SharedFile, Unshared};
+use crate::ops::{Listing, SharedItem, Unshared};
 use crate::store::ShareProgress;
 
 type Answer<T> = Result<Json<T>, ApiError>;
@@ -68,14 +68,14 @@ pub(super) async fn status(State(s): State<ApiState>) -> Answer<NodeStatus> {
     blocking(&s.node, Node::status).await
 }
 
-pub(super) async fn library(State(s): State<ApiState>) -> Answer<Vec<SharedFile>> {
+pub(super) async fn library(State(s): State<ApiState>) -> Answer<Vec<SharedItem>> {
     blocking(&s.node, Node::shared).await
 }
 
 pub(super) async fn share(
     State(s): State<ApiState>,
     JsonBody(body): JsonBody<ShareBody>,
-) -> Answer<Vec<SharedFile>> {
+) -> Answer<Vec<SharedItem>> {
     for p in &body.paths {
         absolute("path", p)?;
     }

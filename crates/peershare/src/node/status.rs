@@ -14,7 +14,7 @@ use super::lan::Found;
 use super::{Node, Totals};
 use crate::download::manager::{DownloadInfo, State};
 use crate::error::StoreError;
-use crate::ops::{self, Listing, NoneAnswered, SharedFile, Unshared};
+use crate::ops::{self, Listing, NoneAnswered, SharedItem, Unshared};
 use crate::server::UploadInfo;
 use crate::store::ShareProgress;
 
@@ -120,13 +120,9 @@ impl Node {
         paths: &[PathBuf],
         unlisted: bool,
         progress: &ShareProgress,
-    ) -> Result<Vec<SharedFile>, StoreError> {
-        let entries = ops::share(self.library(), paths, unlisted, progress)?;
-        let (node, addrs) = (self.tls().node_id(), self.ticket_addrs());
-        Ok(entries
-            .iter()
-            .map(|e| ops::describe(e, node, &addrs))
-            .collect())
+    ) -> Result<Vec<SharedItem>, StoreError> {
+        let outcome = ops::share(self.library(), paths, unlisted, progress)?;
+        Ok(outcome.describe(self.tls().node_id(), &self.ticket_addrs()))
     }
 
     /// Removes entries, withdraws downloads in progress (blocking).
@@ -135,7 +131,7 @@ impl Node {
     }
 
     /// What this node shares, with tickets (blocking).
-    pub fn shared(&self) -> Result<Vec<SharedFile>, StoreError> {
+    pub fn shared(&self) -> Result<Vec<SharedItem>, StoreError> {
         ops::shared(self.library(), self.tls().node_id(), &self.ticket_addrs())
     }
 
