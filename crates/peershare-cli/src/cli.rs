@@ -44,8 +44,11 @@ pub enum Command {
         peershare share ~/Videos/talk.mkv          # one file, shared as \"talk.mkv\"\n  \
         peershare share ~/Documents/papers         # a folder, recursively: \"papers/a.pdf\", ...\n  \
         peershare share --json notes.txt | jq -r '.[0].ticket'\n\n\
-        Prints one line per file: <file-id>  <name>. Sharing the same file again does not re-hash it \
-        unless it changed. A file that changes after sharing is no longer served until shared again.")]
+        Prints one line per file: <file-id>  <name>, then one per folder: <folder-id>  <name>/  \
+        (folder: N files, SIZE). A folder is also shared as one unit: `peershare get FOLDER-ID` \
+        downloads the whole tree. Sharing the same file again does not re-hash it \
+        unless it changed. A file that changes after sharing is no longer served until shared again \
+        (and a folder holding it until the folder is shared again, under a new folder ID).")]
     Share(ShareArgs),
 
     /// Remove files from the library, or stop offering a download in progress (the files themselves are never touched)
@@ -108,9 +111,10 @@ pub enum Command {
     )]
     Trust(TrustCommand),
 
-    /// Download a file by file ID or ticket, verified, from every given peer at once
+    /// Download a file or a whole folder by ID or ticket, verified, from every given peer at once
     #[command(after_help = "Examples:\n  \
         peershare get ps1aebq...                   # a ticket carries the peers' addresses\n  \
+        peershare get ps1ajqw... --only '*.jpg'    # a folder ticket: the tree into ./NAME/, only the JPEGs\n  \
         peershare get 3f2a...e1                    # finds the peers that have it on the LAN\n  \
         peershare get 3f2a...e1 --peer 192.168.1.20:9000 -o talk.mkv\n  \
         peershare get 3f2a...e1 --peer a:9000 --peer b:9000 --json\n\n\
@@ -121,7 +125,11 @@ pub enum Command {
         faster ones, and near the end the last chunks are asked of a second peer so a slow one \
         never holds the tail. A peer that sends corrupt data is dropped. Peers that are \
         downloading the same file help too: a `peershare serve` on the same data dir offers \
-        what this download has verified (unless --no-share), and the finished file is shared.")]
+        what this download has verified (unless --no-share), and the finished file is shared.\n\n\
+        A folder (a folder ticket, or a folder ID) is built in NAME.peershare-part/ beside the \
+        target and renamed into place when every file is verified: NAME/ either does not exist or \
+        is complete. Identical files are fetched once. Interrupted, the same command resumes. An \
+        existing NAME/ is refused unless --force.")]
     Get(GetArgs),
 
     /// Give files to someone: share them (unlisted), print a ticket per path, and serve until Ctrl-C
@@ -393,8 +401,8 @@ pub struct LsArgs {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// A 64-hex-digit file ID, or a ticket (ps1...)
-    #[arg(value_name = "FILE-ID|TICKET")]
+    /// A 64-hex-digit file or folder ID, or a ticket (ps1...) for either
+    #[arg(value_name = "ID|TICKET")]
     pub what: String,
 
     /// A peer that has the file, HOST:PORT (repeatable; adds to a ticket's peers). Without it, peers are also found on the LAN
@@ -416,9 +424,13 @@ pub struct GetArgs {
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
 
-    /// Replace the output file if it exists
+    /// Replace the output file (or folder) if it exists
     #[arg(long)]
     pub force: bool,
+
+    /// For a folder: download only the files matching GLOB (repeatable). A pattern without `/` matches a file or folder name at any depth (`*.jpg`, `raw`); one with `/` a path from the folder's top (`2024/*/*.jpg`); a folder that matches brings everything in it
+    #[arg(long, value_name = "GLOB")]
+    pub only: Vec<String>,
 
     /// Total download rate, e.g. 500KB, 10MB, 80Mbit [default: unlimited]
     #[arg(long, env = "PEERSHARE_MAX_DOWNLOAD_RATE", value_name = "RATE", value_parser = parse_rate)]

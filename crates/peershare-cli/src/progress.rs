@@ -195,3 +195,48 @@ fn spawn(
         task: Some(task),
     }
 }
+
+/// Progress of a folder `get`: files done of total and bytes, as a bar on a
+/// terminal, a line a second otherwise.
+pub fn folder(c: Arc<peershare::download::folder::FolderProgress>, quiet: bool) -> Display {
+    if quiet {
+        return Display::none();
+    }
+    let line = move |c: &peershare::download::folder::FolderProgress| {
+        format!(
+            "{} / {} files",
+            c.files_done.load(Ordering::Relaxed),
+            c.files_total.load(Ordering::Relaxed)
+        )
+    };
+    if std::io::stderr().is_terminal() {
+        let pb = bar("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}");
+        let pb_done = pb.clone();
+        spawn(
+            move |_| {
+                pb.set_length(c.bytes_total.load(Ordering::Relaxed));
+                pb.set_position(c.bytes_done.load(Ordering::Relaxed));
+                pb.set_message(line(&c));
+            },
+            move || pb_done.finish_and_clear(),
+            Duration::from_millis(100),
+        )
+    } else {
+        spawn(
+            move |_| {
+                let total = c.bytes_total.load(Ordering::Relaxed);
+                if total > 0 || c.files_total.load(Ordering::Relaxed) > 0 {
+                    eprintln!(
+                        "downloading: {}, {} / {}, {} peers",
+                        line(&c),
+                        bytes(c.bytes_done.load(Ordering::Relaxed)),
+                        bytes(total),
+                        c.peers.load(Ordering::Relaxed)
+                    );
+                }
+            },
+            || {},
+            Duration::from_secs(1),
+        )
+    }
+}

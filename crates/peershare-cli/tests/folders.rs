@@ -150,3 +150,260 @@ fn symbolic_links_in_a_shared_folder_are_reported_once() {
         1
     );
 }
+
+/// Every path under `root` (relative, `/`-separated) with its kind and
+/// content: `d` for a directory, `f` and the bytes for a file. Symbolic
+/// links fail the test.
+fn tree_of(root: &std::path::Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let ft = e.file_type().unwrap();
+            assert!(!ft.is_symlink(), "a symbolic link at {rel}");
+            if ft.is_dir() {
+                out.insert(rel, None);
+                todo.push(e.path());
+            } else {
+                out.insert(rel, Some(fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// A tree with nested folders, an empty folder, an empty file, identical
+/// files and non-ASCII names, under `sb`'s `rel`.
+fn sample_tree(sb: &Sandbox, rel: &str) -> std::path::PathBuf {
+    let big = random_bytes(3 * MIB + 5, 7);
+    sb.write(&format!("{rel}/big.bin"), &big);
+    sb.write(&format!("{rel}/a/x.txt"), b"same");
+    sb.write(&format!("{rel}/a/b/c/dup.txt"), b"same");
+    sb.write(&format!("{rel}/a/b/copy-of-big.bin"), &big);
+    sb.write(&format!("{rel}/zero"), b"");
+    sb.write(
+        &format!("{rel}/ünïcødé/日本語.txt"),
+        "こんにちは".as_bytes(),
+    );
+    for i in 0..40 {
+        sb.write(
+            &format!("{rel}/many/f{i:02}.dat"),
+            &random_bytes(1000 + i * 37, i as u64),
+        );
+    }
+    fs::create_dir_all(sb.path(&format!("{rel}/empty/inner"))).unwrap();
+    sb.path(rel)
+}
+
+#[test]
+fn get_by_ticket_and_by_id_reproduces_the_tree_and_seeds_it_as_a_folder() {
+    let sb = Sandbox::new();
+    let seeder = sb.data("seeder");
+    let src = sample_tree(&sb, "photos");
+    let srv = sb.serve(&seeder, &[]);
+    let folder = sb.share_folders(&seeder, &[&src]);
+    let (id, ticket) = (str_field(&folder[0], "id"), str_field(&folder[0], "ticket"));
+    let want = tree_of(&src);
+
+    // By ticket, into ./photos/ of the current directory.
+    let client = sb.data("client");
+    let cwd = sb.dir("cwd");
+    let mut c = sb.cmd(&[
+        "--data-dir",
+        path_str(&client),
+        "get",
+        ticket,
+        "--no-discovery",
+        "--json",
+    ]);
+    c.current_dir(&cwd);
+    let res = run(c);
+    let summary = res.ok().json();
+    assert_eq!(tree_of(&cwd.join("photos")), want);
+    assert_eq!(str_field(&summary, "kind"), "folder");
+    assert_eq!(str_field(&summary, "id"), id);
+    assert_eq!(u64_field(&summary, "files"), 46);
+    assert_eq!(u64_field(&summary, "copies"), 2, "{summary}");
+    assert_eq!(u64_field(&summary, "empty_dirs"), 1, "{summary}");
+    assert!(
+        !cwd.join("photos.peershare-part").exists(),
+        "part directory left"
+    );
+    // Identical content is fetched once: the big file's bytes once.
+    let distinct: u64 = want
+        .iter()
+        .filter(|(p, _)| !matches!(p.as_str(), "a/b/c/dup.txt" | "a/b/copy-of-big.bin"))
+        .filter_map(|(_, c)| c.as_ref().map(|c| c.len() as u64))
+        .sum();
+    assert_eq!(u64_field(&summary, "bytes_received"), distinct, "{summary}");
+    // And it is now shared, as the same folder.
+    assert!(summary["shared"].as_bool().unwrap());
+    let folders = of_kind(sb.shared_all(&client), "folder");
+    assert_eq!(
+        str_field(&folders[0], "id"),
+        id,
+        "seeded as the same folder"
+    );
+
+    // By folder ID with -o naming a new path.
+    let other = sb.data("other");
+    let out = sb.path("elsewhere/mine");
+    fs::create_dir_all(sb.path("elsewhere")).unwrap();
+    let res = sb.get(&other, id, &[&srv.peer()], Some(&out), &["--no-share"]);
+    res.ok();
+    assert_eq!(tree_of(&out), want);
+    assert!(res.stdout.starts_with("saved "), "{}", res.stdout);
+    assert!(
+        of_kind(sb.shared_all(&other), "folder").is_empty(),
+        "--no-share"
+    );
+
+    // -o naming an existing folder puts it inside, under its name (the
+    // client downloading from the first client: a downloaded folder seeds).
+    let third = sb.data("third");
+    let client_srv = sb.serve(&client, &[]);
+    let inside = sb.dir("inside");
+    let res = sb.get(
+        &third,
+        ticket,
+        &[&client_srv.peer()],
+        Some(&inside),
+        &["--no-share"],
+    );
+    res.ok();
+    assert_eq!(tree_of(&inside.join("photos")), want);
+}
+
+#[test]
+fn an_existing_target_is_refused_unless_force_and_force_never_mixes_versions() {
+    let sb = Sandbox::new();
+    let seeder = sb.data("seeder");
+    sb.write("v/new.txt", b"new");
+    let srv = sb.serve(&seeder, &[]);
+    let folder = sb.share_folders(&seeder, &[&sb.path("v")]);
+    let (id, ticket) = (str_field(&folder[0], "id"), str_field(&folder[0], "ticket"));
+    let client = sb.data("client");
+    // An older version of the folder where it would go.
+    let out = sb.dir("target");
+    sb.write("target/v/old.txt", b"old version");
+
+    let res = sb.get(&client, ticket, &[&srv.peer()], Some(&out), &[]);
+    let msg = res.fails_with(LOCAL);
+    assert!(
+        msg.contains("already exists") && msg.contains("--force"),
+        "{msg}"
+    );
+    assert_eq!(
+        fs::read(out.join("v/old.txt")).unwrap(),
+        b"old version",
+        "untouched"
+    );
+    assert!(!out.join("v.peershare-part").exists());
+
+    // --force replaces it whole: nothing of the old version stays.
+    let res = sb.get(&client, ticket, &[&srv.peer()], Some(&out), &["--force"]);
+    res.ok();
+    let got = tree_of(&out.join("v"));
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        ["new.txt"],
+        "the old version's files are gone"
+    );
+
+    // A bare folder ID with -o naming a new path needs no name.
+    let res = sb.get(&client, id, &[&srv.peer()], Some(&out.join("w")), &[]);
+    res.ok();
+    assert_eq!(fs::read(out.join("w/new.txt")).unwrap(), b"new");
+}
+
+#[test]
+fn two_seeders_both_send_and_only_fetches_just_the_matching_files() {
+    let sb = Sandbox::new();
+    for i in 0..200 {
+        let dir = if i % 2 == 0 { "jpg" } else { "raw" };
+        sb.write(
+            &format!("shoot/{dir}/p{i:03}.{dir}"),
+            &random_bytes(20_000 + i, i as u64),
+        );
+    }
+    let (d1, d2) = (sb.data("s1"), sb.data("s2"));
+    let src = sb.path("shoot");
+    let id = str_field(&sb.share_folders(&d1, &[&src])[0], "id").to_owned();
+    assert_eq!(str_field(&sb.share_folders(&d2, &[&src])[0], "id"), id);
+    let (s1, s2) = (sb.serve(&d1, &[]), sb.serve(&d2, &[]));
+    let client = sb.data("client");
+    let out = sb.path("got");
+    let res = sb.get(
+        &client,
+        &id,
+        &[&s1.peer(), &s2.peer()],
+        Some(&out),
+        &["--json"],
+    );
+    let s = res.ok().json();
+    let peers = s["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2);
+    for p in peers {
+        assert!(u64_field(p, "bytes") > 0, "a seeder sent nothing: {s}");
+    }
+    assert_eq!(tree_of(&out), tree_of(&src));
+
+    // --only: the JPEG folder (by name at any depth), and one raw file by path.
+    let out2 = sb.path("only");
+    let res = sb.get(
+        &client,
+        &id,
+        &[&s1.peer()],
+        Some(&out2),
+        &[
+            "--only",
+            "jpg",
+            "--only",
+            "raw/p001.raw",
+            "--json",
+            "--no-share",
+        ],
+    );
+    let s = res.ok().json();
+    let got = tree_of(&out2);
+    let files: Vec<&String> = got
+        .iter()
+        .filter(|(_, c)| c.is_some())
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(files.len(), 101, "{files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|p| p.starts_with("jpg/") || *p == "raw/p001.raw")
+    );
+    assert_eq!(u64_field(&s, "skipped"), 99);
+    let want: u64 = (0..200u64)
+        .filter(|i| i % 2 == 0 || *i == 1)
+        .map(|i| 20_000 + i)
+        .sum();
+    assert_eq!(
+        u64_field(&s, "bytes_received"),
+        want,
+        "only the matching files were fetched"
+    );
+
+    // A pattern matching nothing is an error, and nothing is made.
+    let res = sb.get(
+        &client,
+        &id,
+        &[&s1.peer()],
+        Some(&sb.path("none")),
+        &["--only", "*.png"],
+    );
+    res.fails_with(NOT_FOUND);
+    assert!(!sb.path("none").exists());
+}

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use peershare_proto::manifest::ManifestError;
 use peershare_proto::ticket::UnsafeName;
 use peershare_proto::wire::{DecodeError, ErrorCode, NameError};
-use peershare_proto::{FileId, NodeId};
+use peershare_proto::{FileId, FolderId, NodeId};
 
 /// Errors of the library store (the data dir and the shared files).
 #[derive(Debug, thiserror::Error)]
@@ -281,6 +281,16 @@ pub enum DownloadError {
     UnsafeName(#[from] UnsafeName),
     #[error("the download was cancelled; run the same command again to resume")]
     Cancelled,
+    #[error("none of the peers shares folder {id}; check the ID, or ask for a fresh ticket")]
+    NotFoundFolder { id: FolderId },
+    #[error("folder {id} is refused: {why}; nothing was written")]
+    BadFolder { id: FolderId, why: String },
+    #[error("the name of folder {id} is unknown (no peer lists it): give -o PATH, or use a ticket")]
+    FolderNameUnknown { id: FolderId },
+    #[error("no file of the folder matches the --only patterns")]
+    NothingSelected,
+    #[error("--only {pattern:?}: {why}")]
+    BadPattern { pattern: String, why: String },
 }
 
 impl DownloadError {
@@ -295,7 +305,11 @@ impl DownloadError {
             DownloadError::AllUnreachable(errs) => {
                 errs.first().map_or("unreachable", PeerError::kind)
             }
-            DownloadError::NotFound { .. } => "not_found",
+            DownloadError::NotFound { .. }
+            | DownloadError::NotFoundFolder { .. }
+            | DownloadError::NothingSelected => "not_found",
+            DownloadError::BadFolder { .. } => "corrupt",
+            DownloadError::FolderNameUnknown { .. } | DownloadError::BadPattern { .. } => "usage",
             DownloadError::AllSourcesCorrupt => "corrupt",
             DownloadError::OutputExists(_)
             | DownloadError::InProgress(_)

@@ -84,6 +84,15 @@ async fn make_order(a: &GetArgs) -> Result<Order, Failure> {
 
 pub async fn get(dir: &Path, a: GetArgs, quiet: bool) -> Result<(), Failure> {
     let cancel = super::shutdown_signal()?;
+    if let Some(folder) = super::get_folder::folder_of(dir, &a).await? {
+        return super::get_folder::get_folder(dir, &a, folder, quiet, cancel).await;
+    }
+    if !a.only.is_empty() {
+        return Err(Failure::new(
+            exit::USAGE,
+            "--only selects files of a folder, and this is not a folder (or no peer has it)",
+        ));
+    }
     let cwd = cwd()?;
     let order = make_order(&a).await?;
     // The order is checked here first: a bad one needs no node.

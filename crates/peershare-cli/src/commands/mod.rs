@@ -5,6 +5,7 @@
 //! stdout (results) and stderr (progress, errors).
 
 mod get;
+mod get_folder;
 mod host;
 mod library;
 mod look;

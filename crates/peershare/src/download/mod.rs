@@ -35,6 +35,7 @@
 //! verified. The states of a download and what moves it between them are
 //! in `STATE.md` beside this file.
 
+pub mod folder;
 mod join;
 pub mod manager;
 pub mod order;
