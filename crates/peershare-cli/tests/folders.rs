@@ -407,3 +407,223 @@ fn two_seeders_both_send_and_only_fetches_just_the_matching_files() {
     res.fails_with(NOT_FOUND);
     assert!(!sb.path("none").exists());
 }
+
+/// A path and, for a file, its content (`None`: an empty directory).
+type RawEntry<'a> = (&'a str, Option<&'a [u8]>);
+
+/// The raw folder encoding of `entries` (path, `Some(content)` for a file,
+/// `None` for an empty directory), in the order given: what a hostile peer
+/// can send, unchecked.
+fn raw_encoding(entries: &[RawEntry]) -> Vec<u8> {
+    let mut out = vec![peershare_proto::folder::FOLDER_VERSION];
+    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    for (path, content) in entries {
+        out.push(u8::from(content.is_none()));
+        out.extend_from_slice(&(path.len() as u16).to_be_bytes());
+        out.extend_from_slice(path.as_bytes());
+        if let Some(c) = content {
+            out.extend_from_slice(&(c.len() as u64).to_be_bytes());
+            out.extend_from_slice(peershare_proto::Manifest::from_bytes(c).id().as_bytes());
+        }
+    }
+    out
+}
+
+/// A peer serving `encoding` as a folder (and each content of `files` by
+/// its file ID); the folder ID it serves.
+fn hostile_folder_peer(encoding: Vec<u8>, files: Vec<Vec<u8>>) -> (std::net::SocketAddr, String) {
+    use peershare_proto::wire::Message;
+    let manifest = peershare_proto::Manifest::from_bytes(&encoding);
+    let id = peershare_proto::folder::folder_id_of(&manifest);
+    let wire = FileId(id.0);
+    let addr = fake_peer(move |m, node| match m {
+        Message::Hello(_) => Some(hello_of(node)),
+        Message::GetManifest { req_id, id } if id == wire => Some(Message::Manifest {
+            req_id,
+            bytes: manifest.encode().into(),
+        }),
+        Message::GetChunk { req_id, id, index } if id == wire => {
+            let cs = manifest.chunk_size() as usize;
+            let start = index as usize * cs;
+            let end = (start + cs).min(encoding.len());
+            Some(Message::Chunk {
+                req_id,
+                index,
+                data: encoding[start..end].to_vec().into(),
+            })
+        }
+        Message::GetChunk {
+            req_id,
+            id,
+            index: 0,
+        } => {
+            let data = files
+                .iter()
+                .find(|f| peershare_proto::Manifest::from_bytes(f).id() == id)?;
+            Some(Message::Chunk {
+                req_id,
+                index: 0,
+                data: data.clone().into(),
+            })
+        }
+        Message::GetCatalog { req_id, .. } => Some(Message::Catalog {
+            req_id,
+            revision: 1,
+            next: None,
+            entries: Vec::new(),
+        }),
+        _ => None,
+    });
+    (addr, id.to_string())
+}
+
+#[test]
+fn hostile_folder_manifests_are_refused_and_nothing_is_written() {
+    let long_component = "c".repeat(256);
+    let long_path = format!("{}/x", vec!["d".repeat(200); 6].join("/"));
+    let deep = format!("{}x", "d/".repeat(64));
+    let f: Option<&[u8]> = Some(b"payload");
+    let cases: Vec<(&str, Vec<RawEntry>)> = vec![
+        ("dot-dot", vec![("../escaped.txt", f)]),
+        ("dot-dot inside", vec![("a/../../escaped.txt", f)]),
+        ("absolute", vec![("/tmp/escaped.txt", f)]),
+        ("backslash", vec![("a\\..\\escaped.txt", f)]),
+        ("NUL", vec![("a\0b", f)]),
+        ("control character", vec![("a\x1b]0;pwned\x07", f)]),
+        ("drive letter", vec![("C:escaped.txt", f)]),
+        ("reserved name", vec![("CON", f)]),
+        ("overlong component", vec![(long_component.as_str(), f)]),
+        ("overlong path", vec![(long_path.as_str(), f)]),
+        ("too deep", vec![(deep.as_str(), f)]),
+        ("case", vec![("A.txt", f), ("a.txt", f)]),
+        (
+            "normalisation",
+            vec![("cafe\u{301}.txt", f), ("caf\u{e9}.txt", f)],
+        ),
+        ("file and folder", vec![("a", f), ("a/b", f)]),
+        ("duplicate", vec![("x", f), ("x", f)]),
+        ("empty path", vec![("", f)]),
+        ("dot", vec![("./x", f)]),
+    ];
+    let sb = Sandbox::new();
+    let client = sb.data("client");
+    for (what, entries) in &cases {
+        let (peer, id) = hostile_folder_peer(raw_encoding(entries), vec![b"payload".to_vec()]);
+        let out = sb.path(&format!("out-{}", what.replace(' ', "-")));
+        let res = sb.get(
+            &client,
+            &id,
+            &[&peer.to_string()],
+            Some(&out),
+            &["--no-share"],
+        );
+        let msg = res.fails_with(CORRUPT);
+        assert!(msg.contains("is refused"), "{what}: {msg}");
+        assert!(
+            !msg.chars().any(|c| c.is_control()),
+            "{what}: raw text in {msg:?}"
+        );
+        assert!(!out.exists(), "{what}: the target was made");
+        let mut part = out.clone().into_os_string();
+        part.push(".peershare-part");
+        assert!(
+            !std::path::Path::new(&part).exists(),
+            "{what}: a part folder was made"
+        );
+    }
+    assert!(!sb.path("escaped.txt").exists());
+    assert!(!std::path::Path::new("/tmp/escaped.txt").exists());
+    // Nothing at all outside the data dir: the sandbox holds only it and logs.
+    let names: Vec<String> = fs::read_dir(sb.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("out-"))
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("escaped")), "{names:?}");
+
+    // A well-formed folder from the same kind of peer downloads: the
+    // refusals above are the paths', not the peer's.
+    let (peer, id) = hostile_folder_peer(
+        raw_encoding(&[("ok/x.txt", f), ("ok/y", None)]),
+        vec![b"payload".to_vec()],
+    );
+    let out = sb.path("fine");
+    sb.get(
+        &client,
+        &id,
+        &[&peer.to_string()],
+        Some(&out),
+        &["--no-share"],
+    )
+    .ok();
+    assert_eq!(fs::read(out.join("ok/x.txt")).unwrap(), b"payload");
+    assert!(out.join("ok/y").is_dir());
+}
+
+#[test]
+fn a_killed_folder_get_resumes_without_refetching_verified_files() {
+    let sb = Sandbox::new();
+    let seeder = sb.data("seeder");
+    let big = random_bytes(3 * MIB + 1, 99);
+    sb.write("set/big.bin", &big);
+    for i in 0..60 {
+        sb.write(
+            &format!("set/f{i:02}.bin"),
+            &random_bytes(100_000, 1000 + i),
+        );
+    }
+    let src = sb.path("set");
+    let srv = sb.serve(&seeder, &["--max-upload-rate", "2MB"]);
+    let folder = sb.share_folders(&seeder, &[&src]);
+    let ticket = str_field(&folder[0], "ticket").to_owned();
+    let total = u64_field(&folder[0], "size");
+    let client = sb.data("client");
+    let out = sb.dir("dl");
+    let target = out.join("set");
+    let part_tree = out.join("set.peershare-part/tree");
+
+    let peer = srv.peer();
+    let args = get_args(&client, &ticket, &[&peer], Some(&out), &["--no-share"]);
+    let mut kid = Kid::spawn(sb.cmd(&args));
+    // Until a few files are in the part folder, whole and right.
+    let deadline = std::time::Instant::now() + COMMAND_DEADLINE;
+    let verified = loop {
+        let good: Vec<u64> = (0..60)
+            .filter_map(|i| {
+                let name = format!("f{i:02}.bin");
+                let got = fs::read(part_tree.join(&name)).ok()?;
+                (got == fs::read(src.join(&name)).unwrap()).then_some(got.len() as u64)
+            })
+            .collect();
+        if good.len() >= 5 {
+            break good.iter().sum::<u64>();
+        }
+        assert!(kid.try_status().is_none(), "get ended before it was killed");
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    kid.child.kill().unwrap();
+    kid.wait_deadline(COMMAND_DEADLINE);
+    assert!(!target.exists(), "the folder's name exists half-filled");
+
+    let res = sb.get(
+        &client,
+        &ticket,
+        &[&srv.peer()],
+        Some(&out),
+        &["--no-share", "--json"],
+    );
+    let s = res.ok().json();
+    assert_eq!(tree_of(&target), tree_of(&src));
+    let resumed = u64_field(&s, "bytes_resumed");
+    assert!(
+        resumed >= verified,
+        "{resumed} resumed, {verified} were verified: {s}"
+    );
+    assert_eq!(
+        u64_field(&s, "bytes_received") + resumed,
+        total,
+        "every byte fetched once: {s}"
+    );
+    assert!(!out.join("set.peershare-part").exists());
+}
