@@ -344,4 +344,50 @@ mod tests {
         // The list leaves it out rather than fail.
         assert!(store.list().unwrap().is_empty());
     }
+
+    #[test]
+    fn at_most_max_folders_are_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FolderStore::new(dir.path());
+        // MAX_FOLDERS - 1 records written directly (put syncs each: slow),
+        // then one put fills the store.
+        fs::create_dir_all(&store.dir).unwrap();
+        for i in 0..MAX_FOLDERS - 1 {
+            let f = FolderManifest::new(vec![FolderEntry::file(
+                "a",
+                1,
+                FileId(peershare_proto::id::sha256(&i.to_be_bytes())),
+            )])
+            .unwrap();
+            let record = FolderRecord {
+                id: f.id().to_string(),
+                name: format!("f{i}"),
+                root: dir.path().join(format!("f{i}")),
+                files: 1,
+                size: 1,
+                unlisted: false,
+            };
+            fs::write(
+                store.record_path(&f.id()),
+                serde_json::to_vec(&record).unwrap(),
+            )
+            .unwrap();
+            fs::write(store.encoding_path(&f.id()), f.encode()).unwrap();
+        }
+        store
+            .put(&folder(1), "last", &dir.path().join("last"), false)
+            .unwrap();
+        let err = store
+            .put(&folder(2), "over", &dir.path().join("over"), false)
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooManyFolders { max: MAX_FOLDERS }),
+            "{err}"
+        );
+        // A new version of a folder already there replaces it: allowed.
+        store
+            .put(&folder(3), "last", &dir.path().join("last"), false)
+            .unwrap();
+        assert_eq!(store.list().unwrap().len(), MAX_FOLDERS);
+    }
 }

@@ -1330,3 +1330,149 @@ fn resume_large(job: &Job, m: Arc<Manifest>) -> Result<Vec<u32>, DownloadError> 
     }
     Ok(missing)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_patterns_match_names_at_any_depth_paths_from_the_top_and_folders_whole() {
+        let only = Only::new(&["*.jpg".into(), "raw".into(), "2024/b/*.txt".into()]).unwrap();
+        for yes in [
+            "a.jpg",
+            "x/y/z.jpg",
+            "raw/p1.cr2",
+            "deep/raw/p2.cr2",
+            "2024/b/n.txt",
+        ] {
+            assert!(only.matches(yes), "{yes}");
+        }
+        for no in [
+            "a.jpeg",
+            "rawish/p.cr2",
+            "2024/b/c/n.txt",
+            "2025/b/n.txt",
+            "b/n.txt",
+        ] {
+            assert!(!only.matches(no), "{no}");
+        }
+        assert!(Only::new(&[]).unwrap().matches("anything/at/all"));
+        let err = Only::new(&["a[".into()]).err().unwrap().to_string();
+        assert!(err.contains("--only \"a[\""), "{err}");
+    }
+
+    #[test]
+    fn at_most_max_only_patterns() {
+        let ok: Vec<String> = (0..MAX_ONLY_PATTERNS).map(|i| format!("f{i}")).collect();
+        assert!(Only::new(&ok).is_ok());
+        let over: Vec<String> = (0..=MAX_ONLY_PATTERNS).map(|i| format!("f{i}")).collect();
+        assert!(matches!(
+            Only::new(&over),
+            Err(DownloadError::BadPattern { .. })
+        ));
+    }
+
+    fn run_of(items: usize, peers: usize) -> Arc<Run> {
+        let jobs: Vec<Job> = (0..items)
+            .map(|i| Job {
+                id: FileId([i as u8; 32]),
+                size: 10,
+                path: PathBuf::from(format!("/nonexistent/{i}")),
+                chunks: 1,
+                manifest: Mutex::new(None),
+                left: AtomicU32::new(1),
+                paths: 1,
+            })
+            .collect();
+        let run = Run::new(Arc::new(jobs), Arc::default(), 0);
+        let mask = if peers == 64 {
+            u64::MAX
+        } else {
+            (1u64 << peers) - 1
+        };
+        run.all_peers.store(mask, Ordering::Relaxed);
+        run
+    }
+
+    #[test]
+    fn an_item_goes_to_another_peer_until_every_peer_failed_it() {
+        let run = run_of(1, 3);
+        let item = run.take(0).unwrap();
+        run.failed(item, 0, "corrupt".into());
+        assert!(!run.is_over(), "two peers have not tried it");
+        assert!(run.take(0).is_none(), "not back to the peer that failed it");
+        let item = run.take(1).unwrap();
+        run.failed(item, 1, "corrupt".into());
+        let item = run.take(2).unwrap();
+        run.failed(item, 2, "corrupt".into());
+        assert!(run.is_over());
+        assert!(matches!(
+            run.fatal.lock().unwrap().take(),
+            Some(DownloadError::AllSourcesFailed(_))
+        ));
+    }
+
+    #[test]
+    fn an_item_fails_the_download_after_max_item_failures_whatever_the_peers() {
+        let run = run_of(1, MAX_FOLDER_PEERS);
+        for peer in 0..MAX_ITEM_FAILURES as usize {
+            assert!(!run.is_over(), "after {peer} failures");
+            let item = run.take(peer).unwrap();
+            run.failed(item, peer, "timed out".into());
+        }
+        assert!(run.is_over(), "{MAX_ITEM_FAILURES} failures end it");
+    }
+
+    #[test]
+    fn losing_the_last_peer_that_had_not_failed_an_item_ends_the_download() {
+        let run = run_of(2, 2);
+        let item = run.take(0).unwrap();
+        run.failed(item, 0, "corrupt".into());
+        assert!(run.lost(1, "gone"));
+        assert!(!run.lost(1, "gone"), "once");
+        assert!(run.is_over(), "peer 0 failed an item and peer 1 is gone");
+    }
+
+    #[test]
+    fn a_peer_has_at_most_its_byte_budget_in_flight_but_always_one_request() {
+        use futures_util::FutureExt;
+        let b = Budget::new(BYTES_PER_PEER);
+        assert!(b.take(BYTES_PER_PEER - 1).now_or_never().is_some());
+        assert!(b.take(2).now_or_never().is_none(), "over the budget: waits");
+        assert!(b.take(1).now_or_never().is_some(), "up to it: at once");
+        b.give(BYTES_PER_PEER);
+        // Nothing in flight: even a request larger than the budget goes.
+        assert!(b.take(BYTES_PER_PEER * 2).now_or_never().is_some());
+        assert!(b.take(1).now_or_never().is_none());
+    }
+
+    #[test]
+    fn the_part_folder_sits_beside_the_target() {
+        let l = Layout::new(Path::new("/d/photos"));
+        assert_eq!(l.part, Path::new("/d/photos.peershare-part"));
+        assert_eq!(l.tree, Path::new("/d/photos.peershare-part/tree"));
+        assert_eq!(l.target(), Path::new("/d/photos"));
+    }
+
+    #[test]
+    fn a_part_folder_of_another_folder_is_cleared_and_one_of_this_folder_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("t");
+        let l = Layout::new(&target);
+        let (a, b) = (FolderId([1; 32]), FolderId([2; 32]));
+        l.prepare(a, false).unwrap();
+        fs::write(l.tree.join("kept"), b"x").unwrap();
+        l.prepare(a, false).unwrap();
+        assert!(l.tree.join("kept").exists(), "same folder: kept for resume");
+        l.prepare(b, false).unwrap();
+        assert!(
+            !l.tree.join("kept").exists(),
+            "another folder's files are never mixed in"
+        );
+        assert_eq!(l.marker_id().unwrap(), Some(b));
+        // Killed after the rename: the marker without a tree, the target there.
+        fs::rename(&l.tree, &target).unwrap();
+        assert!(l.finished_before(b, &target).unwrap().is_some());
+        assert!(!l.part.exists());
+    }
+}
