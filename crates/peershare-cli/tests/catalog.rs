@@ -16,10 +16,8 @@ use std::fs;
 
 use common::*;
 use peershare::Library;
-use peershare::folders::FolderStore;
 use peershare::store::Entry;
 use peershare_proto::FileId;
-use peershare_proto::folder::{FolderEntry, FolderManifest};
 use peershare_proto::id::sha256;
 use peershare_proto::wire::MAX_CATALOG_ENTRIES;
 
@@ -161,28 +159,6 @@ fn share_refuses_to_list_one_file_more_than_a_catalog_may_hold() {
     assert_eq!(lib.snapshot().unwrap().listed(), MAX_CATALOG_ENTRIES);
 }
 
-/// Records the folder `root` (shared on `data`) in the folder store, as
-/// `share DIR` does: its files as the library has them.
-fn record_folder(data: &std::path::Path, root: &std::path::Path) -> String {
-    let name = root.file_name().unwrap().to_str().unwrap();
-    let lib = Library::open(data).unwrap();
-    let snap = lib.snapshot().unwrap();
-    let entries = snap
-        .files
-        .values()
-        .filter(|e| e.path.starts_with(root))
-        .map(|e| {
-            let rel = e.name.strip_prefix(&format!("{name}/")).unwrap();
-            FolderEntry::file(rel, e.size, e.file_id().unwrap())
-        })
-        .collect();
-    let folder = FolderManifest::new(entries).unwrap();
-    FolderStore::new(data)
-        .put(&folder, name, root, false)
-        .unwrap()
-        .id
-}
-
 /// The text lines of a successful `ls`, and the name column of each
 /// (`ID  SIZE  NAME  (PEERS)`, the name as printed, indentation kept).
 fn names_in(out: &Out) -> Vec<String> {
@@ -214,9 +190,11 @@ fn a_shared_folder_with_duplicate_content_files_lists_every_path() {
     // A loose file under a folder-like name (no folder entry for "misc").
     let misc = sb.write("misc.txt", b"misc");
     let photos = sb.path("photos");
-    let shared = sb.share(&data, &[&photos, &notes, &misc], None);
-    assert_eq!(shared.len(), 6, "{shared:?}");
-    let folder_id = record_folder(&data, &photos);
+    let shared = sb.share_all(&data, &[&photos, &notes, &misc], None);
+    assert_eq!(of_kind(shared.clone(), "file").len(), 6, "{shared:?}");
+    let folders = of_kind(shared, "folder");
+    assert_eq!(folders.len(), 1, "{folders:?}");
+    let folder_id = str_field(&folders[0], "id").to_owned();
     let srv = sb.serve(&data, &[]);
     let client = sb.data("client");
 
@@ -349,8 +327,8 @@ fn a_folder_two_peers_share_is_one_row_with_both() {
         sb.write(&format!("{at}/album/x.bin"), &content);
         sb.write(&format!("{at}/album/y.bin"), b"y");
         let root = sb.path(&format!("{at}/album"));
-        sb.share(data, &[&root], None);
-        ids.push(record_folder(data, &root));
+        let folder = &sb.share_folders(data, &[&root])[0];
+        ids.push(str_field(folder, "id").to_owned());
     }
     assert_eq!(ids[0], ids[1], "one tree, one folder ID");
     sb.share(&db, &[&sb.write("b/x-copy.bin", &content)], None);

@@ -316,7 +316,6 @@ async fn the_catalog_of_peers_given_by_repeated_keys() {
 /// every path, and the folder as a row of kind `folder`.
 #[tokio::test]
 async fn the_catalog_lists_a_folder_and_every_path_in_it() {
-    use peershare_proto::folder::{FolderEntry, FolderManifest};
     let dir = tempfile::tempdir().unwrap();
     let same = data(3000, 7);
     let tree = dir.path().join("tree");
@@ -326,7 +325,8 @@ async fn the_catalog_lists_a_folder_and_every_path_in_it() {
     }
     let s = node(dir.path(), "s", &[], NodeConfig::default()).await;
     let (a, token, app) = api_node(dir.path(), "a", &[], NodeConfig::default()).await;
-    // Shared the way the API does (`share DIR`), the folder recorded with it.
+    // Shared the way the API does (`share DIR`): the folder recorded with
+    // its files.
     let body = json!({ "paths": [path_str(&tree)] });
     let (s_token, s_app) = {
         let t = ApiToken::load_or_create(s.library().dir()).unwrap();
@@ -341,21 +341,14 @@ async fn the_catalog_lists_a_folder_and_every_path_in_it() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
-    let entries = s
-        .library()
-        .snapshot()
+    let folder = r
+        .body
+        .as_array()
         .unwrap()
-        .files
-        .values()
-        .map(|e| {
-            let rel = e.name.strip_prefix("tree/").unwrap();
-            FolderEntry::file(rel, e.size, e.file_id().unwrap())
-        })
-        .collect();
-    let folder = FolderManifest::new(entries).unwrap();
-    peershare::folders::FolderStore::new(s.library().dir())
-        .put(&folder, "tree", &tree, false)
+        .iter()
+        .find(|x| x["kind"] == "folder")
         .unwrap();
+    let fid = folder["id"].as_str().unwrap().to_owned();
 
     let p = s.listening()[0];
     let r = ask(
@@ -381,7 +374,7 @@ async fn the_catalog_lists_a_folder_and_every_path_in_it() {
             )
         })
         .collect();
-    let (fid, id) = (folder.id().to_string(), id_of(&same).to_string());
+    let id = id_of(&same).to_string();
     let n = same.len() as u64;
     assert_eq!(
         rows,
