@@ -75,13 +75,16 @@ pub enum Command {
         `peershare share` on the same data dir are served without a restart.")]
     Serve(ServeArgs),
 
-    /// List the files that peers share
+    /// List the folders and files that peers share
     #[command(after_help = "Examples:\n  \
         peershare ls                               # every peer found on the LAN\n  \
+        peershare ls photos/                       # the files in the folder photos\n  \
+        peershare ls --tree                        # every folder with its files\n  \
         peershare ls --search holiday photos\n  \
         peershare ls --peer 192.168.1.20:9000\n  \
         peershare ls --peer 10.0.0.5:9000 --peer 10.0.0.6:9000 --json\n\n\
-        One row per file ID, with the peers that have it.")]
+        One row per shared name (a file's path, or a folder) and ID, with the peers that list it. \
+        Without NAME/ or --tree: the folders (file count, total size) and the files outside them.")]
     Ls(LsArgs),
 
     /// List the peers on the LAN (and those the local `serve` has heard), and how each was first heard
@@ -384,11 +387,19 @@ pub struct SendArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
+    /// List what is inside this folder (any path prefix, with or without the final /), by full path
+    #[arg(value_name = "NAME/")]
+    pub folder: Option<String>,
+
+    /// List everything: each folder followed by its files (indented, by full path), then the other files
+    #[arg(long, conflicts_with = "folder")]
+    pub tree: bool,
+
     /// A peer to ask, HOST:PORT (repeatable) [default: every peer found on the LAN]
     #[arg(long = "peer", value_name = "HOST:PORT")]
     pub peers: Vec<String>,
 
-    /// Only files whose name contains every one of these words (case-insensitive)
+    /// Only files and folders whose path contains every one of these words (case-insensitive)
     #[arg(long, value_name = "WORDS", num_args = 1..)]
     pub search: Vec<String>,
 

@@ -133,6 +133,10 @@ pub mod entry_flags {
     /// The sender is still downloading this file and holds only some of its
     /// chunks (ask it with `GetHave` which).
     pub const PARTIAL: u8 = 1 << 0;
+    /// The entry is a shared folder: its ID is the folder ID, its size the
+    /// folder's total size, its name the folder's name (one component).
+    /// Its files are listed as entries of their own, named `NAME/...`.
+    pub const FOLDER: u8 = 1 << 1;
 }
 
 /// Error codes carried by [`Message::Error`].
@@ -198,7 +202,7 @@ impl Hello {
     }
 }
 
-/// One file in a catalog.
+/// One file (or folder: [`entry_flags::FOLDER`]) in a catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogEntry {
     pub id: FileId,
@@ -212,6 +216,11 @@ impl CatalogEntry {
     /// The sender holds only part of the file (it is downloading it).
     pub fn is_partial(&self) -> bool {
         self.flags & entry_flags::PARTIAL != 0
+    }
+
+    /// The entry is a folder (its ID a folder ID), not a file.
+    pub fn is_folder(&self) -> bool {
+        self.flags & entry_flags::FOLDER != 0
     }
 }
 

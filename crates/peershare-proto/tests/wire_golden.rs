@@ -228,6 +228,28 @@ bb bb bb bb bb bb bb bb bb bb bb bb bb bb bb bb
 64 69 72 2f c3 a9                                #   name: "dir/é"
 "#;
 
+/// A folder and one of its files (`golden_catalog_folder_and_its_file`).
+const CATALOG_FOLDER: &str = r#"
+00 00 00 7a                                      # length: 122
+11                                               # kind: Catalog
+00 00 00 03                                      # req_id: 3
+00 00 00 00 00 00 00 2a                          # revision: 42
+00                                               # next: absent (last page)
+00 00 00 02                                      # entry count: 2
+dd dd dd dd dd dd dd dd dd dd dd dd dd dd dd dd  # entry 0: folder ID
+dd dd dd dd dd dd dd dd dd dd dd dd dd dd dd dd
+00 00 00 00 00 00 00 08                          #   size: 8, the folder's total
+02                                               #   flags: FOLDER
+00 06                                            #   name length: 6
+70 68 6f 74 6f 73                                #   name: "photos", the folder's name
+ee ee ee ee ee ee ee ee ee ee ee ee ee ee ee ee  # entry 1: file ID
+ee ee ee ee ee ee ee ee ee ee ee ee ee ee ee ee
+00 00 00 00 00 00 00 08                          #   size: 8
+00                                               #   flags: none (a whole file)
+00 0c                                            #   name length: 12
+70 68 6f 74 6f 73 2f 61 2e 6a 70 67              #   name: "photos/a.jpg", a file in it
+"#;
+
 const CATALOG_EMPTY_LAST: &str = r#"
 00 00 00 12                                      # length: 18
 11                                               # kind: Catalog
@@ -475,11 +497,48 @@ fn golden_catalog_two_entries_last_page() {
     check(&msg, CATALOG_TWO_LAST, MAX_FRAME_LEN);
 }
 
-/// Flag bits other than PARTIAL are ignored by the reader, and the codec
-/// carries them unchanged (a decoded frame re-encodes to its bytes).
+#[test]
+fn golden_catalog_folder_and_its_file() {
+    let entries = vec![
+        CatalogEntry {
+            id: FileId([0xdd; ID_LEN]),
+            size: 8,
+            flags: entry_flags::FOLDER,
+            name: "photos".into(),
+        },
+        CatalogEntry {
+            id: FileId([0xee; ID_LEN]),
+            size: 8,
+            flags: 0,
+            name: "photos/a.jpg".into(),
+        },
+    ];
+    assert!(entries[0].is_folder() && !entries[0].is_partial());
+    assert!(!entries[1].is_folder());
+    let msg = Message::Catalog {
+        req_id: 3,
+        revision: 42,
+        next: None,
+        entries,
+    };
+    check(&msg, CATALOG_FOLDER, MAX_FRAME_LEN);
+}
+
+/// Flag bits other than PARTIAL and FOLDER are ignored by the reader (so a
+/// reader of a version without FOLDER reads a folder entry's flags as those
+/// of a whole file), and the codec carries them unchanged (a decoded frame
+/// re-encodes to its bytes).
 #[test]
 fn catalog_entry_flags_unknown_bits_are_ignored() {
-    for (flags, partial) in [(0x00, false), (0x01, true), (0xfe, false), (0xff, true)] {
+    for (flags, partial, folder) in [
+        (0x00, false, false),
+        (0x01, true, false),
+        (0x02, false, true),
+        (0xfc, false, false),
+        (0xfd, true, false),
+        (0xfe, false, true),
+        (0xff, true, true),
+    ] {
         let entry = CatalogEntry {
             id: FileId([0xaa; ID_LEN]),
             size: 5,
@@ -487,6 +546,7 @@ fn catalog_entry_flags_unknown_bits_are_ignored() {
             name: "a.txt".into(),
         };
         assert_eq!(entry.is_partial(), partial, "flags {flags:#04x}");
+        assert_eq!(entry.is_folder(), folder, "flags {flags:#04x}");
         let msg = Message::Catalog {
             req_id: 1,
             revision: 42,
@@ -856,6 +916,7 @@ fn bits_match_the_spec_tables() {
     assert_eq!(capability::FOLDERS, 1 << 1);
     assert_eq!(capability::ALL, capability::SWARM | capability::FOLDERS);
     assert_eq!(entry_flags::PARTIAL, 1 << 0);
+    assert_eq!(entry_flags::FOLDER, 1 << 1);
 }
 
 #[test]
@@ -1310,6 +1371,7 @@ fn docs_examples_match_golden_dumps() {
         ("CATALOG_TWO_MORE", CATALOG_TWO_MORE),
         ("CATALOG_TWO_LAST", CATALOG_TWO_LAST),
         ("CATALOG_EMPTY_LAST", CATALOG_EMPTY_LAST),
+        ("CATALOG_FOLDER", CATALOG_FOLDER),
         ("GET_MANIFEST", GET_MANIFEST),
         ("MANIFEST_MSG", MANIFEST_MSG),
         ("GET_CHUNK", GET_CHUNK),

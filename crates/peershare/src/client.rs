@@ -292,11 +292,13 @@ impl PeerConn {
         }
     }
 
-    /// The peer's whole catalog (all pages, de-duplicated by file ID), or
-    /// its first [`MAX_CATALOG_ENTRIES`] entries (with a warning) when it
-    /// lists more, as no node may. Entries whose name is not a valid shared
-    /// name ([`check_shared_name`]) are left out, with a warning: no name
-    /// a node may not list gets any further.
+    /// The peer's whole catalog (all pages, de-duplicated by name and ID:
+    /// one content may be listed under several names), or its first
+    /// [`MAX_CATALOG_ENTRIES`] entries (with a warning) when it lists more,
+    /// as no node may. Entries whose name is not a valid shared name
+    /// ([`check_shared_name`]), and folder entries whose name is not a
+    /// folder name (`folder::check_folder_name`), are left out, with a
+    /// warning: no name a node may not list gets any further.
     pub async fn catalog(&self) -> Result<Vec<CatalogEntry>, PeerError> {
         let mut bad = BadNames::default();
         let out = self.catalog_pages(&mut bad).await;
@@ -316,17 +318,15 @@ impl PeerConn {
                 .await?
             {
                 Message::Catalog { next, entries, .. } => {
-                    let valid = entries
-                        .into_iter()
-                        .filter(|e| match check_shared_name(&e.name) {
-                            Ok(()) => true,
-                            Err(why) => {
-                                bad.count += 1;
-                                bad.first.get_or_insert_with(|| (e.name.clone(), why));
-                                false
-                            }
-                        });
-                    out.extend(valid.filter(|e| seen.insert(e.id)));
+                    let valid = entries.into_iter().filter(|e| match check_catalog_name(e) {
+                        Ok(()) => true,
+                        Err(why) => {
+                            bad.count += 1;
+                            bad.first.get_or_insert_with(|| (e.name.clone(), why));
+                            false
+                        }
+                    });
+                    out.extend(valid.filter(|e| seen.insert((e.id, e.name.clone()))));
                     if out.len() > MAX_CATALOG_ENTRIES {
                         // No node lists this many: hostile or broken. Keep
                         // a bounded prefix rather than grow without end.
@@ -409,11 +409,22 @@ impl PeerConn {
 }
 
 /// Catalog entries left out for their names: how many, and the first one
-/// with why it is not a shared name.
+/// with why it is not a shared name (or not a folder name).
 #[derive(Default)]
 struct BadNames {
     count: usize,
-    first: Option<(String, peershare_proto::wire::NameError)>,
+    first: Option<(String, String)>,
+}
+
+/// Why `e`'s name may not be listed, if it may not: a shared name, and for
+/// a folder entry one component by the folder rules (PROTOCOL.md, 6.4).
+fn check_catalog_name(e: &CatalogEntry) -> Result<(), String> {
+    check_shared_name(&e.name).map_err(|why| why.to_string())?;
+    if e.is_folder() {
+        peershare_proto::folder::check_folder_name(&e.name)
+            .map_err(|why| format!("is not a folder name: it {why}"))?;
+    }
+    Ok(())
 }
 
 fn close(shared: &Mutex<Shared>, reason: String, make: impl Fn() -> PeerError) {

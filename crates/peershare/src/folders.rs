@@ -4,6 +4,7 @@
 //! ```text
 //! <data-dir>/folders/<folder-id>.folder   the folder encoding (PROTOCOL.md, section 15)
 //! <data-dir>/folders/<folder-id>.json     its record: name, root on disk, counts, listing
+//! <data-dir>/folders/generation           a token replaced after every change
 //! ```
 //!
 //! A folder's files are ordinary library entries (shared in the same
@@ -16,7 +17,11 @@
 //! one of its files is shared unchanged ([`crate::server`] checks). Each
 //! record is a file of its own, so an edit costs one folder, and a lookup by
 //! ID is one `open`. Two processes on one data dir: every write is
-//! write-then-rename, so a reader sees a whole record or none.
+//! write-then-rename, so a reader sees a whole record or none. Every change
+//! ends by writing a new, unique token to `generation` ([`FolderStore::stamp`]):
+//! a reader that saw one token and later sees it again has seen no change
+//! in between (the catalog is cached by it), whatever the clock's
+//! granularity and however writers interleave.
 
 use std::fs;
 use std::io::Read;
@@ -36,6 +41,10 @@ pub const FOLDER_DIR: &str = "folders";
 pub const MAX_FOLDER_RECORD_LEN: u64 = 64 * 1024;
 /// Most folders one node shares (`share` refuses more).
 pub const MAX_FOLDERS: usize = 10_000;
+/// The file holding the store's change token.
+pub const GENERATION_FILE: &str = "generation";
+/// Longest generation token read back, bytes (one is a few dozen).
+const MAX_GENERATION_LEN: u64 = 256;
 
 /// One shared folder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,7 +137,32 @@ impl FolderStore {
                 self.remove(&old_id)?;
             }
         }
+        self.touch()?;
         Ok(record)
+    }
+
+    /// What the store looks like now, as a token that changes with every
+    /// change to it (empty before the first): equal tokens, no change in
+    /// between.
+    pub fn stamp(&self) -> Result<Vec<u8>, StoreError> {
+        let path = self.dir.join(GENERATION_FILE);
+        match read_bounded(&path, MAX_GENERATION_LEN) {
+            Ok(t) => Ok(t.unwrap_or_default()),
+            // Not ours to repair: a new token replaces it on the next change.
+            Err(StoreError::Corrupt { .. }) => Ok(b"?".to_vec()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the generation token with one never used before.
+    fn touch(&self) -> Result<(), StoreError> {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let token = format!("{}.{nanos}.{n}\n", std::process::id());
+        write_atomic(&self.dir.join(GENERATION_FILE), token.as_bytes())
     }
 
     /// The record of `id`, if it is shared here.
@@ -223,9 +257,14 @@ impl FolderStore {
     pub fn remove(&self, id: &FolderId) -> Result<bool, StoreError> {
         let had = remove_if_there(&self.record_path(id))?;
         remove_if_there(&self.encoding_path(id))?;
-        let mut cache = self.cache.lock().expect("folder cache lock");
-        if cache.as_ref().is_some_and(|(c, _)| c == id) {
-            *cache = None;
+        {
+            let mut cache = self.cache.lock().expect("folder cache lock");
+            if cache.as_ref().is_some_and(|(c, _)| c == id) {
+                *cache = None;
+            }
+        }
+        if had {
+            self.touch()?;
         }
         Ok(had)
     }
@@ -324,6 +363,35 @@ mod tests {
         let gone = store.remove_touching(&root.join("a.txt")).unwrap();
         assert_eq!(gone.len(), 1);
         assert_eq!(store.list().unwrap()[0].name, "other");
+    }
+
+    #[test]
+    fn every_change_gives_a_new_stamp_and_reading_changes_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FolderStore::new(dir.path());
+        let mut seen = vec![store.stamp().unwrap()];
+        assert_eq!(seen[0], b"", "no store yet");
+        let root = dir.path().join("f");
+        let mut check = |what: &str| {
+            let s = store.stamp().unwrap();
+            assert!(!seen.contains(&s), "{what}: stamp {s:?} seen before");
+            seen.push(s);
+        };
+        store.put(&folder(1), "f", &root, false).unwrap();
+        check("put");
+        // The same folder again, in the same clock tick: still a change.
+        store.put(&folder(1), "f", &root, true).unwrap();
+        check("put again");
+        store.put(&folder(2), "f", &root, false).unwrap();
+        check("a new version");
+        let now = store.stamp().unwrap();
+        store.list().unwrap();
+        store.get(&folder(2).id()).unwrap();
+        assert_eq!(store.stamp().unwrap(), now, "reads change nothing");
+        assert!(!store.remove(&folder(1).id()).unwrap());
+        assert_eq!(store.stamp().unwrap(), now, "nothing removed");
+        assert!(store.remove(&folder(2).id()).unwrap());
+        check("remove");
     }
 
     #[test]

@@ -411,19 +411,41 @@ pub fn shared(
     Ok(outcome.describe(node, addrs))
 }
 
-/// One file of peers' catalogs.
+/// What a catalog row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowKind {
+    File,
+    Folder,
+}
+
+/// One shared name (a file's path, or a folder) of peers' catalogs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LsRow {
+    pub kind: RowKind,
+    /// File ID, or a folder's folder ID.
     pub id: String,
+    /// The path the peers list it under (a folder: its name; a file of a
+    /// folder: `NAME/` and its path in the folder).
     pub name: String,
+    /// Bytes (a folder: all of its files together).
     pub size: u64,
+    /// A folder: how many files the first peer (`peer`) lists under
+    /// `NAME/`; 0 for a file.
+    pub files: usize,
     /// The first peer that lists it.
     pub peer: SocketAddr,
     pub peers: Vec<SocketAddr>,
-    /// How many of the asked peers share it.
+    /// How many of the asked peers list it.
     pub peer_count: usize,
     /// Those of `peers` that hold only part of it (they are downloading it).
     pub partial_peers: Vec<SocketAddr>,
+}
+
+impl LsRow {
+    pub fn is_folder(&self) -> bool {
+        self.kind == RowKind::Folder
+    }
 }
 
 /// What the peers list.
@@ -446,9 +468,11 @@ impl NoneAnswered {
     }
 }
 
-/// The catalogs of `peers` together, one row per file ID, those whose name
-/// holds every word of `search` (case-insensitive). A peer at an address
-/// in `announced` must prove one of the nodes announced there.
+/// The catalogs of `peers` together, one row per name and ID (one content
+/// shared under two names is two rows, a name two peers list with the same
+/// content one), those whose name (path) holds every word of `search`
+/// (case-insensitive), sorted by name. A peer at an address in `announced`
+/// must prove one of the nodes announced there.
 pub async fn catalogs(
     tls: &Tls,
     pool: Option<&PeerPool>,
@@ -492,23 +516,53 @@ pub async fn catalogs(
     }
     // Stable output: peers in the order given.
     answered.sort_by_key(|(addr, _)| peers.iter().position(|o| o == addr));
-    let mut rows: BTreeMap<FileId, LsRow> = BTreeMap::new();
+    let mut rows: BTreeMap<(String, RowKind, FileId), LsRow> = BTreeMap::new();
     for (addr, entries) in &answered {
         for e in entries {
-            let row = rows.entry(e.id).or_insert_with(|| LsRow {
+            let kind = if e.is_folder() {
+                RowKind::Folder
+            } else {
+                RowKind::File
+            };
+            let key = (e.name.clone(), kind, e.id);
+            let row = rows.entry(key).or_insert_with(|| LsRow {
+                kind,
                 id: e.id.to_string(),
                 name: e.name.clone(),
                 size: e.size,
+                files: 0,
                 peer: *addr,
                 peers: Vec::new(),
                 peer_count: 0,
                 partial_peers: Vec::new(),
             });
             row.peers.push(*addr);
-            if e.is_partial() {
+            if e.is_partial() && !e.is_folder() {
                 row.partial_peers.push(*addr);
             }
         }
+    }
+    // Each folder's files, as its first peer lists them.
+    let mut in_folder: HashMap<(&str, SocketAddr), usize> = HashMap::new();
+    for r in rows.values().filter(|r| !r.is_folder()) {
+        if let Some((top, _)) = r.name.split_once('/') {
+            for p in &r.peers {
+                *in_folder.entry((top, *p)).or_default() += 1;
+            }
+        }
+    }
+    let counts: Vec<usize> = rows
+        .values()
+        .map(|r| match r.is_folder() {
+            true => in_folder
+                .get(&(r.name.as_str(), r.peer))
+                .copied()
+                .unwrap_or(0),
+            false => 0,
+        })
+        .collect();
+    for (r, n) in rows.values_mut().zip(counts) {
+        r.files = n;
     }
     let words: Vec<String> = search.iter().map(|w| w.to_lowercase()).collect();
     let mut rows: Vec<LsRow> = rows
@@ -522,7 +576,7 @@ pub async fn catalogs(
             words.iter().all(|w| name.contains(w.as_str()))
         })
         .collect();
-    rows.sort_by(|x, y| x.name.cmp(&y.name).then(x.id.cmp(&y.id)));
+    rows.sort_by(|x, y| (&x.name, x.kind, &x.id).cmp(&(&y.name, y.kind, &y.id)));
     Ok(Listing {
         rows,
         warnings: errors.iter().map(|e| e.to_string()).collect(),

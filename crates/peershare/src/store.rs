@@ -36,7 +36,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use peershare_proto::id::{ID_LEN, sha256};
 use peershare_proto::manifest::{Manifest, chunk_count, chunk_size_for};
-use peershare_proto::wire::{MAX_CATALOG_ENTRIES, MAX_NAME_LEN, check_shared_name};
+use peershare_proto::wire::{MAX_CATALOG_ENTRIES, check_shared_name};
 use peershare_proto::{FileId, NodeId};
 use serde::{Deserialize, Serialize};
 
@@ -228,29 +228,30 @@ impl Snapshot {
     }
 
     /// How many entries a server's catalog of this library lists: one per
-    /// file ID among the listed files, and one per listed download in
-    /// progress of other content that no file shares unlisted (the
-    /// server's rule, `server::catalog_list`). At most
+    /// name and file ID among the listed files, and one per name and file
+    /// ID among the listed downloads in progress of content no file shares
+    /// (listed or not): the server's rule, `server::catalog_list`. Folder
+    /// entries are the folder store's, not counted here. At most
     /// [`MAX_CATALOG_ENTRIES`]: `share` and `begin_download` refuse more.
     pub fn listed(&self) -> usize {
+        let listable = |name: &str| check_shared_name(name).is_ok();
         let mut listed = std::collections::HashSet::new();
-        let mut unlisted = std::collections::HashSet::new();
-        for e in self.files.values().filter(|e| e.name.len() <= MAX_NAME_LEN) {
+        let mut shared = std::collections::HashSet::new();
+        for e in self.files.values() {
             if let Some(id) = e.file_id() {
-                if e.unlisted {
-                    unlisted.insert(id);
-                } else {
-                    listed.insert(id);
+                shared.insert(id);
+                if !e.unlisted && listable(&e.name) {
+                    listed.insert((e.name.as_str(), id));
                 }
             }
         }
         for d in self.downloads.values() {
             if let Some(id) = d.file_id()
                 && !d.unlisted
-                && d.name.len() <= MAX_NAME_LEN
-                && !unlisted.contains(&id)
+                && listable(&d.name)
+                && !shared.contains(&id)
             {
-                listed.insert(id);
+                listed.insert((d.name.as_str(), id));
             }
         }
         listed.len()
@@ -1432,7 +1433,7 @@ mod tests {
     }
 
     #[test]
-    fn the_catalog_lists_each_listed_content_once() {
+    fn the_catalog_lists_each_listed_name_and_content_once() {
         let mut snap = Snapshot::default();
         let mut add = |e: Entry| snap.files.insert(e.path.clone(), e);
         let listed = made_up(0..3, false);
@@ -1440,7 +1441,8 @@ mod tests {
         for e in listed.iter().chain(&unlisted) {
             add(e.clone());
         }
-        // A copy of listed content elsewhere, listed or not: still one.
+        // A copy of listed content elsewhere under the same name, listed or
+        // not: still one.
         add(Entry {
             path: "/copy/a".into(),
             ..listed[0].clone()
@@ -1451,6 +1453,21 @@ mod tests {
             ..listed[1].clone()
         });
         assert_eq!(snap.listed(), 3);
+        // Under another name: listed there too (issue 12: every shared name
+        // is visible); unlisted there: not.
+        let mut add = |e: Entry| snap.files.insert(e.path.clone(), e);
+        add(Entry {
+            path: "/copy/c".into(),
+            name: "other/name".into(),
+            ..listed[2].clone()
+        });
+        add(Entry {
+            path: "/copy/d".into(),
+            name: "hidden/name".into(),
+            unlisted: true,
+            ..listed[2].clone()
+        });
+        assert_eq!(snap.listed(), 4);
         let download = |e: &Entry, unlisted| Download {
             id: e.id.clone(),
             name: e.name.clone(),
@@ -1465,10 +1482,17 @@ mod tests {
             ("/o/2", download(&new[1], true)),       // unlisted
             ("/o/3", download(&listed[2], false)),   // a file shares it: once
             ("/o/4", download(&unlisted[0], false)), // shared unlisted: not listed
+            (
+                "/o/5",
+                Download {
+                    name: "elsewhere".into(),
+                    ..download(&listed[1], false)
+                },
+            ), // shared whole under another name: not listed
         ] {
             snap.downloads.insert(out.into(), d);
         }
-        assert_eq!(snap.listed(), 4);
+        assert_eq!(snap.listed(), 5);
     }
 
     #[test]

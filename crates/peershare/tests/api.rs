@@ -189,11 +189,13 @@ async fn the_catalog_of_peers_given_by_repeated_keys() {
         NodeConfig::default(),
     )
     .await;
+    std::fs::create_dir_all(dir.path().join("s2-dir")).unwrap();
     let s2 = node(
         dir.path(),
         "s2",
-        // Its own file (one path shared twice would change under the first).
-        &[("copy-of-talk.mkv", &talk)],
+        // Its own files (one path shared twice would change under the
+        // first); `other.txt` under the name and with the content of s1's.
+        &[("copy-of-talk.mkv", &talk), ("s2-dir/other.txt", b"x")],
         NodeConfig::default(),
     )
     .await;
@@ -209,12 +211,33 @@ async fn the_catalog_of_peers_given_by_repeated_keys() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    // One content, two names: a row each (issue 12), each with its peer.
+    let rows = r.body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{r:?}");
+    for (row, name, peer) in [
+        (&rows[0], "copy-of-talk.mkv", p2),
+        (&rows[1], "talk.mkv", p1),
+    ] {
+        assert_eq!(row["name"], name);
+        assert_eq!(row["kind"], "file");
+        assert_eq!(row["id"], id_of(&talk).to_string());
+        assert_eq!(row["peer_count"], 1, "{r:?}");
+        assert_eq!(row["peers"], json!([peer.to_string()]));
+    }
+    assert_eq!(r.body["warnings"], json!([]));
+    // One name and content at two peers: one row with both.
+    let r = ask(
+        &app,
+        "GET",
+        &format!("/api/v1/catalog?peer={p1}&peer={p2}&search=other"),
+        &token,
+        None,
+    )
+    .await;
     assert_eq!(r.body["rows"].as_array().unwrap().len(), 1, "{r:?}");
     let row = &r.body["rows"][0];
-    assert_eq!(row["id"], id_of(&talk).to_string());
     assert_eq!(row["peer_count"], 2, "{r:?}");
     assert_eq!(row["peers"], json!([p1.to_string(), p2.to_string()]));
-    assert_eq!(r.body["warnings"], json!([]));
     let r = ask(
         &app,
         "GET",
@@ -285,6 +308,95 @@ async fn the_catalog_of_peers_given_by_repeated_keys() {
     assert_eq!(r.status, StatusCode::OK, "one answered");
     assert_eq!(r.body["warnings"].as_array().unwrap().len(), 1);
     for n in [a, s1, s2] {
+        n.shutdown().await;
+    }
+}
+
+/// Issue 12: the catalog of a folder with duplicate-content files lists
+/// every path, and the folder as a row of kind `folder`.
+#[tokio::test]
+async fn the_catalog_lists_a_folder_and_every_path_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let same = data(3000, 7);
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    for p in ["a.bin", "b.bin", "sub/c.bin"] {
+        std::fs::write(tree.join(p), &same).unwrap();
+    }
+    let s = node(dir.path(), "s", &[], NodeConfig::default()).await;
+    let (a, token, app) = api_node(dir.path(), "a", &[], NodeConfig::default()).await;
+    // Shared the way the API does (`share DIR`): the folder recorded with
+    // its files.
+    let body = json!({ "paths": [path_str(&tree)] });
+    let (s_token, s_app) = {
+        let t = ApiToken::load_or_create(s.library().dir()).unwrap();
+        (t.clone(), api::router(s.clone(), t))
+    };
+    let r = ask(
+        &s_app,
+        "POST",
+        "/api/v1/library/share",
+        &s_token,
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let folder = r
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["kind"] == "folder")
+        .unwrap();
+    let fid = folder["id"].as_str().unwrap().to_owned();
+
+    let p = s.listening()[0];
+    let r = ask(
+        &app,
+        "GET",
+        &format!("/api/v1/catalog?peer={p}"),
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    let rows: Vec<(&str, &str, &str, u64, u64)> = r.body["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["name"].as_str().unwrap(),
+                row["kind"].as_str().unwrap(),
+                row["id"].as_str().unwrap(),
+                row["size"].as_u64().unwrap(),
+                row["files"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let id = id_of(&same).to_string();
+    let n = same.len() as u64;
+    assert_eq!(
+        rows,
+        [
+            ("tree", "folder", fid.as_str(), 3 * n, 3),
+            ("tree/a.bin", "file", id.as_str(), n, 0),
+            ("tree/b.bin", "file", id.as_str(), n, 0),
+            ("tree/sub/c.bin", "file", id.as_str(), n, 0),
+        ]
+    );
+    // `search` matches paths.
+    let r = ask(
+        &app,
+        "GET",
+        &format!("/api/v1/catalog?peer={p}&search=SUB"),
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(r.body["rows"].as_array().unwrap().len(), 1, "{r:?}");
+    assert_eq!(r.body["rows"][0]["name"], "tree/sub/c.bin");
+    for n in [a, s] {
         n.shutdown().await;
     }
 }

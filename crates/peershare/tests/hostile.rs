@@ -1089,3 +1089,62 @@ async fn a_budget_of_one_slice_serves_every_connection_in_turn() {
     );
     assert!(node.stats.chunks_served.load(Ordering::Relaxed) >= 2 * 48);
 }
+
+/// A client whose `Hello` lacks `FOLDERS` (a build from before folders,
+/// which ignores unknown entry flags and would take a folder for a file
+/// whose manifest fails its ID) gets no folder entry, only the folder's
+/// files; a client with it gets the folder too (PROTOCOL.md, 6.4).
+#[tokio::test]
+async fn folder_entries_go_only_to_clients_that_understand_them() {
+    let mut node = Node::start(&[], ServerConfig::default()).await;
+    let pics = node.path("pics");
+    std::fs::create_dir_all(&pics).unwrap();
+    std::fs::write(pics.join("a.jpg"), b"same").unwrap();
+    std::fs::write(pics.join("b.jpg"), b"same").unwrap();
+    peershare::ops::share(&node.lib, &[pics], false, &Default::default()).unwrap();
+
+    // `handshaken` sends capabilities 0.
+    let mut old = handshaken(node.addr).await;
+    send_frame(
+        &mut old,
+        Message::GetCatalog {
+            req_id: 1,
+            cursor: 0,
+        },
+    )
+    .await;
+    let Message::Catalog { entries, next, .. } = next_frame(&mut old).await else {
+        panic!("not a catalog")
+    };
+    assert_eq!(next, None);
+    let names: Vec<(bool, String)> = entries
+        .into_iter()
+        .map(|e| (e.is_folder(), e.name))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (false, "pics/a.jpg".to_owned()),
+            (false, "pics/b.jpg".to_owned())
+        ]
+    );
+    let conn = peershare::PeerConn::connect(node.addr, &Tls::ephemeral(), None, Default::default())
+        .await
+        .unwrap();
+    let names: Vec<(bool, String)> = conn
+        .catalog()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.is_folder(), e.name))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (true, "pics".to_owned()),
+            (false, "pics/a.jpg".to_owned()),
+            (false, "pics/b.jpg".to_owned())
+        ]
+    );
+    node.shutdown().await;
+}

@@ -1,12 +1,13 @@
-//! `ls` and `peers`: what peers share, and who they are. With a node
+//! `ls` and `peers`: what peers share (folders, and files by path), and
+//! who they are. With a node
 //! running on the data dir, it asks (over its connections, with its view of
 //! the LAN); without, this command asks the LAN and the peers itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
-use peershare::ops::{self, Listing};
+use peershare::ops::{self, Listing, LsRow};
 use peershare_proto::NodeId;
 
 use super::{
@@ -26,12 +27,41 @@ pub async fn ls(dir: &Path, a: LsArgs) -> Result<(), Failure> {
     for w in &listing.warnings {
         eprintln!("peershare: warning: {}", printable(w));
     }
+    let view = View::of(&a);
     if a.json.json {
-        out_json(&listing.rows);
+        let rows: Vec<&LsRow> = match &view {
+            View::Inside(prefix) => listing
+                .rows
+                .iter()
+                .filter(|r| r.name.starts_with(prefix.as_str()))
+                .collect(),
+            View::Top | View::Tree => listing.rows.iter().collect(),
+        };
+        out_json(&rows);
         return Ok(());
     }
-    print_rows(&listing, &a.search);
+    print_rows(&listing, &a.search, &view);
     Ok(())
+}
+
+/// What `ls` prints.
+enum View {
+    /// The folders, and the files in none of them.
+    Top,
+    /// The files under this path prefix (ending in `/`), by full path.
+    Inside(String),
+    /// Each folder followed by its files, then the other files.
+    Tree,
+}
+
+impl View {
+    fn of(a: &LsArgs) -> Self {
+        match a.folder.as_deref().map(|f| f.trim_end_matches('/')) {
+            Some(f) if !f.is_empty() => View::Inside(format!("{f}/")),
+            _ if a.tree => View::Tree,
+            _ => View::Top,
+        }
+    }
 }
 
 /// `ls` with no node running: finds the peers on the LAN (without
@@ -59,39 +89,112 @@ async fn ls_here(dir: &Path, a: &LsArgs, mut peers: Vec<SocketAddr>) -> Result<L
         .map_err(|e| Failure::new(kind_status(e.kind()), e))
 }
 
-fn print_rows(listing: &Listing, search: &[String]) {
+fn print_rows(listing: &Listing, search: &[String], view: &View) {
     let rows = &listing.rows;
+    let folders: HashSet<&str> = rows
+        .iter()
+        .filter(|r| r.is_folder())
+        .map(|r| r.name.as_str())
+        .collect();
+    // The folder a file row is shown under, if a folder row holds it.
+    let folder_of = |r: &LsRow| -> Option<String> {
+        r.name
+            .split_once('/')
+            .map(|(top, _)| top)
+            .filter(|top| !r.is_folder() && folders.contains(top))
+            .map(str::to_owned)
+    };
     let mut text = String::new();
-    for r in rows {
-        let peers: Vec<String> = r
-            .peers
-            .iter()
-            .map(|p| {
-                if r.partial_peers.contains(p) {
-                    format!("{p} (partial)")
-                } else {
-                    p.to_string()
+    let mut shown = 0;
+    match view {
+        View::Top => {
+            for r in rows.iter().filter(|r| folder_of(r).is_none()) {
+                line(&mut text, r, "");
+                shown += 1;
+            }
+        }
+        View::Inside(prefix) => {
+            for r in rows.iter().filter(|r| r.name.starts_with(prefix.as_str())) {
+                line(&mut text, r, "");
+                shown += 1;
+            }
+        }
+        View::Tree => {
+            let mut inside: HashMap<String, Vec<&LsRow>> = HashMap::new();
+            let mut top = Vec::new();
+            for r in rows {
+                match folder_of(r) {
+                    Some(f) => inside.entry(f).or_default().push(r),
+                    None => top.push(r),
                 }
-            })
-            .collect();
-        let count = match r.peer_count {
-            1 => String::new(),
-            n => format!("{n} peers: "),
-        };
-        text.push_str(&format!(
-            "{}  {:>10}  {}  ({count}{})\n",
-            r.id,
-            progress::bytes(r.size),
-            printable(&r.name),
-            peers.join(", ")
-        ));
+            }
+            for r in top {
+                line(&mut text, r, "");
+                shown += 1;
+                // A folder's files once, under the first row of its name.
+                if r.is_folder()
+                    && let Some(files) = inside.remove(&r.name)
+                {
+                    for f in files {
+                        line(&mut text, f, "  ");
+                        shown += 1;
+                    }
+                }
+            }
+        }
     }
-    if rows.is_empty() && !search.is_empty() {
-        eprintln!("peershare: no shared file matches {:?}", search.join(" "));
-    } else if rows.is_empty() {
-        eprintln!("peershare: the peers share no files");
+    if shown == 0 {
+        match view {
+            View::Inside(prefix) if search.is_empty() => {
+                eprintln!(
+                    "peershare: the peers share nothing under {:?}",
+                    printable(prefix)
+                )
+            }
+            View::Inside(prefix) => eprintln!(
+                "peershare: nothing under {:?} matches {:?}",
+                printable(prefix),
+                search.join(" ")
+            ),
+            _ if !search.is_empty() => {
+                eprintln!("peershare: no shared file matches {:?}", search.join(" "))
+            }
+            _ => eprintln!("peershare: the peers share no files"),
+        }
     }
     out(&text);
+}
+
+/// One row as a line: ID, size, name (a folder's with `/` and its file
+/// count), peers.
+fn line(text: &mut String, r: &LsRow, indent: &str) {
+    let peers: Vec<String> = r
+        .peers
+        .iter()
+        .map(|p| {
+            if r.partial_peers.contains(p) {
+                format!("{p} (partial)")
+            } else {
+                p.to_string()
+            }
+        })
+        .collect();
+    let count = match r.peer_count {
+        1 => String::new(),
+        n => format!("{n} peers: "),
+    };
+    let (slash, files) = match (r.is_folder(), r.files) {
+        (false, _) => ("", String::new()),
+        (true, 1) => ("/", "1 file; ".to_owned()),
+        (true, n) => ("/", format!("{n} files; ")),
+    };
+    text.push_str(&format!(
+        "{}  {:>10}  {indent}{}{slash}  ({files}{count}{})\n",
+        r.id,
+        progress::bytes(r.size),
+        printable(&r.name),
+        peers.join(", ")
+    ));
 }
 
 pub async fn peers(dir: &Path, a: PeersArgs) -> Result<(), Failure> {

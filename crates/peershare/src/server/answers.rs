@@ -11,8 +11,9 @@ pub(super) fn respond(ctx: &Arc<Ctx>, conn: &Arc<ConnState>, msg: Message) -> Pe
             // Building a catalog stats every shared file: never on an async
             // worker.
             let ctx = ctx.clone();
+            let folders = conn.folders;
             Pending::Job(tokio::task::spawn_blocking(move || {
-                catalog::catalog(&ctx, req_id, cursor)
+                catalog::catalog(&ctx, req_id, cursor, folders)
             }))
         }
         Message::GetManifest { req_id, id } => {

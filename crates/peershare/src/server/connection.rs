@@ -99,7 +99,7 @@ impl Connection {
 
     /// Checks the client's first frame (a `Hello` naming the node its key
     /// proves) and, with `trusted_only`, that the node is trusted; then
-    /// answers with this node's `Hello`. The client's node ID, or `None`
+    /// answers with this node's `Hello`. The client's `Hello`, or `None`
     /// when the connection is to end (the client was told why, when it can
     /// be).
     pub(super) async fn greet(
@@ -107,7 +107,7 @@ impl Connection {
         writer: &mut FrameWriter<BoxWrite>,
         first: Result<Option<Message>, ReadError>,
         proven: Option<NodeId>,
-    ) -> Option<NodeId> {
+    ) -> Option<Hello> {
         let ctx = &self.ctx;
         let addr = self.addr;
         let h = match check_hello(first, proven) {
@@ -144,7 +144,7 @@ impl Connection {
         });
         let limit = ctx.config.write_timeout;
         let sent = writer.send_timed(&hello, WRITE_PIECE, limit).await.is_ok();
-        sent.then_some(h.node_id)
+        sent.then_some(h)
     }
 
     /// Sends `msg`, then closes the connection.
@@ -166,8 +166,9 @@ impl Connection {
         &mut self,
         reader: FrameReader<BoxRead>,
         writer: FrameWriter<BoxWrite>,
-        peer: NodeId,
+        hello: Hello,
     ) {
+        let peer = hello.node_id;
         let ctx = &self.ctx;
         // Listed among the established connections, so that a newcomer
         // finding every slot taken can close the one idle the longest.
@@ -178,7 +179,7 @@ impl Connection {
             node_id: peer.to_string(),
             addr: self.addr,
         });
-        let conn = Arc::new(ConnState::new(push_tx, uploads));
+        let conn = Arc::new(ConnState::new(push_tx, uploads, hello.folders()));
         // Subscriptions end with the connection, however it ends.
         let _end_subscriptions = EndSubscriptions(conn.clone());
         let read_side = ReadSide {
@@ -618,6 +619,9 @@ pub(super) struct ConnState {
     pub(super) push: mpsc::Sender<Message>,
     /// What the peer took on this connection.
     pub(super) uploads: ConnectionUploads,
+    /// The client's `Hello` has `FOLDERS`: its catalog lists folders
+    /// (a client without it would take a folder entry for a file).
+    pub(super) folders: bool,
 }
 
 #[derive(Default)]
@@ -641,13 +645,18 @@ impl Drop for EndSubscriptions {
 }
 
 impl ConnState {
-    pub(super) fn new(push: mpsc::Sender<Message>, uploads: ConnectionUploads) -> Self {
+    pub(super) fn new(
+        push: mpsc::Sender<Message>,
+        uploads: ConnectionUploads,
+        folders: bool,
+    ) -> Self {
         Self {
             files: Mutex::default(),
             open_requests: Mutex::default(),
             subscriptions: Mutex::default(),
             push,
             uploads,
+            folders,
         }
     }
 

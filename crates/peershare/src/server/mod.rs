@@ -792,6 +792,100 @@ mod tests {
         assert_eq!(names, ["fine.txt"]);
     }
 
+    /// Records the folder `root` as the library shares it (what `share DIR`
+    /// does), named after its last component.
+    fn record_folder(lib: &Library, root: &std::path::Path, unlisted: bool) {
+        use peershare_proto::folder::{FolderEntry, FolderManifest};
+        let name = root.file_name().unwrap().to_str().unwrap();
+        let snap = lib.snapshot().unwrap();
+        let entries = snap
+            .files
+            .values()
+            .filter(|e| e.path.starts_with(root))
+            .map(|e| {
+                let rel = e.name.strip_prefix(&format!("{name}/")).unwrap();
+                FolderEntry::file(rel, e.size, e.file_id().unwrap())
+            })
+            .collect();
+        let folder = FolderManifest::new(entries).unwrap();
+        crate::folders::FolderStore::new(lib.dir())
+            .put(&folder, name, root, unlisted)
+            .unwrap();
+    }
+
+    /// Issue 12: a content shared at two names was listed once (4096 files
+    /// of /usr/share/doc shared, 3457 listed); folders were not listed.
+    #[test]
+    fn the_catalog_lists_every_name_and_each_listed_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = Library::open(dir.path().join("data")).unwrap();
+        let pics = dir.path().join("pics");
+        std::fs::create_dir_all(pics.join("sub")).unwrap();
+        std::fs::write(pics.join("one.txt"), "same").unwrap();
+        std::fs::write(pics.join("two.txt"), "same").unwrap();
+        std::fs::write(pics.join("sub/three.txt"), "other").unwrap();
+        let loose = dir.path().join("loose.txt");
+        std::fs::write(&loose, "same").unwrap();
+        lib.share(&[pics.clone(), loose], &Default::default())
+            .unwrap();
+        let server = Server::new(lib.clone(), Tls::ephemeral(), 0, ServerConfig::default());
+        let names = |server: &Server| -> Vec<(String, u8, u64)> {
+            let list = catalog_list(&server.ctx).unwrap();
+            list.items
+                .iter()
+                .map(|(e, _)| (e.name.clone(), e.flags, e.size))
+                .collect()
+        };
+        let file = |n: &str, size| (n.to_owned(), 0, size);
+        let files = vec![
+            file("loose.txt", 4),
+            file("pics/one.txt", 4),
+            file("pics/sub/three.txt", 5),
+            file("pics/two.txt", 4),
+        ];
+        assert_eq!(names(&server), files, "three names of one content");
+        assert_eq!(lib.snapshot().unwrap().listed(), 4, "counted alike");
+
+        // The folder, once recorded, beside its files (the cache sees the
+        // folder store change though the library did not).
+        record_folder(&lib, &pics, false);
+        let mut with_folder = files.clone();
+        with_folder.insert(1, ("pics".to_owned(), entry_flags::FOLDER, 13));
+        assert_eq!(names(&server), with_folder);
+        let list = catalog_list(&server.ctx).unwrap();
+        let folder_id = crate::folders::FolderStore::new(lib.dir()).list().unwrap()[0]
+            .folder_id()
+            .unwrap();
+        assert_eq!(list.items[1].0.id, FileId(folder_id.0));
+
+        // Only to a client that understands folder entries.
+        let page = |folders| match catalog::catalog(&server.ctx, 1, 0, folders) {
+            Message::Catalog { entries, .. } => entries,
+            m => panic!("{m:?}"),
+        };
+        assert_eq!(page(true).len(), 5);
+        let old = page(false);
+        assert_eq!(old.len(), 4);
+        assert!(old.iter().all(|e| !e.is_folder()));
+
+        // Unlisted: its files may still be listed, the folder is not.
+        record_folder(&lib, &pics, true);
+        assert_eq!(names(&server), files);
+        // A folder with a file no longer shared is not offered, nor listed.
+        record_folder(&lib, &pics, false);
+        lib.unshare(&[pics.join("two.txt").to_str().unwrap().to_owned()])
+            .unwrap();
+        let names_now = || -> Vec<String> { names(&server).into_iter().map(|n| n.0).collect() };
+        assert_eq!(
+            names_now(),
+            ["loose.txt", "pics", "pics/one.txt", "pics/sub/three.txt"],
+            "its content is still shared (one.txt)"
+        );
+        lib.unshare(&[pics.join("sub/three.txt").to_str().unwrap().to_owned()])
+            .unwrap();
+        assert_eq!(names_now(), ["loose.txt", "pics/one.txt"]);
+    }
+
     #[test]
     fn a_library_over_the_catalog_limit_is_listed_up_to_it() {
         let limit = peershare_proto::wire::MAX_CATALOG_ENTRIES;
@@ -808,9 +902,22 @@ mod tests {
             })
             .collect();
         lib.insert_unchecked(entries).unwrap();
-        let server = Server::new(lib, Tls::ephemeral(), 0, ServerConfig::default());
+        let server = Server::new(lib.clone(), Tls::ephemeral(), 0, ServerConfig::default());
         let list = catalog_list(&server.ctx).unwrap();
         assert_eq!(list.items.len(), limit);
         assert_eq!(list.items[limit - 1].0.name, format!("f{:07}", limit - 1));
+        // A folder entry counts too: one file more is cut.
+        let first = list.items[0].0.clone();
+        let folder = peershare_proto::folder::FolderManifest::new(vec![
+            peershare_proto::folder::FolderEntry::file("f", first.size, first.id),
+        ])
+        .unwrap();
+        crate::folders::FolderStore::new(lib.dir())
+            .put(&folder, "a-folder", &dir.path().join("a-folder"), false)
+            .unwrap();
+        let list = catalog_list(&server.ctx).unwrap();
+        assert_eq!(list.items.len(), limit);
+        assert!(list.items[0].0.is_folder());
+        assert_eq!(list.items[limit - 1].0.name, format!("f{:07}", limit - 2));
     }
 }
