@@ -266,6 +266,20 @@ fn get_by_ticket_and_by_id_reproduces_the_tree_and_seeds_it_as_a_folder() {
         "--no-share"
     );
 
+    // By bare folder ID and no -o: the name comes from the peer's catalog.
+    let fourth = sb.data("fourth");
+    let cwd4 = sb.dir("cwd4");
+    let mut c = sb.cmd(&get_args(
+        &fourth,
+        id,
+        &[&srv.peer()],
+        None,
+        &["--no-share"],
+    ));
+    c.current_dir(&cwd4);
+    run(c).ok();
+    assert_eq!(tree_of(&cwd4.join("photos")), want);
+
     // -o naming an existing folder puts it inside, under its name (the
     // client downloading from the first client: a downloaded folder seeds).
     let third = sb.data("third");
