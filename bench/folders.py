@@ -9,8 +9,8 @@ every file's size and SHA-256): "small", 10,000 files of 1 to 64 KiB
 directories and some files of identical content; "large", 100 files of
 10 MB. For each tree:
 
-- tar|socat: `tar -C SRC -cf - . | socat -u - TCP:127.0.0.1:PORT` into
-  `socat -u TCP-LISTEN:PORT,bind=127.0.0.1,reuseaddr - | tar -C DST -xf -`
+- tar|socat: `tar -C SRC -cf - . | socat -u -b 1048576 - TCP:127.0.0.1:PORT` into
+  `socat -u -b 1048576 TCP-LISTEN:PORT,bind=127.0.0.1,reuseaddr - | tar -C DST -xf -`
   (the baseline); tar|socat+sync: the same transfers plus a syncfs of the
   output's file system (peershare syncs before it renames the tree in place);
 - rsync: `rsync -a rsync://127.0.0.1:PORT/mod/ DST/` from one
@@ -99,8 +99,8 @@ ROWS = [BASE, BASE_SYNC, RSYNC, PS, PS_NOSHARE]  # report order
 
 # Pipelines run by bash (one measured process each: wait4 of bash gives the
 # rusage of tar and socat too, its waited-for children).
-TAR_SEND = 'set -o pipefail; tar -C "$1" -cf - . | socat -u - "TCP:127.0.0.1:$2"'
-TAR_RECV = 'set -o pipefail; socat -u "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr" - | tar -C "$2" -xf -'
+TAR_SEND = 'set -o pipefail; tar -C "$1" -cf - . | socat -u -b 1048576 - "TCP:127.0.0.1:$2"'
+TAR_RECV = 'set -o pipefail; socat -u -b 1048576 "TCP-LISTEN:$1,bind=127.0.0.1,reuseaddr" - | tar -C "$2" -xf -'
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
