@@ -254,7 +254,7 @@ def prepare_seeders(binary: Path, work: Path, logs: Path, src: Path, size: int, 
                     ) -> tuple[str, list[Path], dict]:
     """`count` seeder data dirs that all share `src`. The first one hashes it
     (`peershare share`, timed for information); the others get a copy of its
-    library.json and manifests/ (library paths are absolute, node IDs are not
+    library.db and manifests/ (library paths are absolute, node IDs are not
     copied: every seeder makes its own), checked with `peershare shared`.
     Should a copy not be accepted, that dir falls back to a real `share`."""
     dirs = [work / f"seed-{i}" for i in range(count)]
@@ -270,7 +270,8 @@ def prepare_seeders(binary: Path, work: Path, logs: Path, src: Path, size: int, 
     copied = 0
     for i, d in enumerate(dirs[1:], 1):
         try:
-            shutil.copy2(dirs[0] / "library.json", d / "library.json")
+            # (The share has exited: its log is checkpointed into the database.)
+            shutil.copy2(dirs[0] / "library.db", d / "library.db")
             if (dirs[0] / "manifests").is_dir():
                 shutil.copytree(dirs[0] / "manifests", d / "manifests")
             out, _, _ = run_tool([binary, "--data-dir", d, "-q", "shared", "--json"],

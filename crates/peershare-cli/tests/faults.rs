@@ -1,8 +1,8 @@
 //! Faults the disk and the OS can throw at a real `peershare get`: a sync
 //! of the part file that fails (with its pages lost), and a kill at each
-//! step of finishing. Both come from `tests/faults/shim.c`, an LD_PRELOAD
-//! layer this test builds with the system C compiler: the binary itself is
-//! the release one, unchanged.
+//! step of finishing (the library's commit among them). Both come from
+//! `tests/faults/shim.c`, an LD_PRELOAD layer this test builds with the
+//! system C compiler: the binary itself is the release one, unchanged.
 
 mod common;
 
@@ -96,9 +96,10 @@ fn a_kill_at_each_step_of_finishing_is_completed_by_the_next_run() {
     // (where the shim kills, what must be on disk then: out, part, state)
     let steps = [
         ("link:out.bin:1", (false, true, true)),
-        // The library's first write records the download; its second,
-        // sharing the finished file, is the one inside finishing.
-        ("rename:library.json:2", (true, true, true)),
+        // The library's first commit creates it, its second records the
+        // download; its third, sharing the finished file, is the one
+        // inside finishing.
+        ("commit:library.db-wal:3", (true, true, true)),
         ("unlink:out.bin.peershare-part:1", (true, true, true)),
         // The first unlink of the state file clears any stale one at start.
         ("unlink:out.bin.peershare-state:2", (true, false, true)),

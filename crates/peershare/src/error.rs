@@ -65,6 +65,26 @@ pub enum StoreError {
     CatalogFull { listed: usize, max: usize },
     #[error("{name:?} cannot be a shared name: it {why}, and peers refuse such names; rename it")]
     BadName { name: String, why: NameError },
+    /// The library's database failed (other than being damaged, which is
+    /// [`StoreError::Corrupt`]).
+    #[error("{path}: {source}")]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The library was written by a later release, in a schema this one
+    /// does not know; it is left as it is.
+    #[error(
+        "{path} was written by a newer release of peershare (library schema {found}, this \
+         release knows up to {known}); it was left as it is: run that release, or move it away \
+         to start with an empty library"
+    )]
+    NewerLibrary {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
     #[error("this node shares {max} folders, the most it may; unshare some first")]
     TooManyFolders { max: usize },
     #[error("{path}: cannot be shared as a folder: {why}")]

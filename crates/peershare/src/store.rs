@@ -1,8 +1,10 @@
 //! The library: what this node shares, kept in its data directory.
 //!
 //! ```text
-//! <data-dir>/library.json          entries; replaced atomically (write, fsync, rename)
-//! <data-dir>/library.lock          writers hold an exclusive flock while they edit
+//! <data-dir>/library.db           entries and downloads in progress (SQLite, see `db`)
+//! <data-dir>/library.db-wal, -shm  its write-ahead log and the log's index
+//! <data-dir>/library.json.migrated the library of an older release, once imported
+//! <data-dir>/library.lock          trust list writers hold an exclusive flock while they edit
 //! <data-dir>/manifests/<id>.manifest   canonical manifest encodings, content-addressed
 //! <data-dir>/node.key              this node's private key (mode 0600, see crate::identity)
 //! <data-dir>/api.token             the local API's token (mode 0600, see crate::api::auth)
@@ -11,14 +13,19 @@
 //! ```
 //!
 //! Files are hashed in place and served from where they are; nothing is
-//! copied. Invariants: a reader (the server) only ever sees a whole
-//! `library.json`, never a half-written one (rename is atomic); two writers
-//! never interleave (flock); a manifest file is written, synced and renamed
-//! before the entry naming it is published. An entry records the size and
-//! mtime of the file when it was hashed; a file whose metadata differ now
-//! is *withdrawn* (not listed, not served) until shared again.
+//! copied. Invariants: a reader (the server) only ever sees whole edits,
+//! never half of one (each is one SQLite transaction, in WAL mode, so
+//! readers never wait for writers); two writers never interleave (SQLite's
+//! write lock, taken at the start of each edit); an edit writes the rows it
+//! changes, not the library (so sharing one file into a large library, or
+//! each file of a folder download finishing, costs about the same whatever
+//! the library's size), and is durable when it returns; a manifest file is
+//! written, synced and renamed before the entry naming it is published. An
+//! entry records the size and mtime of the file when it was hashed; a file
+//! whose metadata differ now is *withdrawn* (not listed, not served) until
+//! shared again.
 //!
-//! `library.json` also lists this node's downloads in progress
+//! The library also lists this node's downloads in progress
 //! ([`Download`]): a server on the same data directory offers their
 //! verified chunks to others (partial source), reading which ones from the
 //! download's state file, so a downloader serves while it downloads even
@@ -36,12 +43,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use peershare_proto::id::{ID_LEN, sha256};
 use peershare_proto::manifest::{Manifest, chunk_count, chunk_size_for};
-use peershare_proto::wire::{MAX_CATALOG_ENTRIES, check_shared_name};
+use peershare_proto::wire::check_shared_name;
 use peershare_proto::{FileId, NodeId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 
+mod db;
+
+pub use db::{BUSY_TIMEOUT, SCHEMA_VERSION};
+
+/// The library of releases before `library.db`, imported on first open.
 const LIBRARY_FILE: &str = "library.json";
 const LOCK_FILE: &str = "library.lock";
 const MANIFEST_DIR: &str = "manifests";
@@ -54,7 +66,7 @@ pub const MAX_TRUSTED: usize = 10_000;
 /// What to do about a damaged file of the data dir, per file
 /// ([`StoreError::Corrupt`]'s `remedy`).
 pub mod remedy {
-    /// `library.json`.
+    /// `library.db` (or a `library.json` being imported).
     pub const LIBRARY: &str =
         "move it away to start with an empty library (then share your files again)";
     /// `trust.json`.
@@ -84,7 +96,8 @@ struct TrustFile {
     /// Hex node ID to its entry.
     nodes: BTreeMap<String, Trusted>,
 }
-/// Version of the `library.json` layout.
+/// Version of the `library.json` layout (imported once), and of
+/// [`Snapshot::format`].
 const LIBRARY_FORMAT: u32 = 1;
 
 /// One shared file.
@@ -135,7 +148,7 @@ impl Entry {
     }
 }
 
-/// The whole library as stored.
+/// The whole library as stored, as one consistent copy in memory.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Snapshot {
     pub format: u32,
@@ -232,7 +245,9 @@ impl Snapshot {
     /// ID among the listed downloads in progress of content no file shares
     /// (listed or not): the server's rule, `server::catalog_list`. Folder
     /// entries are the folder store's, not counted here. At most
-    /// [`MAX_CATALOG_ENTRIES`]: `share` and `begin_download` refuse more.
+    /// [`MAX_CATALOG_ENTRIES`](peershare_proto::wire::MAX_CATALOG_ENTRIES):
+    /// `share` and `begin_download` refuse more (the database keeps this
+    /// count per edit, from the file IDs the edit touched: `store::db`).
     pub fn listed(&self) -> usize {
         let listable = |name: &str| check_shared_name(name).is_ok();
         let mut listed = std::collections::HashSet::new();
@@ -258,20 +273,6 @@ impl Snapshot {
     }
 }
 
-/// Refuses an edit that made the catalog longer than it may be (one already
-/// too long, from an older release or a hand edit, may still shrink or
-/// stay as it is).
-fn check_listed(before: usize, snap: &Snapshot) -> Result<(), StoreError> {
-    let after = snap.listed();
-    if after > MAX_CATALOG_ENTRIES && after > before {
-        return Err(StoreError::CatalogFull {
-            listed: after,
-            max: MAX_CATALOG_ENTRIES,
-        });
-    }
-    Ok(())
-}
-
 /// What `share` did with one file.
 #[derive(Debug, Clone)]
 pub struct Shared {
@@ -284,12 +285,14 @@ fn mtime_ns(meta: &fs::Metadata) -> i128 {
     meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
 }
 
-/// Handle on a data directory. Cheap to clone; the server keeps one and
-/// reloads `library.json` when it changes on disk.
+/// Handle on a data directory. Cheap to clone (clones share the database's
+/// connections); the server keeps one, looks entries up by file ID in the
+/// database, and reloads its [`Snapshot`] only when the revision changed.
 #[derive(Debug, Clone)]
 pub struct Library {
     dir: PathBuf,
-    cache: Arc<Mutex<Option<Cached>>>,
+    db: Arc<db::Db>,
+    cache: Arc<Mutex<Option<Arc<Snapshot>>>>,
     /// The trust list's node IDs, by the stamp of `trust.json` they were
     /// read at: a server asks for every connection.
     trust_cache: Arc<Mutex<Option<(FileStamp, TrustedSet)>>>,
@@ -311,19 +314,19 @@ fn file_stamp(path: &Path) -> Result<FileStamp, StoreError> {
 }
 type TrustedSet = Arc<std::collections::BTreeSet<NodeId>>;
 
-#[derive(Debug)]
-struct Cached {
-    stamp: FileStamp,
-    snapshot: Arc<Snapshot>,
-}
-
 impl Library {
-    /// Opens (creating if needed) the data directory `dir`.
+    /// Opens (creating if needed) the data directory `dir`. On first open,
+    /// a `library.json` of an older release is imported in one transaction
+    /// and kept as `library.json.migrated`; a damaged one is
+    /// [`StoreError::Corrupt`] and stays where it is. A database of a
+    /// later release is refused ([`StoreError::NewerLibrary`]), untouched.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
         fs::create_dir_all(dir.join(MANIFEST_DIR)).map_err(StoreError::io(&dir))?;
+        let db = db::Db::open(dir.join(db::DB_FILE), &dir.join(LIBRARY_FILE))?;
         Ok(Self {
             dir,
+            db: Arc::new(db),
             cache: Arc::new(Mutex::new(None)),
             trust_cache: Arc::default(),
         })
@@ -331,10 +334,6 @@ impl Library {
 
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    fn library_path(&self) -> PathBuf {
-        self.dir.join(LIBRARY_FILE)
     }
 
     fn manifest_path(&self, id: &FileId) -> PathBuf {
@@ -459,73 +458,43 @@ impl Library {
         Ok(f)
     }
 
-    /// The current library, re-read only when `library.json` changed.
+    /// The current library, read again only when its revision changed.
     ///
-    /// The cache's lock is not held while reading: a read that hangs holds
-    /// up its own caller, not every request of a server (callers that miss
-    /// at once may each read; the last one's copy stays).
+    /// The cache's lock is not held while reading: a slow read holds up
+    /// its own caller, not every request of a server (callers that miss at
+    /// once may each read; the last one's copy stays). A server looks
+    /// entries up with [`Library::entries_by_id`] instead, which reads only
+    /// those.
     pub fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
-        let stamp = file_stamp(&self.library_path())?;
+        let revision = self.db.revision()?;
         if let Some(c) = self.cache.lock().expect("library cache lock").as_ref()
-            && c.stamp == stamp
+            && c.revision == revision
         {
-            return Ok(c.snapshot.clone());
+            return Ok(c.clone());
         }
-        let snapshot = Arc::new(self.read_library()?);
+        let snapshot = Arc::new(self.db.load()?);
         // Indexed once per load, so that lookups by ID are cheap.
         snapshot.index();
-        *self.cache.lock().expect("library cache lock") = Some(Cached {
-            stamp,
-            snapshot: snapshot.clone(),
-        });
+        *self.cache.lock().expect("library cache lock") = Some(snapshot.clone());
         Ok(snapshot)
     }
 
-    fn read_library(&self) -> Result<Snapshot, StoreError> {
-        let path = self.library_path();
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Ok(Snapshot {
-                    format: LIBRARY_FORMAT,
-                    ..Snapshot::default()
-                });
-            }
-            Err(e) => return Err(StoreError::Io { path, source: e }),
-        };
-        let snap: Snapshot = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-            path: path.clone(),
-            reason: e.to_string(),
-            remedy: remedy::LIBRARY,
-        })?;
-        if snap.format != LIBRARY_FORMAT {
-            return Err(StoreError::Corrupt {
-                path,
-                reason: format!("unknown format {}", snap.format),
-                remedy: remedy::LIBRARY,
-            });
-        }
-        Ok(snap)
+    /// The library's revision (as [`Snapshot::revision`]): one indexed
+    /// read, whatever the library's size. It increases with every change.
+    pub fn revision(&self) -> Result<u64, StoreError> {
+        self.db.revision()
     }
 
-    /// Applies `edit` to the library under the writers' lock and publishes
-    /// the result atomically.
-    fn edit<T>(&self, edit: impl FnOnce(&mut Snapshot) -> T) -> Result<T, StoreError> {
-        self.try_edit(|snap| Ok(edit(snap)))
+    /// The shared entries of file `id` (several paths may hold the same
+    /// content), by path: one indexed read, whatever the library's size.
+    pub fn entries_by_id(&self, id: &FileId) -> Result<Vec<Entry>, StoreError> {
+        self.db.entries_by_id(id)
     }
 
-    /// [`Library::edit`], publishing nothing when `edit` fails.
-    fn try_edit<T>(
-        &self,
-        edit: impl FnOnce(&mut Snapshot) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let _lock = self.lock()?;
-        let mut snap = self.read_library()?;
-        let out = edit(&mut snap)?;
-        snap.revision += 1;
-        let json = serde_json::to_vec_pretty(&snap).expect("library serializes");
-        write_atomic(&self.library_path(), &json)?;
-        Ok(out)
+    /// The downloads in progress of file `id`, with their outputs, by
+    /// output: one indexed read, whatever the library's size.
+    pub fn downloads_by_id(&self, id: &FileId) -> Result<Vec<(PathBuf, Download)>, StoreError> {
+        self.db.downloads_by_id(id)
     }
 
     /// The stored manifest of `id`, if this library has it.
@@ -612,13 +581,13 @@ impl Library {
                 data_dir.display()
             );
         }
-        let current = self.snapshot()?;
+        let current = self.db.files_at(found.iter().map(|(p, _)| p.as_path()))?;
         let mut todo = Vec::new();
         let mut new_entries = Vec::new();
         let mut results: Vec<Option<Shared>> = Vec::with_capacity(found.len());
         for (path, name) in found {
             let meta = fs::metadata(&path).map_err(StoreError::io(&path))?;
-            match current.files.get(&path) {
+            match current.get(&path) {
                 Some(e) if e.matches(&meta) && e.name == name && self.manifest_path_exists(e) => {
                     let entry = Entry {
                         unlisted,
@@ -668,12 +637,11 @@ impl Library {
             });
         }
         if !new_entries.is_empty() {
-            self.try_edit(|snap| {
-                let before = snap.listed();
-                for e in new_entries {
-                    snap.files.insert(e.path.clone(), e);
+            self.db.edit(true, |ed| {
+                for e in &new_entries {
+                    ed.put_file(e)?;
                 }
-                check_listed(before, snap)
+                Ok(())
             })?;
         }
         Ok(results
@@ -688,10 +656,26 @@ impl Library {
     /// it writes) or one an older release may have left.
     #[doc(hidden)]
     pub fn insert_unchecked(&self, entries: Vec<Entry>) -> Result<(), StoreError> {
-        self.edit(|snap| {
-            for e in entries {
-                snap.files.insert(e.path.clone(), e);
+        self.db.edit(false, |ed| {
+            for e in &entries {
+                ed.put_file(e)?;
             }
+            Ok(())
+        })
+    }
+
+    /// [`Library::insert_unchecked`] for records of downloads in progress
+    /// (keyed by output path, taken as it is).
+    #[doc(hidden)]
+    pub fn insert_downloads_unchecked(
+        &self,
+        downloads: Vec<(PathBuf, Download)>,
+    ) -> Result<(), StoreError> {
+        self.db.edit(false, |ed| {
+            for (out, d) in &downloads {
+                ed.put_download(out, d)?;
+            }
+            Ok(())
         })
     }
 
@@ -715,15 +699,11 @@ impl Library {
             write_atomic(&mpath, &manifest.encode())?;
         }
         let key = download_key(output);
-        let current = self.snapshot()?;
-        if current.downloads.get(&key) == Some(&download) {
+        if self.db.download_at(&key)?.as_ref() == Some(&download) {
             return Ok(());
         }
-        self.try_edit(|snap| {
-            let before = snap.listed();
-            snap.downloads.insert(key, download);
-            check_listed(before, snap)
-        })
+        self.db
+            .edit(true, |ed| ed.put_download(&key, &download).map(|_| ()))
     }
 
     /// Forgets the download to `output`; with `share`, the finished file
@@ -732,8 +712,7 @@ impl Library {
     /// be the verified download, unchanged.
     pub fn end_download(&self, output: &Path, share: bool) -> Result<Option<Entry>, StoreError> {
         let key = download_key(output);
-        let snap = self.snapshot()?;
-        let Some(d) = snap.downloads.get(&key).cloned() else {
+        let Some(d) = self.db.download_at(&key)? else {
             return Ok(None);
         };
         let entry = if share {
@@ -750,12 +729,14 @@ impl Library {
         } else {
             None
         };
-        let published = entry.clone();
-        self.edit(move |snap| {
-            snap.downloads.remove(&key);
-            if let Some(e) = published {
-                snap.files.insert(e.path.clone(), e);
+        // Never refused for the catalog's length: the content was listed
+        // as a download already (or is unlisted both ways).
+        self.db.edit(false, |ed| {
+            ed.take_download(&key)?;
+            if let Some(e) = &entry {
+                ed.put_file(e)?;
             }
+            Ok(())
         })?;
         Ok(entry)
     }
@@ -766,44 +747,34 @@ impl Library {
     /// offering their chunks). Never touches the files. A target that
     /// matches nothing is an error and nothing is removed.
     pub fn unshare(&self, targets: &[String]) -> Result<Unshared, StoreError> {
-        let snap = self.snapshot()?;
         let mut selectors = Vec::new();
         for t in targets {
-            let sel = if t.parse::<FileId>().is_ok() {
-                Selector::Id(t.to_ascii_lowercase())
-            } else {
-                // (A download's output may not exist yet: its folder does.)
-                let p = Path::new(t);
-                let abs = fs::canonicalize(p).unwrap_or_else(|_| download_key(p));
-                Selector::Path(abs)
+            let sel = match t.parse::<FileId>() {
+                Ok(id) => db::Selector::Id(id.0),
+                Err(_) => {
+                    // (A download's output may not exist yet: its folder does.)
+                    let p = Path::new(t);
+                    db::Selector::Path(fs::canonicalize(p).unwrap_or_else(|_| download_key(p)))
+                }
             };
-            let hit = snap.files.values().any(|e| sel.matches(&e.id, &e.path))
-                || snap
-                    .downloads
-                    .iter()
-                    .any(|(out, d)| sel.matches(&d.id, out));
-            if !hit {
-                return Err(StoreError::NotShared(t.clone()));
-            }
-            selectors.push(sel);
+            selectors.push((t, sel));
         }
-        self.edit(|snap| {
+        self.db.edit(false, |ed| {
+            // Every target is checked before anything is removed.
+            for (t, sel) in &selectors {
+                if !ed.any(sel)? {
+                    return Err(StoreError::NotShared((*t).clone()));
+                }
+            }
             let mut removed = Unshared::default();
-            snap.files.retain(|_, e| {
-                let hit = selectors.iter().any(|s| s.matches(&e.id, &e.path));
-                if hit {
-                    removed.files.push(e.clone());
-                }
-                !hit
-            });
-            snap.downloads.retain(|out, d| {
-                let hit = selectors.iter().any(|s| s.matches(&d.id, out));
-                if hit {
-                    removed.downloads.push((out.clone(), d.clone()));
-                }
-                !hit
-            });
-            removed
+            for (_, sel) in &selectors {
+                let (files, downloads) = ed.remove(sel)?;
+                removed.files.extend(files);
+                removed.downloads.extend(downloads);
+            }
+            removed.files.sort_by(|a, b| a.path.cmp(&b.path));
+            removed.downloads.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(removed)
         })
     }
 }
@@ -814,20 +785,6 @@ pub struct Unshared {
     pub files: Vec<Entry>,
     /// Download records withdrawn, with their output paths.
     pub downloads: Vec<(PathBuf, Download)>,
-}
-
-enum Selector {
-    Id(String),
-    Path(PathBuf),
-}
-
-impl Selector {
-    fn matches(&self, id: &str, path: &Path) -> bool {
-        match self {
-            Selector::Id(want) => id == want,
-            Selector::Path(p) => path == p || path.starts_with(p),
-        }
-    }
 }
 
 /// How a download's output path is keyed: its folder resolved (symbolic
@@ -1071,7 +1028,7 @@ pub(crate) fn read_private(
 
 #[cfg(test)]
 mod tests {
-    use peershare_proto::wire::NameError;
+    use peershare_proto::wire::{MAX_CATALOG_ENTRIES, NameError};
 
     use super::*;
 
@@ -1235,6 +1192,15 @@ mod tests {
         let dl: Vec<_> = snap.downloads_of(&record.id).collect();
         assert_eq!(dl, [&record]);
         assert_eq!(snap.downloads_of(&s[2].entry.id).count(), 0);
+        // The same, from the database's index, without a snapshot.
+        let id = |s: &str| s.parse::<FileId>().unwrap();
+        let same: Vec<_> = l.entries_by_id(&id(&s[0].entry.id)).unwrap();
+        assert_eq!(same, [s[0].entry.clone(), s[1].entry.clone()]);
+        assert_eq!(l.entries_by_id(&id(&s[2].entry.id)).unwrap().len(), 1);
+        assert!(l.entries_by_id(&FileId([0; 32])).unwrap().is_empty());
+        let dl = l.downloads_by_id(&m.id()).unwrap();
+        assert_eq!(dl, [(download_key(&out), record)]);
+        assert!(l.downloads_by_id(&id(&s[2].entry.id)).unwrap().is_empty());
     }
 
     #[test]
@@ -1320,10 +1286,370 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_library_file_is_a_clear_error() {
+    fn a_damaged_library_json_is_a_clear_error_and_nothing_is_lost() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("data");
+        fs::create_dir(&dir).unwrap();
+        for damaged in [
+            &b"{not json"[..],
+            br#"{"format":9,"revision":1,"files":{}}"#,
+        ] {
+            fs::write(dir.join(LIBRARY_FILE), damaged).unwrap();
+            let err = Library::open(&dir).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Corrupt { path, remedy: remedy::LIBRARY, .. }
+                    if path.ends_with(LIBRARY_FILE)),
+                "{err}"
+            );
+            assert_eq!(
+                fs::read(dir.join(LIBRARY_FILE)).unwrap(),
+                damaged,
+                "left as it is"
+            );
+            assert!(!db::migrated(&dir.join(LIBRARY_FILE)).exists());
+        }
+        // Moved away, as the error says: an empty library.
+        fs::rename(dir.join(LIBRARY_FILE), dir.join("old")).unwrap();
+        assert!(
+            Library::open(&dir)
+                .unwrap()
+                .snapshot()
+                .unwrap()
+                .files
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_damaged_database_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("data");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join(db::DB_FILE), vec![0x5a; 8192]).unwrap();
+        let err = Library::open(&dir).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { path, remedy: remedy::LIBRARY, .. }
+                if path.ends_with(db::DB_FILE)),
+            "{err}"
+        );
+        assert_eq!(fs::read(dir.join(db::DB_FILE)).unwrap(), vec![0x5a; 8192]);
+    }
+
+    /// A `library.json` as the release before `library.db` wrote it.
+    fn old_library(dir: &Path) -> Snapshot {
+        let mut snap = Snapshot {
+            format: LIBRARY_FORMAT,
+            revision: 41,
+            ..Snapshot::default()
+        };
+        for e in made_up(0..3, false).into_iter().chain(made_up(3..5, true)) {
+            snap.files.insert(e.path.clone(), e);
+        }
+        let far_future = Entry {
+            mtime_ns: i128::from(i64::MAX) * 1_000_000_000 + 7,
+            name: "caf\u{e9}/\u{1F600}".into(),
+            path: "/made-up/far future".into(),
+            ..made_up(5..6, false).remove(0)
+        };
+        snap.files.insert(far_future.path.clone(), far_future);
+        let dl = Download {
+            id: made_up(9..10, false)[0].id.clone(),
+            name: "dl".into(),
+            size: 12,
+            part: "/made-up/dl.part".into(),
+            state: "/made-up/dl.state".into(),
+            unlisted: false,
+        };
+        snap.downloads.insert("/made-up/dl".into(), dl);
+        fs::create_dir_all(dir).unwrap();
+        fs::write(
+            dir.join(LIBRARY_FILE),
+            serde_json::to_vec_pretty(&snap).unwrap(),
+        )
+        .unwrap();
+        snap
+    }
+
+    #[test]
+    fn a_library_json_is_imported_once_and_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("data");
+        let old = old_library(&dir);
+        let bytes = fs::read(dir.join(LIBRARY_FILE)).unwrap();
+        let l = Library::open(&dir).unwrap();
+        let snap = l.snapshot().unwrap();
+        assert_eq!(snap.files, old.files);
+        assert_eq!(snap.downloads, old.downloads);
+        assert!(
+            snap.revision > old.revision,
+            "a change for whoever cached the old one"
+        );
+        assert!(!dir.join(LIBRARY_FILE).exists());
+        assert_eq!(
+            fs::read(db::migrated(&dir.join(LIBRARY_FILE))).unwrap(),
+            bytes,
+            "kept"
+        );
+        assert_eq!(l.db.listed_kept(), old.listed() as u64);
+        assert_eq!(old.listed(), 5, "3 files, the far-future one, the download");
+        // Indexed lookups see the imported rows.
+        let id: FileId = old.files.values().next().unwrap().id.parse().unwrap();
+        assert_eq!(l.entries_by_id(&id).unwrap().len(), 1);
+        // Opened again: nothing imported twice, even with a library.json
+        // back in place (an older release run since): it is ignored.
+        let rev = snap.revision;
+        drop(l);
+        fs::write(dir.join(LIBRARY_FILE), b"{}").unwrap();
+        let l = Library::open(&dir).unwrap();
+        assert_eq!(l.snapshot().unwrap().revision, rev);
+        assert_eq!(l.snapshot().unwrap().files, old.files);
+        assert_eq!(
+            fs::read(dir.join(LIBRARY_FILE)).unwrap(),
+            b"{}",
+            "left alone"
+        );
+    }
+
+    #[test]
+    fn a_database_of_a_newer_schema_is_refused_untouched() {
+        let (d, l) = lib();
+        let f = d.path().join("x");
+        fs::write(&f, b"x").unwrap();
+        l.share(std::slice::from_ref(&f), &ShareProgress::default())
+            .unwrap();
+        let (dir, path) = (l.dir().to_path_buf(), l.db.path().to_path_buf());
+        drop(l);
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+                .unwrap();
+        }
+        let before = fs::read(&path).unwrap();
+        let err = Library::open(&dir).unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerLibrary { found, known: SCHEMA_VERSION, .. }
+                if found == SCHEMA_VERSION + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer release"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), before, "not modified");
+    }
+
+    #[test]
+    fn an_edit_writes_its_rows_not_the_library() {
+        const LARGE: usize = 20_000;
+        let (d, l) = lib();
+        l.insert_unchecked(made_up(0..LARGE, false)).unwrap();
+        l.db.checkpoint();
+        let db_len = fs::metadata(l.db.path()).unwrap().len();
+        let wal = l.db.path().with_extension("db-wal");
+        assert_eq!(fs::metadata(&wal).unwrap().len(), 0, "emptied");
+        let rows = l.db.rows_written();
+        let f = d.path().join("one");
+        fs::write(&f, b"one more").unwrap();
+        let s = l
+            .share(std::slice::from_ref(&f), &ShareProgress::default())
+            .unwrap();
+        // The entry, the revision and the catalog's length.
+        assert_eq!(l.db.rows_written() - rows, 3);
+        // A few pages of the log (each page of the tree on the entry's
+        // path and of its index), not the library's megabytes.
+        let logged = fs::metadata(&wal).unwrap().len();
+        assert!(
+            logged > 0 && logged < 16 * 4120 + 32,
+            "{logged} bytes logged"
+        );
+        assert!(db_len > 40 * logged, "the library is {db_len} bytes");
+        // So do a download's beginning and end, and an unshare.
+        let m = Manifest::from_bytes(b"downloading");
+        let out = d.path().join("dl");
+        let record = Download {
+            id: m.id().to_string(),
+            name: "dl".into(),
+            size: 11,
+            part: d.path().join("dl.part"),
+            state: d.path().join("dl.state"),
+            unlisted: false,
+        };
+        let rows = l.db.rows_written();
+        l.begin_download(&out, &m, record).unwrap();
+        fs::write(&out, b"downloading").unwrap();
+        l.end_download(&out, true).unwrap().unwrap();
+        l.unshare(&[s[0].entry.id.clone()]).unwrap();
+        assert_eq!(l.db.rows_written() - rows, 3 + 4 + 3);
+        assert_eq!(l.db.listed_kept(), LARGE as u64 + 1);
+    }
+
+    #[test]
+    fn the_catalog_length_is_kept_by_every_edit() {
+        let (d, l) = lib();
+        let check = |what: &str| {
+            let snap = l.snapshot().unwrap();
+            assert_eq!(l.db.listed_kept(), snap.listed() as u64, "after {what}");
+            assert_eq!(l.db.listed_counted(), snap.listed() as u64, "after {what}");
+        };
+        // One by one, and more than are counted one by one.
+        l.insert_unchecked(made_up(0..10, false)).unwrap();
+        check("a few");
+        l.insert_unchecked(made_up(10..10 + 2 * db::INCREMENTAL_LISTED_MAX, true))
+            .unwrap();
+        check("many unlisted");
+        let copies: Vec<_> = made_up(0..5, true)
+            .into_iter()
+            .map(|e| Entry {
+                path: PathBuf::from(format!("/copies{}", e.path.display())),
+                ..e
+            })
+            .collect();
+        l.insert_unchecked(copies).unwrap();
+        check("unlisted copies of listed content");
+        let (x, y) = (d.path().join("x"), d.path().join("y"));
+        fs::write(&x, b"same").unwrap();
+        fs::write(&y, b"same").unwrap();
+        l.share(&[x.clone(), y.clone()], &ShareProgress::default())
+            .unwrap();
+        check("two copies shared");
+        l.share_as(std::slice::from_ref(&x), &ShareProgress::default(), true)
+            .unwrap();
+        check("one made unlisted");
+        let hidden = &made_up(10..11, true)[0];
+        let m = Manifest::from_bytes(b"same");
+        for (out, id, unlisted) in [
+            ("a", m.id().to_string(), false),
+            ("b", hidden.id.clone(), false),
+            ("c", made_up(50_000..50_001, false)[0].id.clone(), false),
+            ("e", made_up(50_001..50_002, false)[0].id.clone(), true),
+        ] {
+            let record = Download {
+                id,
+                name: out.into(),
+                size: 4,
+                part: d.path().join(format!("{out}.part")),
+                state: d.path().join(format!("{out}.state")),
+                unlisted,
+            };
+            l.insert_downloads_unchecked(vec![(d.path().join(out), record)])
+                .unwrap();
+            check(out);
+        }
+        l.unshare(&[y.to_string_lossy().into_owned()]).unwrap();
+        check("unshare a copy");
+        l.unshare(std::slice::from_ref(&hidden.id)).unwrap();
+        check("unshare by ID");
+        l.unshare(&[y.to_string_lossy().into_owned(), "/nowhere".into()])
+            .unwrap_err();
+        check("a failed unshare");
+    }
+
+    #[test]
+    fn unsharing_a_folder_removes_what_is_under_it_only() {
+        let (d, l) = lib();
+        for sub in ["f/a", "f/sub/b", "f2/c", "fa", "f.txt"] {
+            let p = d.path().join(sub);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, sub).unwrap();
+        }
+        let all: Vec<_> = ["f", "f2", "fa", "f.txt"]
+            .iter()
+            .map(|p| d.path().join(p))
+            .collect();
+        l.share(&all, &ShareProgress::default()).unwrap();
+        let r = l
+            .unshare(&[d.path().join("f").to_string_lossy().into_owned()])
+            .unwrap();
+        let names: Vec<_> = r.files.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["f/a", "f/sub/b"]);
+        let mut left: Vec<_> = l
+            .snapshot()
+            .unwrap()
+            .files
+            .values()
+            .map(|e| e.name.clone())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["f.txt", "f2/c", "fa"]);
+    }
+
+    /// Edits a child process of
+    /// [`two_handles_and_a_child_process_edit_at_once_and_lose_nothing`]
+    /// makes (its data dir in this variable).
+    const CHILD_DIR: &str = "PEERSHARE_STORE_TEST_CHILD_DIR";
+    /// Edits of each of the three editors there (each makes two per step).
+    const EDITS: usize = 40;
+
+    /// `who`'s edits: an entry and a download of its own per step.
+    fn edit_many(l: &Library, who: &str) {
+        let m = Manifest::from_bytes(b"everyone downloads this");
+        for i in 0..EDITS {
+            let e = Entry {
+                id: FileId(sha256(format!("{who} {i}").as_bytes())).to_string(),
+                name: format!("{who}/{i}"),
+                path: PathBuf::from(format!("/made-up/{who}/{i}")),
+                size: 1,
+                mtime_ns: 0,
+                unlisted: false,
+            };
+            l.insert_unchecked(vec![e]).unwrap();
+            let out = PathBuf::from(format!("/made-up/{who}/dl{i}"));
+            let record = Download {
+                id: m.id().to_string(),
+                name: format!("{who}-dl{i}"),
+                size: m.size(),
+                part: out.with_extension("part"),
+                state: out.with_extension("state"),
+                unlisted: false,
+            };
+            l.begin_download(&out, &m, record).unwrap();
+        }
+    }
+
+    /// Not a test of its own: the child process of the one below.
+    #[test]
+    fn concurrent_editor_child() {
+        if let Ok(dir) = std::env::var(CHILD_DIR) {
+            edit_many(&Library::open(dir).unwrap(), "child");
+        }
+    }
+
+    #[test]
+    fn two_handles_and_a_child_process_edit_at_once_and_lose_nothing() {
         let (_d, l) = lib();
-        fs::write(l.dir().join(LIBRARY_FILE), b"{not json").unwrap();
-        assert!(matches!(l.snapshot(), Err(StoreError::Corrupt { .. })));
+        let start = l.revision().unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::concurrent_editor_child",
+                "--quiet",
+            ])
+            .env(CHILD_DIR, l.dir())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::scope(|s| {
+            for who in ["a", "b"] {
+                let dir = l.dir().to_path_buf();
+                s.spawn(move || edit_many(&Library::open(dir).unwrap(), who));
+            }
+        });
+        let status = child.wait_with_output().unwrap().status;
+        assert!(status.success(), "{status}");
+        let snap = Library::open(l.dir()).unwrap().snapshot().unwrap();
+        assert_eq!(snap.files.len(), 3 * EDITS);
+        assert_eq!(snap.downloads.len(), 3 * EDITS);
+        for who in ["a", "b", "child"] {
+            for i in 0..EDITS {
+                assert!(
+                    snap.files
+                        .contains_key(Path::new(&format!("/made-up/{who}/{i}")))
+                );
+            }
+        }
+        assert_eq!(
+            snap.revision,
+            start + 6 * EDITS as u64,
+            "one revision per edit"
+        );
+        assert_eq!(l.db.listed_kept(), snap.listed() as u64);
     }
 
     #[test]

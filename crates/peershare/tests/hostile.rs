@@ -776,22 +776,21 @@ async fn a_stuck_state_file_read_holds_up_no_other_download() {
 }
 
 /// Adds `n` shared files and `n` downloads in progress of other content to
-/// `lib`, none of them on disk: a large library. (Written directly:
+/// `lib`, none of them on disk: a large library. (Inserted unchecked:
 /// sharing that many files would hash and sync each one.)
 fn add_unrelated(lib: &peershare::Library, n: usize) {
-    let mut snap = (*lib.snapshot().unwrap()).clone();
+    let (mut files, mut downloads) = (Vec::new(), Vec::new());
     for i in 0..n {
         let id = format!("{:064x}", i + 1);
         let path = lib.dir().join(format!("absent/{i}"));
-        let entry = peershare::store::Entry {
+        files.push(peershare::store::Entry {
             id: id.clone(),
             name: format!("file {i}"),
             path: path.clone(),
             size: 1000,
             mtime_ns: 0,
             unlisted: false,
-        };
-        snap.files.insert(path.clone(), entry);
+        });
         let download = peershare::store::Download {
             id,
             name: format!("download {i}"),
@@ -800,11 +799,10 @@ fn add_unrelated(lib: &peershare::Library, n: usize) {
             state: path.with_extension("state"),
             unlisted: false,
         };
-        snap.downloads.insert(path.with_extension("out"), download);
+        downloads.push((path.with_extension("out"), download));
     }
-    snap.revision += 1;
-    let json = serde_json::to_vec(&snap).unwrap();
-    peershare::store::write_atomic(&lib.dir().join("library.json"), &json).unwrap();
+    lib.insert_unchecked(files).unwrap();
+    lib.insert_downloads_unchecked(downloads).unwrap();
 }
 
 /// Regression (issue #10): every check of a `Have` subscription (each

@@ -12,6 +12,15 @@
  *                           the Nth call of CALL (link, unlink or rename)
  *                           whose path (the new path for link and rename)
  *                           ends with SUFFIX.
+ *   PS_KILL_AT=commit:SUFFIX:N
+ *                           SUFFIX names SQLite's write-ahead log: the
+ *                           process kills itself just before the Nth commit
+ *                           writes its first frame there. (A commit writes
+ *                           frames, at offsets past the log's 32-byte
+ *                           header, then syncs the log, with
+ *                           synchronous=FULL; a log started anew has its
+ *                           header written at offset 0 and synced first,
+ *                           which is not a commit.)
  *
  * Everything else passes through to libc.
  */
@@ -63,10 +72,57 @@ static int sync_fault(int fd) {
     return 1;
 }
 
+/* With PS_KILL_AT=commit:SUFFIX:N, SUFFIX and N; else NULL. */
+static const char *commit_spec(int *nth) {
+    static char suffix[1024];
+    static int parsed, commit_nth;
+    if (!__atomic_load_n(&parsed, __ATOMIC_ACQUIRE)) {
+        const char *spec = getenv("PS_KILL_AT");
+        suffix[0] = 0;
+        if (spec && strncmp(spec, "commit:", 7) == 0) {
+            const char *a = spec + 7, *b = strchr(a, ':');
+            size_t len = b ? (size_t)(b - a) : strlen(a);
+            if (len < sizeof suffix) {
+                memcpy(suffix, a, len);
+                suffix[len] = 0;
+                commit_nth = b ? atoi(b + 1) : 1;
+            }
+        }
+        __atomic_store_n(&parsed, 1, __ATOMIC_RELEASE);
+    }
+    *nth = commit_nth;
+    return suffix[0] ? suffix : NULL;
+}
+
+static int commits, frames_unsynced;
+
+/* Counts a commit of the log: a sync after frames were written. */
+static void commit_synced(int fd) {
+    int nth;
+    const char *suffix = commit_spec(&nth);
+    if (suffix && fd_ends_with(fd, suffix) &&
+        __atomic_exchange_n(&frames_unsynced, 0, __ATOMIC_SEQ_CST) > 0)
+        __atomic_add_fetch(&commits, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Dies here if this write to the log is the first frame of the commit
+   meant. */
+static void commit_write(int fd, off64_t at) {
+    int nth;
+    const char *suffix = commit_spec(&nth);
+    if (!suffix || at == 0 || !fd_ends_with(fd, suffix))
+        return;
+    if (__atomic_load_n(&commits, __ATOMIC_SEQ_CST) == nth - 1 &&
+        __atomic_load_n(&frames_unsynced, __ATOMIC_SEQ_CST) == 0)
+        kill(getpid(), SIGKILL);
+    __atomic_add_fetch(&frames_unsynced, 1, __ATOMIC_SEQ_CST);
+}
+
 int fsync(int fd) {
     static int (*real)(int);
     if (!real)
         real = dlsym(RTLD_NEXT, "fsync");
+    commit_synced(fd);
     return sync_fault(fd) ? -1 : real(fd);
 }
 
@@ -74,7 +130,24 @@ int fdatasync(int fd) {
     static int (*real)(int);
     if (!real)
         real = dlsym(RTLD_NEXT, "fdatasync");
+    commit_synced(fd);
     return sync_fault(fd) ? -1 : real(fd);
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t n, off_t at) {
+    static ssize_t (*real)(int, const void *, size_t, off_t);
+    if (!real)
+        real = dlsym(RTLD_NEXT, "pwrite");
+    commit_write(fd, at);
+    return real(fd, buf, n, at);
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t n, off64_t at) {
+    static ssize_t (*real)(int, const void *, size_t, off64_t);
+    if (!real)
+        real = dlsym(RTLD_NEXT, "pwrite64");
+    commit_write(fd, at);
+    return real(fd, buf, n, at);
 }
 
 static int kill_calls;

@@ -352,7 +352,7 @@ async fn run_discovery(
     let dir = library.dir().to_path_buf();
     let me = lan.me;
     d.run(
-        move || revision_lib.snapshot().map_or(0, |s| s.revision),
+        move || revision_lib.revision().unwrap_or(0),
         move |peers| {
             lan.changed(peers);
             // File I/O (with fsyncs) stays off the async workers.
@@ -381,7 +381,7 @@ async fn watch_library(library: Library, events: Events, mut stopped: watch::Rec
             _ = stopped.wait_for(|s| *s) => return,
         }
         let lib = library.clone();
-        let revision = tokio::task::spawn_blocking(move || lib.snapshot().map(|s| s.revision))
+        let revision = tokio::task::spawn_blocking(move || lib.revision())
             .await
             .ok()
             .and_then(Result::ok);

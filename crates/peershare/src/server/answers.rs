@@ -132,9 +132,15 @@ pub(super) fn manifest(ctx: &Ctx, req_id: u32, id: FileId) -> Message {
     }
 }
 
-/// An entry for `id` whose file is unchanged on disk, if any.
+/// An entry for `id` whose file is unchanged on disk, if any: read by
+/// file ID from the library's index, whatever the library's size.
 pub(super) fn shared_entry(ctx: &Ctx, id: &FileId) -> Option<Entry> {
-    shared_entry_in(ctx, &*ctx.library.snapshot().ok()?, id)
+    ctx.library
+        .entries_by_id(id)
+        .ok()?
+        .into_iter()
+        .inspect(|_| ctx.examined(1))
+        .find(|e| std::fs::metadata(&e.path).is_ok_and(|m| e.matches(&m)))
 }
 
 /// [`shared_entry`] in `snap`: looks at the entries of `id` only.
@@ -145,18 +151,17 @@ pub(super) fn shared_entry_in(ctx: &Ctx, snap: &Snapshot, id: &FileId) -> Option
         .cloned()
 }
 
-/// This node's download of `id` in progress (its part file there), if any.
-/// Callers prefer a whole shared copy when there is one.
+/// This node's download of `id` in progress (its part file there), if any,
+/// read by file ID from the library's index. Callers prefer a whole shared
+/// copy when there is one.
 pub(super) fn partial_download(ctx: &Ctx, id: &FileId) -> Option<Download> {
-    partial_download_in(ctx, &*ctx.library.snapshot().ok()?, id)
-}
-
-/// [`partial_download`] in `snap`: looks at the downloads of `id` only.
-pub(super) fn partial_download_in(ctx: &Ctx, snap: &Snapshot, id: &FileId) -> Option<Download> {
-    snap.downloads_of(&id.to_string())
+    ctx.library
+        .downloads_by_id(id)
+        .ok()?
+        .into_iter()
+        .map(|(_, d)| d)
         .inspect(|_| ctx.examined(1))
         .find(|d| d.part.exists())
-        .cloned()
 }
 
 /// Which chunks of `id` this node offers: all of a shared file (or of a
@@ -298,10 +303,11 @@ pub(super) async fn subscription(
 }
 
 /// What a `Have` subscription has seen of its download, so that a check
-/// that finds nothing new costs two `stat`s (`library.json`, through the
-/// library's cache, and the download's state file) whatever the library's
-/// size: the download is looked up again (by ID) only when the library
-/// changed, and its state file read again only when its stamp did.
+/// that finds nothing new costs one read of the library's revision (an
+/// indexed row of its database) and one `stat` (the download's state
+/// file) whatever the library's size: the download is looked up again (by
+/// ID) only when the library changed, and its state file read again only
+/// when its stamp did.
 pub(super) struct Watch {
     id: FileId,
     /// The library revision the download was last looked up at.
@@ -351,17 +357,17 @@ impl Watch {
         if ctx.only_live {
             return Some(None);
         }
-        let Ok(snap) = ctx.library.snapshot() else {
+        let Ok(revision) = ctx.library.revision() else {
             return Some(None);
         };
-        if self.revision != Some(snap.revision) {
-            self.revision = Some(snap.revision);
+        if self.revision != Some(revision) {
+            self.revision = Some(revision);
             self.stamp = None;
             // Finished (and shared), or withdrawn?
-            if shared_entry_in(ctx, &snap, &self.id).is_some() {
+            if shared_entry(ctx, &self.id).is_some() {
                 return Some(Some(Holding::All));
             }
-            self.download = partial_download_in(ctx, &snap, &self.id);
+            self.download = partial_download(ctx, &self.id);
         }
         let Some(d) = self.download.as_ref() else {
             return Some(None);

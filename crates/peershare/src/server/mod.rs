@@ -57,10 +57,10 @@
 //! subscribed, says it again whenever more are, at most
 //! `MAX_HAVE_SUBSCRIPTIONS` per connection, checked every
 //! `HAVE_POLL_INTERVAL`), and `Cancel` drops an answer not yet sent.
-//! Lookups in the library go by file ID (the snapshot's index), so a
+//! Lookups in the library go by file ID (the database's index), so a
 //! request costs the same whatever the library's size; a subscription's
-//! check that finds nothing new costs two `stat`s (`library.json`, its
-//! download's state file) and reads nothing.
+//! check that finds nothing new costs a read of the library's revision and
+//! a `stat` of its download's state file, and reads nothing else.
 
 use std::collections::HashMap;
 use std::fs::File;
