@@ -612,15 +612,19 @@ impl Library {
             .store(todo.iter().map(|t| t.3.len()).sum(), Ordering::Relaxed);
         let jobs: Vec<(PathBuf, u64)> = todo.iter().map(|t| (t.1.clone(), t.3.len())).collect();
         let manifests = hash_files(&jobs, &progress.done)?;
+        // Manifests are written unsynced and synced together (one syncfs)
+        // before the edit that refers to them commits: two fsyncs per
+        // manifest made sharing 10,000 small files take 20,000 of them.
+        let mut wrote = false;
         for ((slot, path, name, before), manifest) in todo.into_iter().zip(manifests) {
             let after = fs::metadata(&path).map_err(StoreError::io(&path))?;
             if after.len() != before.len() || mtime_ns(&after) != mtime_ns(&before) {
                 return Err(StoreError::ChangedWhileHashing { path });
             }
             let id = manifest.id();
-            let mpath = self.manifest_path(&id);
-            if !mpath.exists() {
-                write_atomic(&mpath, &manifest.encode())?;
+            if !self.manifest_is_whole(&id) {
+                write_unsynced(&self.manifest_path(&id), &manifest.encode())?;
+                wrote = true;
             }
             let entry = Entry {
                 id: id.to_string(),
@@ -635,6 +639,9 @@ impl Library {
                 entry,
                 hashed: true,
             });
+        }
+        if wrote {
+            syncfs(&self.dir.join(MANIFEST_DIR))?;
         }
         if !new_entries.is_empty() {
             self.db.edit(true, |ed| {
@@ -677,6 +684,13 @@ impl Library {
             }
             Ok(())
         })
+    }
+
+    /// True when the manifest of `id` is on disk and hashes to `id` (one
+    /// left torn by a crash before the share that wrote it committed is
+    /// written again).
+    fn manifest_is_whole(&self, id: &FileId) -> bool {
+        matches!(self.manifest_bytes(id), Ok(Some(_)))
     }
 
     fn manifest_path_exists(&self, e: &Entry) -> bool {
@@ -935,6 +949,42 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     })
 }
 
+/// [`write_atomic`] without the syncs: a whole file or none under `path`
+/// once it is on disk, for a caller that syncs many such files at once
+/// ([`syncfs`]) before anything refers to them.
+fn write_unsynced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let (_, tmp) = temp_beside(path);
+    let fail = |e| StoreError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .map_err(fail)?;
+    let mut write = || -> io::Result<()> {
+        f.write_all(bytes)?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        fail(e)
+    })
+}
+
+/// Flushes the file system that holds `dir` (every file written there,
+/// and the directories' entries) to disk.
+fn syncfs(dir: &Path) -> Result<(), StoreError> {
+    use std::os::fd::AsRawFd;
+    let d = File::open(dir).map_err(StoreError::io(dir))?;
+    // SAFETY: a valid open descriptor; syncfs reads nothing from us.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(StoreError::io(dir)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// `path`'s folder, and a temporary name in it unique to this process and
 /// call, for a file that becomes `path` once written.
 fn temp_beside(path: &Path) -> (&Path, PathBuf) {
@@ -1036,6 +1086,24 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let l = Library::open(d.path().join("data")).unwrap();
         (d, l)
+    }
+
+    #[test]
+    fn a_torn_manifest_left_by_a_crash_is_written_again_by_the_next_share() {
+        let (d, l) = lib();
+        let f = d.path().join("f.bin");
+        fs::write(&f, vec![7u8; 300_000]).unwrap();
+        let id = Manifest::from_bytes(&fs::read(&f).unwrap()).id();
+        // What a crash between writing a manifest and syncing it may leave.
+        let torn = l.manifest_path(&id);
+        fs::write(&torn, b"\0\0\0").unwrap();
+        l.share(std::slice::from_ref(&f), &ShareProgress::default())
+            .unwrap();
+        assert!(
+            l.manifest_bytes(&id).unwrap().is_some(),
+            "the manifest was written whole"
+        );
+        assert_eq!(l.manifest(&id).unwrap().unwrap().size(), 300_000);
     }
 
     #[test]
