@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use peershare_proto::folder::{FolderEntry, FolderManifest};
-use peershare_proto::ticket::{FolderTicket, MAX_TICKET_ADDRS};
+use peershare_proto::ticket::{MAX_TICKET_ADDRS, TicketTarget};
 use peershare_proto::{FileId, FolderId, NodeId, Ticket};
 use serde::{Deserialize, Serialize};
 
@@ -101,20 +101,22 @@ impl SharedItem {
         match self {
             Self::File(f) => {
                 if let Ok(id) = f.id.parse::<FileId>() {
-                    f.ticket = file_ticket(id, f.size, f.unlisted, &f.name, node, addrs);
+                    f.ticket = ticket_text(id, f.size, f.unlisted, &f.name, node, addrs);
                 }
             }
             Self::Folder(f) => {
                 if let Ok(id) = f.id.parse::<FolderId>() {
-                    f.ticket = folder_ticket(id, f.size, f.unlisted, &f.name, node, addrs);
+                    f.ticket = ticket_text(id, f.size, f.unlisted, &f.name, node, addrs);
                 }
             }
         }
     }
 }
 
-fn file_ticket(
-    id: FileId,
+/// The text of a ticket for `id` (a file or a folder) naming `node` at
+/// `addrs`.
+fn ticket_text<I: TicketTarget>(
+    id: I,
     size: u64,
     unlisted: bool,
     name: &str,
@@ -122,25 +124,6 @@ fn file_ticket(
     addrs: &[SocketAddr],
 ) -> String {
     Ticket {
-        id,
-        node,
-        size,
-        unlisted,
-        name: name.to_owned(),
-        addrs: addrs.to_vec(),
-    }
-    .to_string()
-}
-
-fn folder_ticket(
-    id: FolderId,
-    size: u64,
-    unlisted: bool,
-    name: &str,
-    node: NodeId,
-    addrs: &[SocketAddr],
-) -> String {
-    FolderTicket {
         id,
         node,
         size,
@@ -161,7 +144,7 @@ pub fn describe_folder(r: &FolderRecord, node: NodeId, addrs: &[SocketAddr]) -> 
         files: r.files,
         path: r.root.clone(),
         unlisted: r.unlisted,
-        ticket: folder_ticket(id, r.size, r.unlisted, &r.name, node, addrs),
+        ticket: ticket_text(id, r.size, r.unlisted, &r.name, node, addrs),
     }
 }
 
@@ -196,7 +179,7 @@ pub fn describe(e: &Entry, node: NodeId, addrs: &[SocketAddr]) -> SharedFile {
         size: e.size,
         path: e.path.clone(),
         unlisted: e.unlisted,
-        ticket: file_ticket(id, e.size, e.unlisted, &e.name, node, addrs),
+        ticket: ticket_text(id, e.size, e.unlisted, &e.name, node, addrs),
     }
 }
 

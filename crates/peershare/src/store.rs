@@ -925,6 +925,20 @@ pub fn hash_files(
 /// Writes `bytes` to `path` so that `path` is always either the old or the
 /// new content: temp file in the same directory, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_renamed(path, bytes, true)
+}
+
+/// [`write_atomic`] without the syncs: a whole file or none under `path`
+/// once it is on disk, for a caller that syncs many such files at once
+/// ([`syncfs`]) before anything refers to them.
+fn write_unsynced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_renamed(path, bytes, false)
+}
+
+/// `bytes` into a new temporary file beside `path`, renamed to `path`;
+/// with `sync`, the file is synced before the rename and the directory
+/// after it.
+fn write_renamed(path: &Path, bytes: &[u8], sync: bool) -> Result<(), StoreError> {
     let (dir, tmp) = temp_beside(path);
     let fail = |e| StoreError::Io {
         path: path.to_path_buf(),
@@ -939,33 +953,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .map_err(fail)?;
     let mut write = || -> io::Result<()> {
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        fail(e)
-    })
-}
-
-/// [`write_atomic`] without the syncs: a whole file or none under `path`
-/// once it is on disk, for a caller that syncs many such files at once
-/// ([`syncfs`]) before anything refers to them.
-fn write_unsynced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let (_, tmp) = temp_beside(path);
-    let fail = |e| StoreError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)
-        .map_err(fail)?;
-    let mut write = || -> io::Result<()> {
-        f.write_all(bytes)?;
-        fs::rename(&tmp, path)
+        if sync {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);
@@ -975,14 +970,19 @@ fn write_unsynced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 
 /// Flushes the file system that holds `dir` (every file written there,
 /// and the directories' entries) to disk.
-fn syncfs(dir: &Path) -> Result<(), StoreError> {
+pub fn sync_file_system(dir: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let d = File::open(dir).map_err(StoreError::io(dir))?;
+    let d = File::open(dir)?;
     // SAFETY: a valid open descriptor; syncfs reads nothing from us.
     if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-        return Err(StoreError::io(dir)(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// [`sync_file_system`] as a store error naming `dir`.
+fn syncfs(dir: &Path) -> Result<(), StoreError> {
+    sync_file_system(dir).map_err(StoreError::io(dir))
 }
 
 /// `path`'s folder, and a temporary name in it unique to this process and

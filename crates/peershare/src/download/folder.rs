@@ -654,7 +654,7 @@ impl Layout {
 
     fn marker_id(&self) -> Result<Option<FolderId>, DownloadError> {
         match fs::symlink_metadata(&self.part) {
-            Ok(m) if m.is_dir() && m.uid() == unsafe_uid() => {}
+            Ok(m) if m.is_dir() && m.uid() == current_uid() => {}
             Ok(_) => {
                 return Err(DownloadError::NotAPlainFile {
                     path: self.part.clone(),
@@ -776,7 +776,7 @@ fn verified_copy(to: &Path, job: &Job) -> Result<bool, DownloadError> {
     }
 }
 
-fn unsafe_uid() -> u32 {
+fn current_uid() -> u32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     unsafe { libc::getuid() }
 }
@@ -849,16 +849,10 @@ fn copy_nofollow(from: &Path, to: &Path) -> Result<(), DownloadError> {
 }
 
 fn syncfs(dir: &Path) -> Result<(), DownloadError> {
-    use std::os::fd::AsRawFd;
-    let d = File::open(dir).map_err(|e| disk(dir, e))?;
-    // SAFETY: a valid open descriptor; syncfs reads nothing from us.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-        return Err(DownloadError::SyncFailed {
-            path: dir.to_path_buf(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    crate::store::sync_file_system(dir).map_err(|source| DownloadError::SyncFailed {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// A small file's bytes if it is a regular file no larger than a chunk.

@@ -43,10 +43,16 @@ pub(super) fn folder_manifest(ctx: &Ctx, req_id: u32, id: &FileId) -> Option<Mes
             ));
         }
     }
-    Some(Message::Manifest {
-        req_id,
-        bytes: folder.manifest().encode().into(),
-    })
+    // The store's cached manifest: hashing the encoding (up to 32 MiB)
+    // again for every request would cost more than checking the files.
+    match ctx.folders.manifest(&fid) {
+        Ok(Some(m)) => Some(Message::Manifest {
+            req_id,
+            bytes: m.encode().into(),
+        }),
+        Ok(None) => None,
+        Err(e) => Some(internal(req_id, e)),
+    }
 }
 
 /// Where chunk `index` of folder `id`'s encoding is (`None`: not a folder
